@@ -1,0 +1,59 @@
+# loraplane: `make test` sets up everything on a fresh machine and runs every check;
+# `make demo` runs the whole story on a local cluster. Heavy downloads and builds are cached under
+# ~/.cache/loraplane (LORAPLANE_CACHE), keyed by version, so a fresh clone reuses them.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/worker:$(CURDIR)/devcluster
+
+.PHONY: help test lint types unit venv binaries crds check-crds cluster-up cluster-down demo demo-down bench clean
+
+help:
+	@echo "make test          set up (venv, Kubernetes binaries) and run lint, types and every test"
+	@echo "make demo          train an adapter and serve it from vLLM on a local cluster"
+	@echo "make crds          regenerate CRDs and the SFTConfig field list from the models"
+	@echo "make cluster-up    start the local control plane (cluster-down stops it)"
+	@echo "make bench         benchmarks, printed as ratios against a baseline from the same run"
+
+test:
+	@scripts/test.sh
+
+venv:
+	@scripts/setup-venv.sh >/dev/null
+
+binaries:
+	@devcluster/build-binaries.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check operator worker
+
+types: venv
+	$(VENV)/bin/mypy operator/loraplane
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+crds: venv
+	$(PY) -m loraplane.crdgen --out crds --out charts/loraplane/files/crds
+	$(PY) -m loraplane.sft_fields
+
+cluster-up: venv
+	@$(PY) -m loraplane_devcluster up
+
+cluster-down: venv
+	@$(PY) -m loraplane_devcluster down
+
+demo: venv
+	@$(PY) -m loraplane_devcluster demo
+
+demo-down: venv
+	@$(PY) -m loraplane_devcluster down
+
+bench: venv
+	@scripts/bench.sh
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

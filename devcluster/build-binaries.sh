@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm from the
+# Go module proxy into a cache folder outside the checkout, keyed by a stamp of every version.
+# Prints the folder. A second run with the same stamp only checks the binaries and returns.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+go_version=$(go env GOVERSION)
+stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_${go_version}"
+cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
+bin="$cache/bin/$stamp"
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
+
+complete() { for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
+if complete; then echo "$bin"; exit 0; fi
+
+mkdir -p "$bin" "$cache/build"
+log() { echo "[build-binaries] $*" >&2; }
+start=$(date +%s)
+
+# --- Kubernetes + etcd: a wrapper module whose staging replaces come from k8s' own go.mod -------
+mod="$cache/build/k8s-$KUBERNETES_VERSION"
+rm -rf "$mod" && mkdir -p "$mod"
+k8s_gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+staging_version="v0.${KUBERNETES_VERSION#v1.}"
+{
+  echo "module loraplane.local/k8s-binaries"
+  echo
+  grep -E '^go [0-9.]+$' "$k8s_gomod"
+  echo
+  echo "require ("
+  echo "	k8s.io/kubernetes $KUBERNETES_VERSION"
+  echo "	go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+  echo ")"
+  echo
+  echo "replace ("
+  # every k8s.io/* requirement at the placeholder v0.0.0 is a staging module of this release
+  grep -oE '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$k8s_gomod" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
+  echo ")"
+  echo
+  echo "tool ("
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+  echo "	go.etcd.io/etcd/server/v3"
+  echo ")"
+} > "$mod/go.mod"
+log "resolving modules for Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION"
+(cd "$mod" && go mod tidy)
+
+major=${KUBERNETES_VERSION#v}; minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (slow on a cold cache)"
+(cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+log "compiling etcd"
+(cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+
+# --- Helm: its own module (other dependency versions) -------------------------------------------
+log "compiling helm $HELM_VERSION"
+hmod="$cache/build/helm-$HELM_VERSION"
+rm -rf "$hmod" && mkdir -p "$hmod"
+(cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+  && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+       -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+
+complete || { log "some binaries are missing in $bin"; exit 1; }
+log "built in $(( $(date +%s) - start )) s: $bin"
+echo "$bin"

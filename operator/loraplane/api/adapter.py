@@ -1,0 +1,116 @@
+"""LoraAdapter: an adapter that vLLM Deployments serve on every replica."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from loraplane.api.common import ApiModel, ConditionList, Dns1123Label, VolumePath, cel_rules, validation
+
+KIND = "LoraAdapter"
+PLURAL = "loraadapters"
+# Label values and child names derived from an adapter's name stay within 63 characters.
+MAX_NAME_LENGTH = 52
+
+ServingMode = Literal["HotLoad", "Static"]
+
+
+class TrainingJobRef(ApiModel):
+    """A LoraTrainingJob in the same namespace; its recorded adapter is served once it succeeds."""
+
+    name: Dns1123Label = Field(description="Name of the LoraTrainingJob.")
+
+
+class HuggingFaceAdapter(ApiModel):
+    """An adapter published on the Hugging Face Hub; the serving pods download it."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Hugging Face adapter repository id.",
+    )
+    revision: str | None = Field(default=None, max_length=256, description="Branch, tag or commit.")
+
+
+class AdapterSource(ApiModel):
+    """Where the adapter's files come from: exactly one of trainingJob, volume or huggingFace."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                "(has(self.trainingJob) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) == 1",
+                "exactly one of source.trainingJob, source.volume or source.huggingFace must be set",
+            ),
+        )
+    )
+
+    training_job: TrainingJobRef | None = Field(default=None, description="Serve what a LoraTrainingJob produced.")
+    volume: VolumePath | None = Field(
+        default=None, description="An adapter folder in a volume that the serving pods mount at the same claim."
+    )
+    hugging_face: HuggingFaceAdapter | None = Field(default=None, description="An adapter on the Hugging Face Hub.")
+
+
+class ServingTarget(ApiModel):
+    """The vLLM Deployment that serves the adapter, and how."""
+
+    deployment: Dns1123Label = Field(description="Name of a vLLM Deployment in the same namespace.")
+    mode: ServingMode = Field(
+        default="HotLoad",
+        description=(
+            "HotLoad: load at runtime on every replica, no restart (a pod is Ready only once it holds its "
+            "adapters). Static: add to the Deployment's `--lora-modules` and let the rollout restart pods."
+        ),
+    )
+
+
+class LoraAdapterSpec(ApiModel):
+    """Desired adapter and where it is served."""
+
+    base_model: str = Field(
+        min_length=1, max_length=1024, description="Base model the adapter was trained on; must be what vLLM serves."
+    )
+    source: AdapterSource = Field(description="Where the adapter's files come from.")
+    served_model_name: Dns1123Label | None = Field(
+        default=None, description="Name clients put in `model`; default: the LoraAdapter's name."
+    )
+    serving: ServingTarget = Field(description="The vLLM Deployment that serves it.")
+
+
+class PodAdapterState(ApiModel):
+    """Whether one serving pod holds the adapter."""
+
+    pod: str = Field(description="Pod name.")
+    ip: str | None = Field(default=None, description="Pod IP the operator talked to.")
+    loaded: bool = Field(default=False, description="The pod's `/v1/models` lists the adapter at the desired path.")
+    loaded_at: datetime | None = Field(default=None, description="When the adapter was confirmed on the pod.")
+    last_error: str | None = Field(default=None, description="The last load error on this pod, if any.")
+
+
+class LoraAdapterStatus(ApiModel):
+    """Observed serving state. Condition types: Ready (reason says why not: DeploymentNotFound,
+    RankTooHigh, BaseModelMismatch, LoadFailed, ...)."""
+
+    observed_generation: int | None = Field(default=None, description="Generation the status was written for.")
+    conditions: ConditionList
+    replicas: int = Field(default=0, ge=0, description="Serving pods of the target Deployment.")
+    ready_replicas: int = Field(default=0, ge=0, description="Serving pods that hold the adapter.")
+    path: str | None = Field(default=None, description="Adapter path the serving pods load.")
+    rank: int | None = Field(default=None, description="LoRA rank read from the adapter's config.")
+    sha256: str | None = Field(default=None, description="SHA-256 of the adapter weights, when known.")
+    pods: list[PodAdapterState] = Field(default_factory=list, description="Per-pod state.")
+
+
+class LoraAdapter(ApiModel):
+    """The whole object, as the handlers see it after validation."""
+
+    api_version: str = Field(default="loraplane.io/v1alpha1", alias="apiVersion")
+    kind: Literal["LoraAdapter"] = "LoraAdapter"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LoraAdapterSpec
+    status: LoraAdapterStatus = Field(default_factory=LoraAdapterStatus)
+
+    KIND: ClassVar[str] = KIND

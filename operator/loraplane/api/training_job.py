@@ -1,0 +1,361 @@
+"""LoraTrainingJob: one LoRA fine-tuning run with TRL's SFTTrainer.
+
+Field names under `lora` are PEFT `LoraConfig`'s and under `training` TRL `SFTConfig`'s (camelCase on
+the wire), so the worker builds both objects from them with no mapping table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field
+
+from loraplane.api.common import (
+    ApiModel,
+    ConditionList,
+    Dns1123Label,
+    SecretKeyRef,
+    VolumePath,
+    cel_rules,
+    validation,
+)
+
+KIND = "LoraTrainingJob"
+PLURAL = "loratrainingjobs"
+# Child objects are named `<job>-<suffix>` (at most 7 more characters) and their pods add Kubernetes'
+# own suffix; 52 keeps every child name and the `job-name` label value within 63 characters.
+MAX_NAME_LENGTH = 52
+# vLLM's ceiling for --max-lora-rank; a higher rank could never be served.
+MAX_LORA_RANK = 512
+
+ALL_LINEAR = "all-linear"
+# An optional group whose fields all have defaults is defaulted by the API server too, so
+# `kubectl get -o yaml` shows the values a run really used.
+SERVER_DEFAULT: dict[str, Any] = {"default": {}}
+
+
+class ModelSource(ApiModel):
+    """The base model to fine-tune: a Hugging Face model id, or a directory in a volume."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                "has(self.name) != has(self.volume)",
+                "exactly one of baseModel.name (a Hugging Face id) or baseModel.volume must be set",
+            ),
+            validation(
+                "!has(self.revision) || has(self.name)",
+                "baseModel.revision applies only to a Hugging Face model (baseModel.name)",
+                ".revision",
+            ),
+        )
+    )
+
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Hugging Face model id, e.g. `facebook/opt-350m`.",
+    )
+    revision: str | None = Field(
+        default=None, max_length=256, description="Branch, tag or commit of the Hugging Face model."
+    )
+    volume: VolumePath | None = Field(
+        default=None, description="A model directory (config.json, weights, tokenizer) inside a volume."
+    )
+
+
+class DatasetSource(ApiModel):
+    """The training data: a Hugging Face dataset, or files in a volume, read by the `datasets` library."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                "has(self.name) != has(self.volume)",
+                "exactly one of dataset.name (a Hugging Face id) or dataset.volume must be set",
+            ),
+            validation(
+                "!(has(self.textField) && has(self.messagesField))",
+                "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)",
+                ".messagesField",
+            ),
+            validation(
+                "!(has(self.evalSplit) && has(self.evalFraction))",
+                "set at most one of dataset.evalSplit or dataset.evalFraction",
+                ".evalFraction",
+            ),
+            validation(
+                "!has(self.config) || has(self.name)",
+                "dataset.config applies only to a Hugging Face dataset (dataset.name)",
+                ".config",
+            ),
+        )
+    )
+
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Hugging Face dataset id, e.g. `Abirate/english_quotes`.",
+    )
+    config: str | None = Field(default=None, max_length=256, description="Dataset configuration (subset) name.")
+    split: str = Field(default="train", min_length=1, max_length=256, description="Split to train on.")
+    volume: VolumePath | None = Field(
+        default=None, description="A data file or folder inside a volume (jsonl, json, csv, parquet or txt)."
+    )
+    format: Literal["json", "csv", "parquet", "text"] | None = Field(
+        default=None, description="File format when the extension does not tell (`.jsonl` is `json`)."
+    )
+    text_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Column holding the training text (TRL's `dataset_text_field`); default `text`.",
+    )
+    messages_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Column holding chat `messages` (role/content lists) instead of plain text.",
+    )
+    eval_split: str | None = Field(
+        default=None, min_length=1, max_length=256, description="Split to evaluate on; eval loss is reported."
+    )
+    eval_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Fraction of the training split held out for evaluation, when there is no eval split.",
+    )
+
+
+class LoraSettings(ApiModel):
+    """The adapter: PEFT `LoraConfig`'s own fields, plus optional QLoRA quantization of the base model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                f"!('{ALL_LINEAR}' in self.targetModules) || size(self.targetModules) == 1",
+                f"lora.targetModules: `{ALL_LINEAR}` stands alone, it already names every linear layer",
+                ".targetModules",
+            ),
+        )
+    )
+
+    r: int = Field(
+        default=16, ge=1, le=MAX_LORA_RANK, description="LoRA rank, 1-512 (vLLM serves ranks up to 512)."
+    )
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (alpha/r scales the update).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path, in [0, 1).")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=lambda: [ALL_LINEAR],
+        min_length=1,
+        max_length=64,
+        description=f"Module names to adapt, e.g. `[q_proj, v_proj]`, or `[{ALL_LINEAR}]` for every linear layer.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases to train.")
+    task_type: Literal["CAUSAL_LM"] = Field(
+        default="CAUSAL_LM", description="PEFT task type; vLLM serves causal language models."
+    )
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA (scales by alpha/sqrt(r)).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        default="none", description="Load the base model quantized (QLoRA, bitsandbytes); needs a CUDA GPU."
+    )
+
+
+SchedulerType = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+]
+
+
+class TrainingSettings(ApiModel):
+    """How to train: TRL `SFTConfig`'s own fields; `sftArgs` passes further `SFTConfig` fields through."""
+
+    num_train_epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(default=-1, ge=-1, description="Stop after this many steps; -1 trains by epochs.")
+    per_device_train_batch_size: int = Field(default=4, ge=1, le=4096, description="Batch size per GPU.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096, description="Steps per optimizer update.")
+    learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: SchedulerType = Field(default="linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    max_length: int = Field(
+        default=1024, ge=8, le=1048576, description="Tokens per example; longer ones are truncated."
+    )
+    packing: bool = Field(default=False, description="Pack several short examples into one sequence.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(default=10, ge=1, description="Report progress every this many steps.")
+    save_steps: int = Field(
+        default=100, ge=1, description="Checkpoint every this many steps; a retried pod resumes from the newest."
+    )
+    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every this many steps.")
+    seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="`auto` picks bf16 on GPUs that have it, fp32 on CPUs."
+    )
+    sft_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Further TRL `SFTConfig` fields by their TRL (snake_case) names, e.g. `{weight_decay: 0.01}`. "
+            "Names and value types are checked against the pinned TRL; fields set elsewhere in the spec "
+            "or owned by loraplane (output_dir, report_to, ...) are refused."
+        ),
+        json_schema_extra={"maxProperties": 64},
+    )
+
+
+class ResourceSettings(ApiModel):
+    """Where and with what the training pod runs."""
+
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs for the training pod; 0 trains on the CPU.")
+    gpu_resource_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Extended resource that counts GPUs; default from the chart (`nvidia.com/gpu`).",
+    )
+    cpu: str | None = Field(default=None, max_length=64, description="CPU request and limit, e.g. `8`.")
+    memory: str | None = Field(default=None, max_length=64, description="Memory request and limit, e.g. `64Gi`.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pod must match.", json_schema_extra={"maxProperties": 64}
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=32, description="Tolerations, as in a Pod spec."
+    )
+    affinity: dict[str, Any] | None = Field(default=None, description="Affinity, as in a Pod spec.")
+    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the pod.")
+    image: str | None = Field(
+        default=None, max_length=512, description="Worker image override; default from the chart."
+    )
+
+
+class OutputSettings(ApiModel):
+    """Where the adapter goes. Each run writes under `<path>/<job uid>` so a re-created job never resumes
+    another run's checkpoints."""
+
+    volume: VolumePath = Field(description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter.")
+    merge: bool = Field(
+        default=False, description="Also write the base model with the adapter merged in (static serving)."
+    )
+
+
+class AdapterPublication(ApiModel):
+    """A LoraAdapter that the operator creates when training succeeds."""
+
+    name: Dns1123Label | None = Field(default=None, description="LoraAdapter name; default: the job's name.")
+    deployment: Dns1123Label = Field(description="vLLM Deployment (same namespace) that serves the adapter.")
+    served_model_name: Dns1123Label | None = Field(
+        default=None, description="Name clients put in `model`; default: the LoraAdapter's name."
+    )
+    mode: Literal["HotLoad", "Static"] = Field(
+        default="HotLoad", description="HotLoad: runtime load on every replica; Static: `--lora-modules` + rollout."
+    )
+
+
+class LoraTrainingJobSpec(ApiModel):
+    """Desired training run. Immutable once created: a change is a new job."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation("self == oldSelf", "spec is immutable; create a new LoraTrainingJob to change it"),
+        )
+    )
+
+    base_model: ModelSource = Field(description="The model to fine-tune.")
+    dataset: DatasetSource = Field(description="The training data.")
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="The LoRA adapter to train.", json_schema_extra=SERVER_DEFAULT
+    )
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings,
+        description="Training hyper-parameters (TRL SFTConfig).",
+        json_schema_extra=SERVER_DEFAULT,
+    )
+    resources: ResourceSettings = Field(
+        default_factory=ResourceSettings,
+        description="GPUs, CPU, memory, placement and image.",
+        json_schema_extra=SERVER_DEFAULT,
+    )
+    output: OutputSettings = Field(description="Where checkpoints and the adapter are written.")
+    adapter: AdapterPublication | None = Field(
+        default=None, description="Publish a LoraAdapter on success, to be served by a vLLM Deployment."
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret with a Hugging Face token, for gated models and datasets."
+    )
+    backoff_limit: int = Field(
+        default=3, ge=0, le=20, description="Retries of a failed training pod; each resumes from its checkpoint."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the run when it has been running longer than this."
+    )
+
+
+class Progress(ApiModel):
+    """Live training progress, read from the worker's metrics."""
+
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, ge=0, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).")
+    percent: float = Field(default=0, ge=0, le=100, description="step / totalSteps, in percent.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Training throughput.")
+    eta: str | None = Field(default=None, description="Estimated time left, e.g. `4m10s`.")
+    updated_at: datetime | None = Field(default=None, description="When the worker last reported.")
+
+
+class AdapterResult(ApiModel):
+    """The adapter a successful run produced, as a volume claim and a path in it."""
+
+    claim_name: str = Field(description="PersistentVolumeClaim holding the adapter.")
+    path: str = Field(description="Folder of the adapter inside the volume.")
+    sha256: str = Field(description="SHA-256 of `adapter_model.safetensors`.")
+    size_bytes: int = Field(ge=0, description="Size of the weights file.")
+    r: int = Field(description="LoRA rank.")
+    lora_alpha: int = Field(description="LoRA alpha.")
+    target_modules: list[str] = Field(description="Adapted modules.")
+    base_model: str = Field(description="Base model the adapter was trained on.")
+    merged_path: str | None = Field(default=None, description="Folder of the merged model, when `merge` was set.")
+
+
+class LoraTrainingJobStatus(ApiModel):
+    """Observed state of the run. Condition types: Accepted, Running, Succeeded, Failed."""
+
+    observed_generation: int | None = Field(default=None, description="Generation the status was written for.")
+    conditions: ConditionList
+    job_name: str | None = Field(default=None, description="The batch/v1 Job running the worker.")
+    start_time: datetime | None = Field(default=None, description="When the first training pod started.")
+    completion_time: datetime | None = Field(default=None, description="When the run succeeded or failed.")
+    attempts: int = Field(default=0, ge=0, description="Training pods started so far.")
+    resumed_from_step: int | None = Field(default=None, description="Step the latest attempt resumed from.")
+    progress: Progress | None = Field(default=None, description="Live progress while training.")
+    train_loss: float | None = Field(default=None, description="Final training loss.")
+    eval_loss: float | None = Field(default=None, description="Final evaluation loss.")
+    trainable_parameters: str | None = Field(
+        default=None, description="PEFT's line, e.g. `trainable params: 1,572,864 || all params: ... || trainable%: 0.47`."
+    )
+    adapter: AdapterResult | None = Field(default=None, description="The adapter produced, on success.")
+
+
+class LoraTrainingJob(ApiModel):
+    """The whole object, as the handlers see it after validation."""
+
+    api_version: str = Field(default="loraplane.io/v1alpha1", alias="apiVersion")
+    kind: Literal["LoraTrainingJob"] = "LoraTrainingJob"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LoraTrainingJobSpec
+    status: LoraTrainingJobStatus = Field(default_factory=LoraTrainingJobStatus)
+
+    KIND: ClassVar[str] = KIND

@@ -1,0 +1,27 @@
+"""Entry point for `kopf run -m loraplane.main`: operator-wide settings, then every kind's handlers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+import prometheus_client
+
+from loraplane import GROUP
+from loraplane.settings import get_settings
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    config = get_settings()
+    logging.getLogger().setLevel(config.log_level)
+    # kopf's own bookkeeping lives in annotations under our prefix, never in status: the status schema
+    # is strict (structural), and handlers return nothing, so nothing of kopf's lands there to be pruned.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/cleanup"
+    settings.posting.reporting_component = "loraplane"
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    prometheus_client.start_http_server(config.metrics_port, addr=config.pod_ip)

@@ -1,0 +1,35 @@
+"""The operator's one settings object, read once from the environment (the chart sets every value)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAPLANE_", frozen=True)
+
+    namespace: str = Field(default="default", description="Namespace the operator runs in.")
+    watch_namespaces: str = Field(default="", description="Comma-separated namespaces; empty means all.")
+    worker_image: str = Field(default="ghcr.io/loraplane/worker:0.1.0", description="Default worker image.")
+    gpu_resource_name: str = Field(default="nvidia.com/gpu", description="Extended resource counting GPUs.")
+    worker_metrics_port: int = Field(default=9400, description="Port of the worker's Prometheus metrics.")
+    progress_interval_seconds: float = Field(default=5.0, gt=0, description="How often to read progress.")
+    serving_require_opt_in: bool = Field(default=True, description="Enable LoRA only on annotated Deployments.")
+    serving_max_loras: int = Field(default=4, ge=1, description="`--max-loras` written when enabling LoRA.")
+    serving_max_cpu_loras: int = Field(default=8, ge=1, description="`--max-cpu-loras` written when enabling LoRA.")
+    vllm_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one vLLM API call.")
+    metrics_port: int = Field(default=9090, description="Port of the operator's own /metrics.")
+    pod_ip: str = Field(default="127.0.0.1", validation_alias="POD_IP", description="Address servers bind.")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+
+    @property
+    def watched(self) -> list[str]:
+        return [ns for ns in (part.strip() for part in self.watch_namespaces.split(",")) if ns]
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

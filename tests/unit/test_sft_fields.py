@@ -1,0 +1,47 @@
+"""Pass-through SFTConfig arguments: validated without torch, against the pinned TRL's fields."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraplane import sft_fields
+
+
+def test_known_fields_of_the_right_type_pass() -> None:
+    assert sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "warmup_steps": 5}) == []
+
+
+def test_an_int_is_accepted_where_a_float_is_expected() -> None:
+    assert sft_fields.validate_sft_args({"weight_decay": 0}) == []
+
+
+def test_a_typo_is_an_error_with_a_hint() -> None:
+    [problem] = sft_fields.validate_sft_args({"weightdecay": 0.1})
+    assert problem.startswith("spec.training.sftArgs.weightdecay: not a field of TRL")
+    assert "did you mean weight_decay?" in problem
+
+
+def test_wrong_type_names_the_expected_one() -> None:
+    [problem] = sft_fields.validate_sft_args({"weight_decay": "lots"})
+    assert problem == "spec.training.sftArgs.weight_decay: expected float, got str"
+
+
+def test_a_bool_is_not_an_int() -> None:
+    [problem] = sft_fields.validate_sft_args({"warmup_steps": True})
+    assert "warmup_steps: expected" in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "pointer"),
+    [("output_dir", "spec.output"), ("learning_rate", "spec.training.learningRate"), ("hub_token", "reference")],
+)
+def test_fields_owned_by_loraplane_or_the_spec_are_refused(name: str, pointer: str) -> None:
+    [problem] = sft_fields.validate_sft_args({name: "x"})
+    assert problem.startswith(f"spec.training.sftArgs.{name}: not allowed here")
+    assert pointer in problem
+
+
+@pytest.mark.torch
+def test_fields_file_matches_the_installed_trl() -> None:
+    """Drift: the committed list is what the pinned TRL's SFTConfig has (`make crds` rewrites it)."""
+    assert sft_fields.FIELDS_FILE.read_text() == sft_fields.render(), "run `make crds`"
