@@ -40,55 +40,61 @@ def _resolve(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     return target
 
 
-def to_structural(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
-    """Convert one pydantic JSON Schema node (recursively) into a structural OpenAPI v3 schema."""
-    node = _resolve(node, defs)
+def _plain_optional(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
+    """Optional[T] arrives as anyOf [T, null]: in Kubernetes the field is simply not required."""
+    variants = [v for v in node["anyOf"] if v.get("type") != "null"]
+    if len(variants) != 1:
+        raise ValueError(f"unions other than Optional[T] have no structural schema: {node}")
+    merged = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+    if node.get("default") is not None:
+        merged["default"] = node["default"]
+    return {**_resolve(variants[0], defs), **merged}
 
-    # Optional[T] arrives as anyOf [T, null]: the field is simply not required.
-    if "anyOf" in node:
-        variants = [v for v in node["anyOf"] if v.get("type") != "null"]
-        if len(variants) != 1:
-            raise ValueError(f"unions other than Optional[T] have no structural schema: {node}")
-        merged = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
-        if node.get("default") is not None:
-            merged["default"] = node["default"]
-        merged = {**_resolve(variants[0], defs), **merged}
-        return to_structural(merged, defs)
 
-    out: JsonSchema = {k: v for k, v in node.items() if k not in _DROPPED_KEYS}
-
+def _scalar_keywords(out: JsonSchema) -> None:
+    """Rewrite draft-2020 keywords into their OpenAPI v3 (Kubernetes) spelling, in place."""
     if "const" in out:
         out["enum"] = [out.pop("const")]
     for bound in ("exclusiveMinimum", "exclusiveMaximum"):
         if bound in out and not isinstance(out[bound], bool):
             out[bound.replace("exclusiveM", "m")] = out[bound]
             out[bound] = True
-    if out.get("format") in ("date-time",):
-        out["format"] = "date-time"
-    elif "format" in out:
-        out.pop("format")
+    if out.get("format") != "date-time":
+        out.pop("format", None)
+    if out.get("default") is None:
+        out.pop("default", None)
 
+
+def _object(out: JsonSchema, node: JsonSchema, defs: dict[str, JsonSchema]) -> None:
+    out["type"] = "object"
+    if "properties" in out:
+        out["properties"] = {name: to_structural(sub, defs) for name, sub in out["properties"].items()}
+    values = node.get("additionalProperties")
+    if isinstance(values, dict) and values:
+        value_schema = to_structural(values, defs)
+        if value_schema.get("type") in (None, "object") and "properties" not in value_schema:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        else:
+            out["additionalProperties"] = value_schema
+    elif "properties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+
+
+def to_structural(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
+    """Convert one pydantic JSON Schema node (recursively) into a structural OpenAPI v3 schema."""
+    node = _resolve(node, defs)
+    if "anyOf" in node:
+        return to_structural(_plain_optional(node, defs), defs)
+    out: JsonSchema = {k: v for k, v in node.items() if k not in _DROPPED_KEYS}
+    _scalar_keywords(out)
     kind = out.get("type")
     if kind == "object" or "properties" in out:
-        out["type"] = "object"
-        if "properties" in out:
-            out["properties"] = {name: to_structural(sub, defs) for name, sub in out["properties"].items()}
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict) and extra:
-            value_schema = to_structural(extra, defs)
-            if value_schema.get("type") in (None, "object") and "properties" not in value_schema:
-                out["x-kubernetes-preserve-unknown-fields"] = True
-            else:
-                out["additionalProperties"] = value_schema
-        elif "properties" not in out:
-            out["x-kubernetes-preserve-unknown-fields"] = True
+        _object(out, node, defs)
     elif kind == "array":
         out["items"] = to_structural(out.get("items", {}), defs)
     elif kind is None:
         # `Any`: a free-form value the operator validates itself.
         out["x-kubernetes-preserve-unknown-fields"] = True
-    if out.get("default") is None:
-        out.pop("default", None)
     return out
 
 
@@ -167,10 +173,21 @@ def crd(
 
 def training_job_crd() -> JsonSchema:
     columns = [
-        _condition_column("Status", "Succeeded", "reason", "Where the run is: Pending, Running, Succeeded, Failed."),
-        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.percent",
-         "description": "Percent of training steps done."},
-        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest loss."},
+        _condition_column(
+            "Status", "Succeeded", "reason", "Where the run is: Pending, Running, Succeeded, Failed."
+        ),
+        {
+            "name": "Progress",
+            "type": "string",
+            "jsonPath": ".status.progress.percent",
+            "description": "Percent of training steps done.",
+        },
+        {
+            "name": "Loss",
+            "type": "number",
+            "jsonPath": ".status.progress.loss",
+            "description": "Latest loss.",
+        },
         {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Time left."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -183,11 +200,24 @@ def training_job_crd() -> JsonSchema:
 def adapter_crd() -> JsonSchema:
     columns = [
         _condition_column("Ready", "Ready", "status", "Every serving replica holds the adapter."),
-        {"name": "Replicas", "type": "string", "jsonPath": ".status.readyReplicas",
-         "description": "Serving replicas that hold the adapter."},
-        {"name": "Desired", "type": "string", "jsonPath": ".status.replicas",
-         "description": "Serving replicas of the target Deployment."},
-        {"name": "Mode", "type": "string", "jsonPath": ".spec.serving.mode", "description": "HotLoad or Static."},
+        {
+            "name": "Replicas",
+            "type": "string",
+            "jsonPath": ".status.readyReplicas",
+            "description": "Serving replicas that hold the adapter.",
+        },
+        {
+            "name": "Desired",
+            "type": "string",
+            "jsonPath": ".status.replicas",
+            "description": "Serving replicas of the target Deployment.",
+        },
+        {
+            "name": "Mode",
+            "type": "string",
+            "jsonPath": ".spec.serving.mode",
+            "description": "HotLoad or Static.",
+        },
         _condition_column("Reason", "Ready", "reason", "Why the adapter is (not) Ready."),
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -207,7 +237,9 @@ def render_all() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", action="append", type=Path, required=True, help="folder to write (repeatable)")
+    parser.add_argument(
+        "--out", action="append", type=Path, required=True, help="folder to write (repeatable)"
+    )
     args = parser.parse_args()
     for folder in args.out:
         folder.mkdir(parents=True, exist_ok=True)

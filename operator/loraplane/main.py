@@ -19,7 +19,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own bookkeeping lives in annotations under our prefix, never in status: the status schema
     # is strict (structural), and handlers return nothing, so nothing of kopf's lands there to be pruned.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.reporting_component = "loraplane"
     settings.execution.max_workers = 8

@@ -17,9 +17,13 @@ class Settings(BaseSettings):
     gpu_resource_name: str = Field(default="nvidia.com/gpu", description="Extended resource counting GPUs.")
     worker_metrics_port: int = Field(default=9400, description="Port of the worker's Prometheus metrics.")
     progress_interval_seconds: float = Field(default=5.0, gt=0, description="How often to read progress.")
-    serving_require_opt_in: bool = Field(default=True, description="Enable LoRA only on annotated Deployments.")
+    serving_require_opt_in: bool = Field(
+        default=True, description="Enable LoRA only on annotated Deployments."
+    )
     serving_max_loras: int = Field(default=4, ge=1, description="`--max-loras` written when enabling LoRA.")
-    serving_max_cpu_loras: int = Field(default=8, ge=1, description="`--max-cpu-loras` written when enabling LoRA.")
+    serving_max_cpu_loras: int = Field(
+        default=8, ge=1, description="`--max-cpu-loras` written when enabling LoRA."
+    )
     vllm_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one vLLM API call.")
     metrics_port: int = Field(default=9090, description="Port of the operator's own /metrics.")
     pod_ip: str = Field(default="127.0.0.1", validation_alias="POD_IP", description="Address servers bind.")

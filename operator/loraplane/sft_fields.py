@@ -35,11 +35,11 @@ OWNED_BY_LORAPLANE = {
     "tf32": "set from spec.training.precision",
     "run_name": "set by loraplane",
 }
-_MODELLED_IN_SPEC = (
-    "num_train_epochs max_steps per_device_train_batch_size gradient_accumulation_steps learning_rate "
-    "lr_scheduler_type warmup_ratio max_length packing gradient_checkpointing logging_steps save_steps "
-    "eval_steps seed"
-).split()
+_MODELLED_IN_SPEC = {
+    "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "warmup_ratio", "max_length", "packing", "gradient_checkpointing",
+    "logging_steps", "save_steps", "eval_steps", "seed",
+}  # fmt: skip
 
 
 def refusal_reason(name: str) -> str | None:
@@ -49,6 +49,12 @@ def refusal_reason(name: str) -> str | None:
         camel = "".join(p if i == 0 else p.capitalize() for i, p in enumerate(name.split("_")))
         return f"use spec.training.{camel}"
     return None
+
+
+_SIMPLE_KINDS: dict[Any, str] = {
+    type(None): "null", bool: "bool", int: "int", float: "float", str: "str",
+    list: "list", tuple: "list", set: "list", frozenset: "list", dict: "dict",
+}  # fmt: skip
 
 
 def _kinds(annotation: Any) -> tuple[set[str], list[Any] | None]:
@@ -66,23 +72,15 @@ def _kinds(annotation: Any) -> tuple[set[str], list[Any] | None]:
     if origin is typing.Literal:
         values = list(typing.get_args(annotation))
         return {type(v).__name__ for v in values}, values
-    if annotation is type(None):
-        return {"null"}, None
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return {"str"}, [member.value for member in annotation]
-    simple = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
-    base = origin or annotation
-    if base in simple:
-        return {simple[base]}, None
-    if base in (tuple, set, frozenset):
-        return {"list"}, None
-    return {"any"}, None
+    return {_SIMPLE_KINDS.get(origin or annotation, "any")}, None
 
 
 def describe_sft_config() -> dict[str, Any]:
     """Read the installed TRL's SFTConfig (imports torch: only `make crds` and the drift test call it)."""
     import trl  # noqa: PLC0415
-    from trl import SFTConfig  # noqa: PLC0415
+    from trl.trainer.sft_config import SFTConfig  # noqa: PLC0415
 
     hints = typing.get_type_hints(SFTConfig)
     fields: dict[str, Any] = {}

@@ -8,7 +8,9 @@ from loraplane import sft_fields
 
 
 def test_known_fields_of_the_right_type_pass() -> None:
-    assert sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "warmup_steps": 5}) == []
+    assert (
+        sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "warmup_steps": 5}) == []
+    )
 
 
 def test_an_int_is_accepted_where_a_float_is_expected() -> None:
@@ -33,7 +35,11 @@ def test_a_bool_is_not_an_int() -> None:
 
 @pytest.mark.parametrize(
     ("name", "pointer"),
-    [("output_dir", "spec.output"), ("learning_rate", "spec.training.learningRate"), ("hub_token", "reference")],
+    [
+        ("output_dir", "spec.output"),
+        ("learning_rate", "spec.training.learningRate"),
+        ("hub_token", "reference"),
+    ],
 )
 def test_fields_owned_by_loraplane_or_the_spec_are_refused(name: str, pointer: str) -> None:
     [problem] = sft_fields.validate_sft_args({name: "x"})

@@ -41,17 +41,22 @@ class AdapterSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             validation(
-                "(has(self.trainingJob) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.huggingFace) ? 1 : 0) == 1",
+                "[has(self.trainingJob), has(self.volume), has(self.huggingFace)].filter(x, x).size() == 1",
                 "exactly one of source.trainingJob, source.volume or source.huggingFace must be set",
             ),
         )
     )
 
-    training_job: TrainingJobRef | None = Field(default=None, description="Serve what a LoraTrainingJob produced.")
-    volume: VolumePath | None = Field(
-        default=None, description="An adapter folder in a volume that the serving pods mount at the same claim."
+    training_job: TrainingJobRef | None = Field(
+        default=None, description="Serve what a LoraTrainingJob produced."
     )
-    hugging_face: HuggingFaceAdapter | None = Field(default=None, description="An adapter on the Hugging Face Hub.")
+    volume: VolumePath | None = Field(
+        default=None,
+        description="An adapter folder in a volume that the serving pods mount at the same claim.",
+    )
+    hugging_face: HuggingFaceAdapter | None = Field(
+        default=None, description="An adapter on the Hugging Face Hub."
+    )
 
 
 class ServingTarget(ApiModel):
@@ -71,7 +76,9 @@ class LoraAdapterSpec(ApiModel):
     """Desired adapter and where it is served."""
 
     base_model: str = Field(
-        min_length=1, max_length=1024, description="Base model the adapter was trained on; must be what vLLM serves."
+        min_length=1,
+        max_length=1024,
+        description="Base model the adapter was trained on; must be what vLLM serves.",
     )
     source: AdapterSource = Field(description="Where the adapter's files come from.")
     served_model_name: Dns1123Label | None = Field(
@@ -85,7 +92,9 @@ class PodAdapterState(ApiModel):
 
     pod: str = Field(description="Pod name.")
     ip: str | None = Field(default=None, description="Pod IP the operator talked to.")
-    loaded: bool = Field(default=False, description="The pod's `/v1/models` lists the adapter at the desired path.")
+    loaded: bool = Field(
+        default=False, description="The pod's `/v1/models` lists the adapter at the desired path."
+    )
     loaded_at: datetime | None = Field(default=None, description="When the adapter was confirmed on the pod.")
     last_error: str | None = Field(default=None, description="The last load error on this pod, if any.")
 
@@ -94,7 +103,9 @@ class LoraAdapterStatus(ApiModel):
     """Observed serving state. Condition types: Ready (reason says why not: DeploymentNotFound,
     RankTooHigh, BaseModelMismatch, LoadFailed, ...)."""
 
-    observed_generation: int | None = Field(default=None, description="Generation the status was written for.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation the status was written for."
+    )
     conditions: ConditionList
     replicas: int = Field(default=0, ge=0, description="Serving pods of the target Deployment.")
     ready_replicas: int = Field(default=0, ge=0, description="Serving pods that hold the adapter.")

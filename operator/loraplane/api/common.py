@@ -20,7 +20,9 @@ PARENT_SEGMENT = r"(^|/)\.\.(/|$)"
 Dns1123Label = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 
 
-def validation(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def validation(
+    rule: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
     """One CEL rule for `x-kubernetes-validations`; the API server enforces it before loraplane sees it."""
     entry = {"rule": rule, "message": message}
     if field_path:
@@ -104,7 +106,9 @@ class Condition(ApiModel):
     reason: str = Field(
         default="", max_length=1024, description="CamelCase reason for the last transition, for machines."
     )
-    message: str = Field(default="", max_length=32768, description="Human-readable details of the transition.")
+    message: str = Field(
+        default="", max_length=32768, description="Human-readable details of the transition."
+    )
     observed_generation: int | None = Field(
         default=None, ge=0, description="The `.metadata.generation` the condition was set for."
     )

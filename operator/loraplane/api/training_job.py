@@ -101,7 +101,9 @@ class DatasetSource(ApiModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
         description="Hugging Face dataset id, e.g. `Abirate/english_quotes`.",
     )
-    config: str | None = Field(default=None, max_length=256, description="Dataset configuration (subset) name.")
+    config: str | None = Field(
+        default=None, max_length=256, description="Dataset configuration (subset) name."
+    )
     split: str = Field(default="train", min_length=1, max_length=256, description="Split to train on.")
     volume: VolumePath | None = Field(
         default=None, description="A data file or folder inside a volume (jsonl, json, csv, parquet or txt)."
@@ -148,13 +150,15 @@ class LoraSettings(ApiModel):
     r: int = Field(
         default=16, ge=1, le=MAX_LORA_RANK, description="LoRA rank, 1-512 (vLLM serves ranks up to 512)."
     )
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (alpha/r scales the update).")
+    lora_alpha: int = Field(
+        default=32, ge=1, description="LoRA scaling numerator (alpha/r scales the update)."
+    )
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path, in [0, 1).")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: [ALL_LINEAR],
         min_length=1,
         max_length=64,
-        description=f"Module names to adapt, e.g. `[q_proj, v_proj]`, or `[{ALL_LINEAR}]` for every linear layer.",
+        description=f"Modules to adapt, e.g. `[q_proj, v_proj]`, or `[{ALL_LINEAR}]` for every linear layer.",
     )
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases to train.")
     task_type: Literal["CAUSAL_LM"] = Field(
@@ -186,7 +190,9 @@ class TrainingSettings(ApiModel):
     num_train_epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
     max_steps: int = Field(default=-1, ge=-1, description="Stop after this many steps; -1 trains by epochs.")
     per_device_train_batch_size: int = Field(default=4, ge=1, le=4096, description="Batch size per GPU.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=4096, description="Steps per optimizer update.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Steps per optimizer update."
+    )
     learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler_type: SchedulerType = Field(default="linear", description="Learning-rate schedule.")
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
@@ -197,7 +203,9 @@ class TrainingSettings(ApiModel):
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for activation memory.")
     logging_steps: int = Field(default=10, ge=1, description="Report progress every this many steps.")
     save_steps: int = Field(
-        default=100, ge=1, description="Checkpoint every this many steps; a retried pod resumes from the newest."
+        default=100,
+        ge=1,
+        description="Checkpoint every this many steps; a retried pod resumes from the newest.",
     )
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every this many steps.")
     seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
@@ -225,15 +233,21 @@ class ResourceSettings(ApiModel):
         description="Extended resource that counts GPUs; default from the chart (`nvidia.com/gpu`).",
     )
     cpu: str | None = Field(default=None, max_length=64, description="CPU request and limit, e.g. `8`.")
-    memory: str | None = Field(default=None, max_length=64, description="Memory request and limit, e.g. `64Gi`.")
+    memory: str | None = Field(
+        default=None, max_length=64, description="Memory request and limit, e.g. `64Gi`."
+    )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pod must match.", json_schema_extra={"maxProperties": 64}
+        default_factory=dict,
+        description="Node labels the pod must match.",
+        json_schema_extra={"maxProperties": 64},
     )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, max_length=32, description="Tolerations, as in a Pod spec."
     )
     affinity: dict[str, Any] | None = Field(default=None, description="Affinity, as in a Pod spec.")
-    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the pod.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pod."
+    )
     image: str | None = Field(
         default=None, max_length=512, description="Worker image override; default from the chart."
     )
@@ -243,7 +257,9 @@ class OutputSettings(ApiModel):
     """Where the adapter goes. Each run writes under `<path>/<job uid>` so a re-created job never resumes
     another run's checkpoints."""
 
-    volume: VolumePath = Field(description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter.")
+    volume: VolumePath = Field(
+        description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter."
+    )
     merge: bool = Field(
         default=False, description="Also write the base model with the adapter merged in (static serving)."
     )
@@ -258,7 +274,8 @@ class AdapterPublication(ApiModel):
         default=None, description="Name clients put in `model`; default: the LoraAdapter's name."
     )
     mode: Literal["HotLoad", "Static"] = Field(
-        default="HotLoad", description="HotLoad: runtime load on every replica; Static: `--lora-modules` + rollout."
+        default="HotLoad",
+        description="HotLoad: runtime load on every replica; Static: `--lora-modules` + rollout.",
     )
 
 
@@ -274,7 +291,9 @@ class LoraTrainingJobSpec(ApiModel):
     base_model: ModelSource = Field(description="The model to fine-tune.")
     dataset: DatasetSource = Field(description="The training data.")
     lora: LoraSettings = Field(
-        default_factory=LoraSettings, description="The LoRA adapter to train.", json_schema_extra=SERVER_DEFAULT
+        default_factory=LoraSettings,
+        description="The LoRA adapter to train.",
+        json_schema_extra=SERVER_DEFAULT,
     )
     training: TrainingSettings = Field(
         default_factory=TrainingSettings,
@@ -294,7 +313,10 @@ class LoraTrainingJobSpec(ApiModel):
         default=None, description="Secret with a Hugging Face token, for gated models and datasets."
     )
     backoff_limit: int = Field(
-        default=3, ge=0, le=20, description="Retries of a failed training pod; each resumes from its checkpoint."
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries of a failed training pod; each resumes from its checkpoint.",
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the run when it has been running longer than this."
@@ -327,13 +349,17 @@ class AdapterResult(ApiModel):
     lora_alpha: int = Field(description="LoRA alpha.")
     target_modules: list[str] = Field(description="Adapted modules.")
     base_model: str = Field(description="Base model the adapter was trained on.")
-    merged_path: str | None = Field(default=None, description="Folder of the merged model, when `merge` was set.")
+    merged_path: str | None = Field(
+        default=None, description="Folder of the merged model, when `merge` was set."
+    )
 
 
 class LoraTrainingJobStatus(ApiModel):
     """Observed state of the run. Condition types: Accepted, Running, Succeeded, Failed."""
 
-    observed_generation: int | None = Field(default=None, description="Generation the status was written for.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation the status was written for."
+    )
     conditions: ConditionList
     job_name: str | None = Field(default=None, description="The batch/v1 Job running the worker.")
     start_time: datetime | None = Field(default=None, description="When the first training pod started.")
@@ -344,7 +370,8 @@ class LoraTrainingJobStatus(ApiModel):
     train_loss: float | None = Field(default=None, description="Final training loss.")
     eval_loss: float | None = Field(default=None, description="Final evaluation loss.")
     trainable_parameters: str | None = Field(
-        default=None, description="PEFT's line, e.g. `trainable params: 1,572,864 || all params: ... || trainable%: 0.47`."
+        default=None,
+        description="PEFT's line, e.g. `trainable params: 1,572,864 || all params: ... || trainable%: 0.47`.",
     )
     adapter: AdapterResult | None = Field(default=None, description="The adapter produced, on success.")
 
