@@ -39,6 +39,7 @@ unit: venv
 crds: venv
 	$(PY) -m loraplane.crdgen --out crds --out charts/loraplane/files/crds
 	$(PY) -m loraplane.sft_fields
+	$(PY) -m loraplane.apidocs > docs/api.md
 
 cluster-up: venv
 	@$(PY) -m loraplane_devcluster up

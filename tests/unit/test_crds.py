@@ -96,3 +96,9 @@ def test_spec_of_a_training_job_is_immutable() -> None:
     schema = dict(crd_schemas())["loraplane.io_loratrainingjobs.yaml"]
     rules = [r["rule"] for r in schema["properties"]["spec"]["x-kubernetes-validations"]]
     assert "self == oldSelf" in rules
+
+
+def test_api_reference_matches_the_models() -> None:
+    from loraplane import apidocs  # noqa: PLC0415
+
+    assert (ROOT / "docs" / "api.md").read_text() == apidocs.render(), "docs/api.md drifted: run `make crds`"

@@ -155,7 +155,7 @@ class LoraSettings(ApiModel):
     )
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path, in [0, 1).")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=lambda: [ALL_LINEAR],
+        default=[ALL_LINEAR],
         min_length=1,
         max_length=64,
         description=f"Modules to adapt, e.g. `[q_proj, v_proj]`, or `[{ALL_LINEAR}]` for every linear layer.",
