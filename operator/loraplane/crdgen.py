@@ -128,8 +128,6 @@ def object_schema(spec_model: type[BaseModel], status_model: type[BaseModel], ma
                 f"size(self.metadata.name) <= {max_name}",
                 f"metadata.name must be at most {max_name} characters, so that the names of the objects "
                 "loraplane creates for it stay valid",
-                ".metadata.name",
-                "FieldValueInvalid",
             )
         ),
     }

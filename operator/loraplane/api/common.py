@@ -15,7 +15,7 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A path inside a volume is relative and has no `..` segment, so a spec cannot escape the volume it
 # names. The schema pattern says "relative" (RE2 has no look-ahead); a CEL rule forbids `..`.
 RELATIVE_PATH = r"^([^/].*)?$"
-PARENT_SEGMENT = r"(^|/)\.\.(/|$)"
+PARENT_SEGMENT = r"(^|/)[.][.](/|$)"  # no backslashes: they would need escaping in CEL
 
 Dns1123Label = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 
