@@ -140,7 +140,8 @@ class LoraSettings(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             validation(
-                f"!has(self.targetModules) || !('{ALL_LINEAR}' in self.targetModules) || size(self.targetModules) == 1",
+                f"!has(self.targetModules) || !('{ALL_LINEAR}' in self.targetModules)"
+                " || size(self.targetModules) == 1",
                 f"lora.targetModules: `{ALL_LINEAR}` stands alone, it already names every linear layer",
                 ".targetModules",
             ),
