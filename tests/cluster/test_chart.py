@@ -1,0 +1,190 @@
+"""The Helm chart with a real helm and a real API server: lint, values schema, install, upgrade of a
+CRD, uninstall, and least-privilege RBAC checked with the operator's own ServiceAccount token."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_fixtures import CHART, Release
+
+pytestmark = pytest.mark.cluster
+
+KUBE_VERSION = "1.36.3"
+
+
+def render(kube: Kube, *values: str) -> list[dict]:
+    args = ["template", "t", str(CHART), "--namespace", "lp", "--kube-version", KUBE_VERSION]
+    for value in values:
+        args += ["--set", value]
+    return [d for d in yaml.safe_load_all(kube.helm(*args).stdout) if d]
+
+
+def test_lint_is_clean(kube: Kube) -> None:
+    result = kube.helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_operator_runs_hardened(kube: Kube) -> None:
+    [deployment] = [d for d in render(kube) if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert "--standalone" in container["command"]
+    assert any(a.startswith("--liveness=http://$(POD_IP):") for a in container["args"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_watch_namespaces_narrow_rbac_to_roles(kube: Kube) -> None:
+    docs = render(kube, "watchNamespaces={team-a,team-b}")
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    # Only discovery (CRDs, namespaces) stays cluster-wide.
+    assert [r["metadata"]["name"] for r in cluster_roles] == ["t-loraplane-discovery"]
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args
+    assert "--all-namespaces" not in args
+
+
+def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
+    crds = [d for d in render(kube) if d["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 2
+    assert all(c["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"} for c in crds)
+    assert not [d for d in render(kube, "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("serving.maxLoras=0", "at '/serving/maxLoras': minimum: got 0, want 1"),
+        ("logLevel=LOUD", "at '/logLevel'"),
+        ("trainig.workerImage=x", "additional properties 'trainig' not allowed"),
+        ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
+    ],
+)
+def test_wrong_values_fail_at_install_with_a_clear_message(kube: Kube, value: str, message: str) -> None:
+    result = kube.helm(
+        "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", value, check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_install_and_uninstall_a_namespaced_release(
+    kube: Kube, chart_release: Release, namespace: str
+) -> None:
+    release = f"lp-{namespace[-6:]}"
+    kube.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--set", "crds.install=false",
+        "--set", f"watchNamespaces={{{namespace}}}", "--wait=false",
+    )  # fmt: skip
+    names = f"{release}-loraplane"
+    assert kube.kubectl("get", "role", names, "-n", namespace, check=False).returncode == 0
+    assert kube.kubectl("get", "deployment", names, "-n", namespace, check=False).returncode == 0
+    notes = kube.helm("get", "notes", release, "--namespace", namespace).stdout
+    assert "kubectl get lora" in notes
+
+    kube.helm("uninstall", release, "--namespace", namespace, "--wait")
+    for kind, scope in (("deployment", ["-n", namespace]), ("role", ["-n", namespace]), ("clusterrole", [])):
+        name = names if kind != "clusterrole" else f"{names}-discovery"
+        assert kube.kubectl("get", kind, name, *scope, check=False).returncode != 0, f"{kind} {name} left"
+    # The session release's CRDs are untouched.
+    assert kube.kubectl("get", "crd", "loratrainingjobs.loraplane.io", check=False).returncode == 0
+
+
+def test_upgrade_applies_a_changed_crd(kube: Kube, chart_release: Release, tmp_path: Path) -> None:
+    changed = tmp_path / "loraplane"
+    shutil.copytree(CHART, changed)
+    crd_file = changed / "files" / "crds" / "loraplane.io_loraadapters.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    columns.insert(0, {"name": "Served", "type": "string", "jsonPath": ".spec.servedModelName"})
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+
+    def printer_columns() -> list[str]:
+        got = json.loads(kube.kubectl("get", "crd", "loraadapters.loraplane.io", "-o", "json").stdout)
+        return [c["name"] for c in got["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+    upgrade = ("upgrade", chart_release.name, "--namespace", chart_release.namespace, "--wait=false")
+    try:
+        kube.helm(*upgrade[:2], str(changed), *upgrade[2:])
+        assert printer_columns()[0] == "Served"
+    finally:
+        kube.helm(*upgrade[:2], str(CHART), *upgrade[2:])
+    assert "Served" not in printer_columns()
+
+
+# --- RBAC, as the operator's ServiceAccount -------------------------------------------------------
+
+ALLOWED = [
+    ("watch", "loratrainingjobs.loraplane.io", []),
+    ("patch", "loratrainingjobs.loraplane.io", ["--subresource=status"]),
+    ("update", "loraadapters.loraplane.io", ["--subresource=finalizers"]),
+    ("create", "loraadapters.loraplane.io", []),
+    ("create", "jobs.batch", []),
+    ("create", "configmaps", []),
+    ("patch", "pods", ["--subresource=status"]),
+    ("patch", "deployments.apps", []),
+    ("create", "events", []),
+    ("create", "events.events.k8s.io", []),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", []),
+    ("watch", "namespaces", []),
+]
+FORBIDDEN = [
+    ("get", "secrets", []),
+    ("list", "secrets", ["--all-namespaces"]),
+    ("delete", "nodes", []),
+    ("create", "pods", []),
+    ("delete", "jobs.batch", []),
+    ("patch", "pods", []),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", []),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io", []),
+]
+
+
+def can_i(kube: Kube, kubeconfig: Path, namespace: str, verb: str, resource: str, extra: list[str]) -> bool:
+    result = kube.kubectl(
+        "auth", "can-i", verb, resource, "-n", namespace, *extra, kubeconfig_path=kubeconfig, check=False
+    )
+    return result.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "extra"), ALLOWED, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_operator_may_do_what_it_needs(
+    kube: Kube, operator_kubeconfig: Path, namespace: str, verb: str, resource: str, extra: list[str]
+) -> None:
+    assert can_i(kube, operator_kubeconfig, namespace, verb, resource, extra)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "extra"), FORBIDDEN, ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_operator_may_not_do_more(
+    kube: Kube, operator_kubeconfig: Path, namespace: str, verb: str, resource: str, extra: list[str]
+) -> None:
+    assert not can_i(kube, operator_kubeconfig, namespace, verb, resource, extra)
+
+
+def test_reading_secrets_with_the_operator_token_is_forbidden(
+    kube: Kube, operator_kubeconfig: Path, namespace: str
+) -> None:
+    result = kube.kubectl("get", "secrets", "-n", namespace, kubeconfig_path=operator_kubeconfig, check=False)
+    assert result.returncode != 0
+    assert "Forbidden" in result.stderr
+    wait_until("the token to list training jobs", lambda: kube.kubectl(
+        "get", "ltj", "-n", namespace, kubeconfig_path=operator_kubeconfig, check=False
+    ).returncode == 0, timeout_s=10)  # fmt: skip
