@@ -9,6 +9,7 @@ import kopf
 import prometheus_client
 
 from loraplane import GROUP
+from loraplane.handlers import training_jobs  # noqa: F401 - registers the handlers
 from loraplane.settings import get_settings
 
 

@@ -278,6 +278,13 @@ class AdapterPublication(ApiModel):
         default="HotLoad",
         description="HotLoad: runtime load on every replica; Static: `--lora-modules` + rollout.",
     )
+    replace: bool = Field(
+        default=False,
+        description=(
+            "When a LoraAdapter of that name already exists (an earlier version), point it at this run's "
+            "adapter; serving pods swap versions one at a time. Otherwise the job reports a Conflict."
+        ),
+    )
 
 
 class LoraTrainingJobSpec(ApiModel):

@@ -1,0 +1,251 @@
+"""The ConfigMap and batch/v1 Job that run one LoraTrainingJob."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from loraplane import naming
+from loraplane.api.training_job import ALL_LINEAR, LoraTrainingJob
+from loraplane.settings import Settings
+
+# The worker's documented exit code for input errors (EX_DATAERR): a retry would fail the same way.
+WORKER_INPUT_ERROR_EXIT_CODE = 65
+# Kubernetes caps a termination message at 4096 bytes; the worker writes its result JSON there.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+WORKER_UID = 1000
+
+
+def owner_labels(job: LoraTrainingJob) -> dict[str, str]:
+    return {
+        naming.LABEL_TRAINING_JOB: job.metadata["name"],
+        naming.LABEL_TRAINING_JOB_UID: job.metadata["uid"],
+        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+    }
+
+
+def output_dir(job: LoraTrainingJob) -> str:
+    volume = job.spec.output.volume
+    return naming.path_in_claim(volume.claim_name, naming.run_subpath(volume.path, job.metadata["uid"]))
+
+
+def base_model_name(job: LoraTrainingJob) -> str:
+    """What the serving side calls the base model: the Hugging Face id, or its path in the claim."""
+    source = job.spec.base_model
+    if source.name is not None:
+        return source.name
+    assert source.volume is not None  # the CRD's CEL rule: exactly one source
+    return naming.path_in_claim(source.volume.claim_name, source.volume.path)
+
+
+def worker_config(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
+    """The worker's config file: the spec's groups under TRL's and PEFT's own names, paths resolved."""
+    spec = job.spec
+    dataset = spec.dataset
+    lora = spec.lora.model_dump(exclude={"quantization"})
+    if lora["target_modules"] == [ALL_LINEAR]:
+        lora["target_modules"] = ALL_LINEAR
+    training = spec.training.model_dump(exclude={"precision", "sft_args"}, exclude_none=True)
+    training.update(spec.training.sft_args)
+    dataset_path = (
+        naming.path_in_claim(dataset.volume.claim_name, dataset.volume.path) if dataset.volume else None
+    )
+    return {
+        "model": {"name_or_path": base_model_name(job), "revision": spec.base_model.revision},
+        "dataset": {
+            "name": dataset.name,
+            "config": dataset.config,
+            "split": dataset.split,
+            "path": dataset_path,
+            "format": dataset.format,
+            "text_field": dataset.text_field if not dataset.messages_field else None,
+            "messages_field": dataset.messages_field,
+            "eval_split": dataset.eval_split,
+            "eval_fraction": dataset.eval_fraction,
+        },
+        "lora": lora,
+        "quantization": spec.lora.quantization,
+        "precision": spec.training.precision,
+        "training": training,
+        "output": {
+            "dir": output_dir(job),
+            "merge": spec.output.merge,
+            "base_model_name": base_model_name(job),
+        },
+        "metrics": {"port": settings.worker_metrics_port},
+    }
+
+
+def _without_none(document: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _without_none(value) if isinstance(value, dict) else value
+        for key, value in document.items()
+        if value is not None
+    }
+
+
+def config_map(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
+    config = yaml.safe_dump(_without_none(worker_config(job, settings)), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": naming.config_map_name(job.metadata["name"]), "labels": owner_labels(job)},
+        "data": {naming.CONFIG_KEY: config},
+    }
+
+
+def _claims(job: LoraTrainingJob) -> dict[str, bool]:
+    """Every claim the pod mounts, and whether it is mounted read-only (only the output is written)."""
+    spec = job.spec
+    claims = {spec.output.volume.claim_name: False}
+    for volume in (spec.base_model.volume, spec.dataset.volume):
+        if volume is not None:
+            claims.setdefault(volume.claim_name, True)
+    return claims
+
+
+def _resources(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
+    wanted = job.spec.resources
+    limits: dict[str, str] = {}
+    if wanted.gpus:
+        limits[wanted.gpu_resource_name or settings.gpu_resource_name] = str(wanted.gpus)
+    if wanted.cpu:
+        limits["cpu"] = wanted.cpu
+    if wanted.memory:
+        limits["memory"] = wanted.memory
+    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
+    return {"limits": limits, "requests": requests} if limits else {}
+
+
+def _env(job: LoraTrainingJob) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+    ]
+    secret = job.spec.hf_token_secret_ref
+    if secret is not None:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
+        )
+    return env
+
+
+def pod_spec(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
+    wanted = job.spec.resources
+    claims = _claims(job)
+    mounts = [
+        {"name": "config", "mountPath": naming.CONFIG_MOUNT, "readOnly": True},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a pod-private emptyDir
+        *(
+            {"name": f"claim-{i}", "mountPath": naming.claim_mount_path(claim), "readOnly": read_only}
+            for i, (claim, read_only) in enumerate(claims.items())
+        ),
+    ]
+    volumes = [
+        {"name": "config", "configMap": {"name": naming.config_map_name(job.metadata["name"])}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        *(
+            {"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+            for i, (claim, read_only) in enumerate(claims.items())
+        ),
+    ]
+    container = {
+        "name": naming.WORKER_CONTAINER,
+        "image": wanted.image or settings.worker_image,
+        "args": ["--config", f"{naming.CONFIG_MOUNT}/{naming.CONFIG_KEY}"],
+        "env": _env(job),
+        "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
+        "resources": _resources(job, settings),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # retries are new pods, counted by the Job against backoffLimit
+        # Progress goes out through /metrics and the result through the termination message: the
+        # worker needs no API access, so it gets no token.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if wanted.node_selector:
+        spec["nodeSelector"] = wanted.node_selector
+    if wanted.tolerations:
+        spec["tolerations"] = wanted.tolerations
+    if wanted.affinity:
+        spec["affinity"] = wanted.affinity
+    if wanted.priority_class_name:
+        spec["priorityClassName"] = wanted.priority_class_name
+    return spec
+
+
+def batch_job(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
+    labels = owner_labels(job)
+    spec: dict[str, Any] = {
+        "backoffLimit": job.spec.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {   # A bad dataset field or config is not retried backoffLimit times.
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": naming.WORKER_CONTAINER,
+                        "operator": "In",
+                        "values": [WORKER_INPUT_ERROR_EXIT_CODE],
+                    },
+                },
+                {   # Preemption, eviction, node drain: retry without spending the retry budget.
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec(job, settings)},
+    }  # fmt: skip
+    if job.spec.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = job.spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": naming.batch_job_name(job.metadata["name"]), "labels": labels},
+        "spec": spec,
+    }
+
+
+def published_adapter(job: LoraTrainingJob) -> dict[str, Any]:
+    """The LoraAdapter a successful run publishes: labelled with the job, not owned by it, so deleting
+    the job keeps the adapter (and what serves it)."""
+    publication = job.spec.adapter
+    assert publication is not None
+    name = publication.name or job.metadata["name"]
+    spec: dict[str, Any] = {
+        "baseModel": base_model_name(job),
+        "source": {"trainingJob": {"name": job.metadata["name"]}},
+        "serving": {"deployment": publication.deployment, "mode": publication.mode},
+    }
+    if publication.served_model_name:
+        spec["servedModelName"] = publication.served_model_name
+    return {
+        "apiVersion": "loraplane.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {
+            "name": name,
+            "labels": {
+                naming.LABEL_TRAINING_JOB: job.metadata["name"],
+                naming.LABEL_TRAINING_JOB_UID: job.metadata["uid"],
+                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+            },
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,103 @@
+"""The operator's few direct API calls (kopf does the watching and status patches).
+
+Everything here is create-if-absent or a read: a replayed event or a restarted operator converges on
+the same objects instead of making second copies.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from functools import cache
+from typing import Any, cast
+
+import kubernetes
+from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from loraplane import GROUP, VERSION
+from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL
+
+
+@cache
+def api_client() -> ApiClient:
+    """In a pod: the ServiceAccount's token; elsewhere (tests, local runs): $KUBECONFIG."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return ApiClient()
+
+
+def _created(create: Any, *args: Any) -> bool:
+    """Call a create function; False when the object already exists (the desired state holds)."""
+    try:
+        create(*args)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def ensure_config_map(namespace: str, body: dict[str, Any]) -> bool:
+    return _created(CoreV1Api(api_client()).create_namespaced_config_map, namespace, body)
+
+
+def ensure_batch_job(namespace: str, body: dict[str, Any]) -> bool:
+    return _created(BatchV1Api(api_client()).create_namespaced_job, namespace, body)
+
+
+def claim_exists(namespace: str, name: str) -> bool:
+    try:
+        CoreV1Api(api_client()).read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def get_adapter(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found = CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, ADAPTER_PLURAL, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], found)
+
+
+def create_adapter(namespace: str, body: dict[str, Any]) -> bool:
+    return _created(
+        CustomObjectsApi(api_client()).create_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        ADAPTER_PLURAL,
+        body,
+    )
+
+
+def patch_adapter(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, ADAPTER_PLURAL, name, patch
+    )
+
+
+def scrape(url: str, timeout_s: float) -> str | None:
+    """GET a metrics endpoint; None when it does not answer (the pod is starting or gone)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http to a pod IP
+            text: str = response.read().decode()
+            return text
+    except OSError:
+        return None
+
+
+def to_plain(body: Any) -> dict[str, Any]:
+    """A kopf body (a live view) as a plain dict, safe to keep in an index."""
+    plain: dict[str, Any] = json.loads(json.dumps(body))
+    return plain

@@ -1,0 +1,143 @@
+"""The pure status function of a LoraTrainingJob, from Job, pods and worker reports."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+
+from loraplane import progress
+from loraplane.api.training_job import LoraTrainingJob
+from loraplane.status import training as status_of
+from loraplane.status.conditions import find
+from manifests import example_training_job
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+UID = "uid-1"
+
+
+def job(status: dict | None = None) -> LoraTrainingJob:
+    body = copy.deepcopy(example_training_job())
+    body["metadata"].update(uid=UID, generation=1)
+    if status:
+        body["status"] = status
+    return LoraTrainingJob.model_validate(body)
+
+
+def batch(conditions: list[dict] | None = None, **counts: int) -> dict:
+    return {
+        "metadata": {"name": "opt-350m-quotes-train"},
+        "status": {"conditions": conditions or [], **counts},
+    }
+
+
+def pod(state: dict, *, created: str = "2026-01-01T11:00:00Z", conditions: list | None = None) -> dict:
+    return {
+        "metadata": {"name": "p", "creationTimestamp": created},
+        "status": {
+            "phase": "Running" if "running" in state else "Pending",
+            "conditions": conditions or [],
+            "containerStatuses": [{"name": "worker", "state": state}],
+        },
+    }
+
+
+def summary(status) -> tuple[str, str]:
+    condition = find(status.conditions, "Succeeded")
+    return condition.status, condition.reason
+
+
+def test_running_pod_means_running() -> None:
+    status = status_of.observe(job(), batch(active=1), [pod({"running": {}})], None, NOW)
+    assert summary(status) == ("Unknown", "Running")
+    assert find(status.conditions, "Running").status == "True"
+    assert status.attempts == 1
+
+
+def test_unschedulable_carries_the_schedulers_message() -> None:
+    message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    unscheduled = pod({}, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                       "message": message}])  # fmt: skip
+    status = status_of.observe(job(), batch(active=1), [unscheduled], None, NOW)
+    assert summary(status) == ("Unknown", "Unschedulable")
+    assert find(status.conditions, "Succeeded").message == message
+
+
+def test_image_pull_failure_is_surfaced() -> None:
+    waiting = pod({"waiting": {"reason": "ErrImagePull", "message": "image not found"}})
+    status = status_of.observe(job(), batch(active=1), [waiting], None, NOW)
+    assert summary(status) == ("Unknown", "ImagePullFailed")
+
+
+def test_success_records_the_adapter_as_claim_and_path() -> None:
+    report = {"adapterDir": "/mnt/claims/loraplane-adapters/opt-350m/uid-1", "sha256": "ab" * 32,
+              "sizeBytes": 1024, "r": 16, "loraAlpha": 32, "targetModules": ["q_proj", "v_proj"],
+              "baseModel": "facebook/opt-350m", "trainLoss": 1.5, "steps": 30,
+              "trainableParameters": 1000, "allParameters": 100000}  # fmt: skip
+    done = pod({"terminated": {"exitCode": 0, "message": json.dumps(report)}})
+    complete = batch([{"type": "Complete", "status": "True"}], succeeded=1)
+    status = status_of.observe(job(), complete, [done], None, NOW)
+    assert summary(status) == ("True", "Succeeded")
+    assert find(status.conditions, "Failed").status == "False"
+    assert status.adapter.claim_name == "loraplane-adapters"
+    assert status.adapter.path == "opt-350m/uid-1"
+    assert status.adapter.sha256 == "ab" * 32
+    assert status.train_loss == 1.5
+    assert (
+        status.trainable_parameters == "trainable params: 1,000 || all params: 100,000 || trainable%: 1.0000"
+    )
+    assert status_of.is_terminal(status)
+
+
+def test_input_error_fails_with_the_workers_line() -> None:
+    report = {"error": "DatasetFieldError", "message": "column 'quote' not in dataset", "inputError": True}
+    failed_pod = pod({"terminated": {"exitCode": 65, "message": json.dumps(report)}})
+    failed = batch([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1)
+    status = status_of.observe(job(), failed, [failed_pod], None, NOW)
+    assert summary(status) == ("False", "InputError")
+    assert find(status.conditions, "Failed").message == "DatasetFieldError: column 'quote' not in dataset"
+
+
+def test_deadline_exceeded() -> None:
+    failed = batch(
+        [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]
+    )
+    status = status_of.observe(job(), failed, [], None, NOW)
+    assert summary(status) == ("False", "DeadlineExceeded")
+
+
+def test_a_failed_attempt_with_no_running_pod_is_retrying() -> None:
+    status = status_of.observe(job(), batch(failed=1), [], None, NOW)
+    assert summary(status) == ("Unknown", "Retrying")
+
+
+def test_transition_time_only_moves_when_status_changes() -> None:
+    first = status_of.observe(job(), batch(active=1), [pod({"running": {}})], None, NOW)
+    again = status_of.observe(
+        job(first.to_wire()), batch(active=1), [pod({"running": {}})], None, NOW + dt.timedelta(minutes=5)
+    )
+    assert find(again.conditions, "Running").last_transition_time == NOW
+
+
+def test_progress_from_the_workers_gauges() -> None:
+    text = "\n".join([
+        "# HELP loraplane_worker_step Optimizer steps done.", "loraplane_worker_step 12.0",
+        "loraplane_worker_total_steps 30.0", "loraplane_worker_loss 2.5", "loraplane_worker_eval_loss NaN",
+        "loraplane_worker_progress_ratio 0.4", "loraplane_worker_eta_seconds 250.0",
+    ])  # fmt: skip
+    got = progress.to_progress(progress.parse_gauges(text), NOW)
+    assert (got.step, got.total_steps, got.percent, got.loss, got.eta) == (12, 30, 40.0, 2.5, "4m10s")
+    assert got.eval_loss is None
+    status = status_of.observe(job(), batch(active=1), [pod({"running": {}})], got, NOW, resumed_from_step=10)
+    assert status.progress.step == 12
+    assert status.resumed_from_step == 10
+
+
+def test_eta_formats() -> None:
+    assert [status_of.format_eta(s) for s in (None, float("nan"), 9, 61, 7322)] == [
+        None,
+        None,
+        "9s",
+        "1m1s",
+        "2h2m",
+    ]
