@@ -47,7 +47,8 @@ def chart_release(kube: Kube) -> Iterator[Release]:
     The CRDs stay after the session's uninstall (crds.keep), as they would for a user."""
     kube.helm(
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-        "--wait=false",
+        # Tests act on progress every couple of seconds rather than the default five.
+        "--set", "training.progressIntervalSeconds=2", "--set", "logLevel=DEBUG", "--wait=false",
     )  # fmt: skip
     wait_until("the loraplane CRDs to be established", lambda: crds_established(kube), timeout_s=60)
     yield Release(RELEASE, RELEASE_NAMESPACE, service_account=RELEASE)
@@ -59,3 +60,64 @@ def operator_kubeconfig(kube: Kube, chart_release: Release, tmp_path_factory: py
     """A kubeconfig that acts as the chart's operator ServiceAccount: an RBAC gap fails the test."""
     path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
     return kube.service_account_kubeconfig(chart_release.namespace, chart_release.service_account, path)
+
+
+# --- the operator: the chart's own Deployment, as a pod under its ServiceAccount ----------------------
+
+
+class ChartOperator:
+    """The operator pod the chart runs (the node agent runs it as a local process). Kill it as a
+    crash or eviction would, and its Deployment brings a new one."""
+
+    def __init__(self, kube: Kube, release: Release) -> None:
+        self.kube, self.release = kube, release
+
+    def ready_pod(self) -> dict | None:
+        out = self.kube.kubectl(
+            "get", "pods", "-n", self.release.namespace,
+            "-l", f"app.kubernetes.io/instance={self.release.name}", "-o", "json",
+        )  # fmt: skip
+        for pod in json.loads(out.stdout)["items"]:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            conditions = pod.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return dict(pod)
+        return None
+
+    def wait_ready(self, timeout_s: float = 120) -> dict:
+        return wait_until("the operator pod to be Ready", self.ready_pod, timeout_s=timeout_s)
+
+    def kill(self) -> None:
+        """Delete the pod with no grace period; wait for the replacement to be Ready."""
+        old = self.wait_ready()["metadata"]
+        self.kube.kubectl("delete", "pod", old["name"], "-n", self.release.namespace,
+                          "--grace-period=0", "--force", "--wait=false")  # fmt: skip
+        wait_until(
+            "a new operator pod", lambda: (p := self.ready_pod()) and p["metadata"]["uid"] != old["uid"], 120
+        )
+
+    def log_tail(self, lines: int = 80) -> str:
+        pod = self.ready_pod()
+        if pod is None:
+            return "(no operator pod)"
+        name = pod["metadata"]["name"]
+        out = self.kube.kubectl("logs", name, "-n", self.release.namespace, f"--tail={lines}", check=False)
+        return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, chart_release: Release) -> ChartOperator:
+    running = ChartOperator(kube, chart_release)
+    running.wait_ready()
+    return running
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test that used the operator shows the end of the operator's log."""
+    report = yield
+    running = getattr(item, "funcargs", {}).get("operator")
+    if report.failed and isinstance(running, ChartOperator):
+        report.sections.append(("operator log (last lines)", running.log_tail()))
+    return report

@@ -99,5 +99,5 @@ def scrape(url: str, timeout_s: float) -> str | None:
 
 def to_plain(body: Any) -> dict[str, Any]:
     """A kopf body (a live view) as a plain dict, safe to keep in an index."""
-    plain: dict[str, Any] = json.loads(json.dumps(body))
+    plain: dict[str, Any] = json.loads(json.dumps(dict(body)))
     return plain

@@ -37,7 +37,7 @@ OWNED_BY_LORAPLANE = {
 }
 _MODELLED_IN_SPEC = {
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "lr_scheduler_type", "warmup_ratio", "max_length", "packing", "gradient_checkpointing",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "max_length", "packing", "gradient_checkpointing",
     "logging_steps", "save_steps", "eval_steps", "seed",
 }  # fmt: skip
 

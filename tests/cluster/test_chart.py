@@ -117,7 +117,8 @@ def test_upgrade_applies_a_changed_crd(kube: Kube, chart_release: Release, tmp_p
         got = json.loads(kube.kubectl("get", "crd", "loraadapters.loraplane.io", "-o", "json").stdout)
         return [c["name"] for c in got["spec"]["versions"][0]["additionalPrinterColumns"]]
 
-    upgrade = ("upgrade", chart_release.name, "--namespace", chart_release.namespace, "--wait=false")
+    upgrade = ("upgrade", chart_release.name, "--namespace", chart_release.namespace, "--reuse-values",
+               "--wait=false")  # fmt: skip
     try:
         kube.helm(*upgrade[:2], str(changed), *upgrade[2:])
         assert printer_columns()[0] == "Served"

@@ -9,7 +9,7 @@ from loraplane import sft_fields
 
 def test_known_fields_of_the_right_type_pass() -> None:
     assert (
-        sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "warmup_steps": 5}) == []
+        sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "save_total_limit": 2}) == []
     )
 
 
@@ -29,8 +29,8 @@ def test_wrong_type_names_the_expected_one() -> None:
 
 
 def test_a_bool_is_not_an_int() -> None:
-    [problem] = sft_fields.validate_sft_args({"warmup_steps": True})
-    assert "warmup_steps: expected" in problem
+    [problem] = sft_fields.validate_sft_args({"dataloader_num_workers": True})
+    assert "dataloader_num_workers: expected" in problem
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,18 @@ def test_fields_owned_by_loraplane_or_the_spec_are_refused(name: str, pointer: s
 def test_fields_file_matches_the_installed_trl() -> None:
     """Drift: the committed list is what the pinned TRL's SFTConfig has (`make crds` rewrites it)."""
     assert sft_fields.FIELDS_FILE.read_text() == sft_fields.render(), "run `make crds`"
+
+
+def test_every_training_field_is_an_sft_config_field_of_the_pinned_trl() -> None:
+    """`spec.training` uses SFTConfig's own names, so the worker passes them straight in."""
+    from loraplane.api.training_job import TrainingSettings  # noqa: PLC0415
+
+    known = sft_fields.allowed_fields()["fields"]
+    for name, field in TrainingSettings.model_fields.items():
+        if name in ("precision", "sft_args"):
+            continue  # loraplane's own: mapped to bf16/fp16, and the pass-through itself
+        assert name in known, f"spec.training.{name} is not a field of SFTConfig"
+        choices = known[name].get("choices")
+        literal = getattr(field.annotation, "__args__", None)
+        if choices and literal:
+            assert set(literal) <= set(choices), f"spec.training.{name}: {set(literal) - set(choices)}"

@@ -196,7 +196,9 @@ class TrainingSettings(ApiModel):
     )
     learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler_type: SchedulerType = Field(default="linear", description="Learning-rate schedule.")
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    warmup_steps: float = Field(
+        default=0, ge=0, description="Warm-up: a number of steps, or a fraction of all steps when below 1."
+    )
     max_length: int = Field(
         default=1024, ge=8, le=1048576, description="Tokens per example; longer ones are truncated."
     )

@@ -1,0 +1,223 @@
+"""LoraTrainingJob end to end: the operator (under the chart's ServiceAccount) runs the real worker in a
+pod of the local cluster's node agent, on the tiny model; tests wait on observed status, never sleeps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loraplane_devcluster.staging import stage_tiny_model
+from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_fixtures import ChartOperator, Release
+from manifests import EXAMPLES
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+CLAIM = "loraplane-tiny"
+RUN_TIMEOUT_S = 420
+
+
+@pytest.fixture
+def volume(kube: Kube, namespace: str, tmp_path: Path) -> Path:
+    return stage_tiny_model(kube.api, namespace, CLAIM, tmp_path / "volume")
+
+
+def tiny_job(name: str, *, max_steps: int = 60, save_steps: int = 20, **spec: object) -> dict:
+    body = yaml.safe_load((EXAMPLES / "tiny-cpu" / "training-job.yaml").read_text())
+    body["metadata"]["name"] = name
+    body["spec"]["training"].update(maxSteps=max_steps, saveSteps=save_steps, loggingSteps=1)
+    body["spec"].pop("adapter", None)
+    body["spec"].update(spec)
+    return body
+
+
+def _condition(job: dict, type_: str) -> dict:
+    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+class Jobs:
+    """kubectl on LoraTrainingJobs of one namespace."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+
+    def create(self, body: dict) -> dict:
+        out = self.kube.kubectl(
+            "create", "-n", self.namespace, "-f", "-", "-o", "json", input=yaml.safe_dump(body)
+        )
+        return json.loads(out.stdout)
+
+    def get(self, kind: str, name: str) -> dict | None:
+        found = self.kube.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    def condition(self, name: str, type_: str) -> dict:
+        return _condition(self.get("ltj", name) or {}, type_)
+
+    def wait(
+        self, name: str, what: str, seen: Callable[[dict], Any], timeout_s: float = RUN_TIMEOUT_S
+    ) -> Any:
+        """Wait until `seen(job)` is truthy; a run that fails meanwhile fails the test at once."""
+
+        def probe() -> Any:
+            job = self.get("ltj", name) or {}
+            result = seen(job)
+            failed = _condition(job, "Failed")
+            if not result and failed.get("status") == "True":
+                raise AssertionError(f"{name} failed while waiting for {what}: {failed}")
+            return result
+
+        return wait_until(f"{name}: {what}", probe, timeout_s=timeout_s, interval_s=0.5)
+
+    def wait_reason(self, name: str, reason: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+        def reached(job: dict) -> dict | None:
+            summary = _condition(job, "Succeeded")
+            return summary if summary.get("reason") == reason else None
+
+        return self.wait(name, f"reason {reason}", reached, timeout_s)
+
+    def wait_progress(self, name: str, what: str, seen: Callable[[dict], bool]) -> dict:
+        def progress(job: dict) -> dict | None:
+            current = job.get("status", {}).get("progress") or {}
+            return current if current and seen(current) else None
+
+        return self.wait(name, what, progress)
+
+    def events(self, name: str) -> list[str]:
+        out = self.kube.kubectl(
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "json",
+        )
+        return [e["reason"] for e in json.loads(out.stdout)["items"]]
+
+    def children(self, name: str) -> dict[str, list[str]]:
+        selector = f"loraplane.io/training-job={name}"
+        found = {}
+        for kind in ("jobs", "pods", "configmaps"):
+            out = self.kube.kubectl("get", kind, "-n", self.namespace, "-l", selector, "-o", "name")
+            found[kind] = out.stdout.split()
+        return found
+
+
+@pytest.fixture
+def jobs(kube: Kube, namespace: str, chart_release: Release, operator: ChartOperator) -> Jobs:
+    return Jobs(kube, namespace)
+
+
+def test_a_tiny_job_trains_reports_progress_and_publishes_its_adapter(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    body = tiny_job("tiny", max_steps=80, save_steps=40)
+    body["spec"]["adapter"] = {"name": "tiny-quotes", "deployment": "vllm-tiny"}
+    created = jobs.create(body)
+    uid = created["metadata"]["uid"]
+    wait_until("the training Job", lambda: jobs.get("job", "tiny-train"), timeout_s=30)
+
+    mid_run = jobs.wait_progress("tiny", "progress mid-run", lambda p: 0 < p["step"] < p["totalSteps"])
+    assert mid_run["totalSteps"] == 80
+    assert mid_run["loss"] > 0
+
+    waited = kube.kubectl(
+        "wait", "--for=condition=Succeeded", "ltj/tiny", "-n", namespace, f"--timeout={RUN_TIMEOUT_S}s",
+        timeout_s=RUN_TIMEOUT_S + 30,
+    )  # fmt: skip
+    assert "condition met" in waited.stdout
+    status = jobs.get("ltj", "tiny")["status"]
+    adapter = status["adapter"]
+    assert adapter["claimName"] == CLAIM
+    assert adapter["path"] == f"adapters/{uid}"
+    weights = volume / adapter["path"] / "adapter_model.safetensors"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == adapter["sha256"]
+    assert adapter["r"] == 8
+    assert status["progress"]["percent"] == 100
+    assert status["trainableParameters"].startswith("trainable params:")
+
+    published = jobs.get("lad", "tiny-quotes")
+    assert published is not None
+    assert published["metadata"]["labels"]["loraplane.io/training-job"] == "tiny"
+    assert "ownerReferences" not in published["metadata"]
+    assert published["spec"]["source"] == {"trainingJob": {"name": "tiny"}}
+    events = jobs.events("tiny")
+    for reason in ("JobCreated", "Succeeded", "AdapterPublished"):
+        assert reason in events, events
+
+    # Deleting the job removes what it owned, never the adapter files or the published LoraAdapter.
+    kube.kubectl("delete", "ltj", "tiny", "-n", namespace)
+    wait_until("Job, pods and ConfigMap to be collected",
+               lambda: not any(jobs.children("tiny").values()), timeout_s=60)  # fmt: skip
+    assert weights.exists()
+    assert jobs.get("lad", "tiny-quotes") is not None
+
+
+def test_a_bad_dataset_field_fails_at_once_with_the_workers_message(jobs: Jobs, volume: Path) -> None:
+    body = tiny_job("bad-field")
+    body["spec"]["dataset"]["textField"] = "no_such_column"
+    jobs.create(body)
+    failed = wait_until(
+        "the Failed condition",
+        lambda: (c := jobs.condition("bad-field", "Failed")).get("status") == "True" and c,
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    assert failed["reason"] == "InputError"
+    assert "no_such_column" in failed["message"]
+    assert "InputError" in jobs.events("bad-field")
+    batch = jobs.get("job", "bad-field-train")
+    assert batch["status"].get("failed") == 1, "an input error must not be retried"
+
+
+def test_more_gpus_than_any_node_has_waits_with_the_schedulers_reason(jobs: Jobs, volume: Path) -> None:
+    jobs.create(tiny_job("greedy", resources={"gpus": 64}))
+    waiting = jobs.wait_reason("greedy", "Unschedulable", timeout_s=60)
+    assert "nvidia.com/gpu" in waiting["message"]
+
+
+def test_an_invalid_pass_through_field_is_refused_by_the_operator(jobs: Jobs, volume: Path) -> None:
+    body = tiny_job("typo")
+    body["spec"]["training"]["sftArgs"] = {"weightdecay": 0.1}
+    jobs.create(body)
+    refused = jobs.wait_reason("typo", "InvalidSpec", timeout_s=60)
+    assert "spec.training.sftArgs.weightdecay" in refused["message"]
+    assert "did you mean weight_decay?" in refused["message"]
+    assert jobs.get("job", "typo-train") is None
+    assert "InvalidSpec" in jobs.events("typo")
+
+
+def test_an_operator_restart_mid_run_makes_no_second_job(
+    jobs: Jobs, operator: ChartOperator, namespace: str, kube: Kube, volume: Path
+) -> None:
+    jobs.create(tiny_job("restart", max_steps=80))
+    wait_until(
+        "training to start", lambda: jobs.progress("restart").get("step", 0) > 0, timeout_s=RUN_TIMEOUT_S
+    )
+    operator.kill()
+    jobs.wait_reason("restart", "Succeeded")
+    assert len(jobs.children("restart")["jobs"]) == 1
+
+
+def test_a_deleted_training_pod_is_retried_and_resumes_from_its_checkpoint(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    created = jobs.create(tiny_job("resume", max_steps=120, save_steps=20))
+    checkpoints = volume / "adapters" / created["metadata"]["uid"] / "checkpoints"
+    wait_until(
+        "a complete checkpoint on the volume",
+        lambda: any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")),
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    kube.kubectl("delete", "pods", "-n", namespace, "-l", "loraplane.io/training-job=resume", "--wait=false")
+    jobs.wait_reason("resume", "Succeeded")
+    status = jobs.get("ltj", "resume")["status"]
+    assert status["resumedFromStep"] > 0
+    assert status["attempts"] >= 2
