@@ -198,9 +198,7 @@ def test_an_operator_restart_mid_run_makes_no_second_job(
     jobs: Jobs, operator: ChartOperator, namespace: str, kube: Kube, volume: Path
 ) -> None:
     jobs.create(tiny_job("restart", max_steps=80))
-    wait_until(
-        "training to start", lambda: jobs.progress("restart").get("step", 0) > 0, timeout_s=RUN_TIMEOUT_S
-    )
+    jobs.wait_progress("restart", "training to start", lambda p: p["step"] > 0)
     operator.kill()
     jobs.wait_reason("restart", "Succeeded")
     assert len(jobs.children("restart")["jobs"]) == 1
