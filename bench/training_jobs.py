@@ -147,7 +147,8 @@ def main() -> int:
         print(f"  LoraTrainingJob  p50 {o50 * 1000:7.1f} ms   p95 {o95 * 1000:7.1f} ms")
         print(f"  ratio            p50 {o50 / d50:7.1f}x     p95 {o95 / d95:7.1f}x")
         print(
-            f"burst of {args.burst}: created in {created:.1f} s; {done}/{args.burst} had Jobs after {all_jobs:.1f} s"
+            f"burst of {args.burst}: created in {created:.1f} s; "
+            f"{done}/{args.burst} had Jobs after {all_jobs:.1f} s"
         )
         print(
             f"  operator peak RSS {peak / 1024:.0f} MiB; API requests per job (whole cluster) {per_job:.1f}"

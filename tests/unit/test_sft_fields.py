@@ -8,9 +8,8 @@ from loraplane import sft_fields
 
 
 def test_known_fields_of_the_right_type_pass() -> None:
-    assert (
-        sft_fields.validate_sft_args({"weight_decay": 0.01, "optim": "adamw_torch", "save_total_limit": 2}) == []
-    )
+    args = {"weight_decay": 0.01, "optim": "adamw_torch", "save_total_limit": 2}
+    assert sft_fields.validate_sft_args(args) == []
 
 
 def test_an_int_is_accepted_where_a_float_is_expected() -> None:
