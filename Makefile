@@ -31,7 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check operator worker
 
 types: venv
-	$(VENV)/bin/mypy operator/loraplane
+	$(VENV)/bin/mypy operator/loraplane worker/loraplane_worker devcluster/loraplane_devcluster
 
 unit: venv
 	$(PY) -m pytest tests/unit

@@ -15,8 +15,9 @@ from loraplane_devcluster.tinymodel import ensure_tiny_model
 def stage_folder(api: ApiClient, namespace: str, claim: str, folder: Path, size: str = "5Gi") -> None:
     """Bind claim `namespace/claim` to a PersistentVolume whose files are `folder`."""
     volume = f"{namespace}-{claim}"[:63].rstrip("-")
+    # The client takes plain dicts as bodies; its type hints name only its model classes.
     CoreV1Api(api).create_persistent_volume(
-        {
+        {  # type: ignore[arg-type]
             "apiVersion": "v1",
             "kind": "PersistentVolume",
             "metadata": {"name": volume, "labels": {"loraplane.io/staged": "true"}},
@@ -32,7 +33,7 @@ def stage_folder(api: ApiClient, namespace: str, claim: str, folder: Path, size:
     )
     CoreV1Api(api).create_namespaced_persistent_volume_claim(
         namespace,
-        {
+        {  # type: ignore[arg-type]
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim},
