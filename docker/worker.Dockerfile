@@ -1,0 +1,46 @@
+# The training worker: TRL + PEFT on CUDA torch. No kopf, no Kubernetes client.
+# Build from the repository root:  docker build -f docker/worker.Dockerfile -t loraplane-worker .
+# The PyPI torch wheel brings its own CUDA libraries; the CUDA base image supplies the rest of the
+# user-space stack and the conventions (NVIDIA_* variables) the device plugin expects.
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/cache/huggingface \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    TOKENIZERS_PARALLELISM=false
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+
+WORKDIR /src
+# Dependencies first, pinned by the same file the tests use, so code changes keep this layer.
+COPY requirements/worker.txt requirements/worker.txt
+RUN pip install -r requirements/worker.txt \
+ # QLoRA (quantization: 4bit|8bit) loads the base model through bitsandbytes.
+ && pip install "bitsandbytes>=0.46"
+
+COPY pyproject.toml README.md* ./
+COPY operator operator
+COPY worker worker
+COPY devcluster devcluster
+RUN pip install -c requirements/worker.txt ".[worker]" && rm -rf /src
+
+# Non-root; the output volume and HF_HOME must be writable by this uid (fsGroup in the pod spec).
+RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin worker \
+ && mkdir -p /cache/huggingface && chown -R 1000:1000 /cache
+USER 1000:1000
+WORKDIR /home/worker
+
+# Prometheus metrics (metrics.port in the config).
+EXPOSE 9400
+ENTRYPOINT ["python", "-m", "loraplane_worker"]
+CMD ["--config", "/etc/loraplane/config.yaml"]

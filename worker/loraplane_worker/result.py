@@ -1,0 +1,139 @@
+"""The run's outcome, as the pod's termination message (what the operator reads when the pod ends).
+
+Kubernetes keeps at most 4096 bytes of a termination message, so the JSON is compact and optional
+fields are dropped, least useful first, until it fits; it stays valid JSON whatever the paths hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loraplane_worker.errors import InputError
+
+TERMINATION_MESSAGE_PATH_ENV = "TERMINATION_MESSAGE_PATH"
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MAX_MESSAGE_BYTES = 4096
+# Dropped in this order when the message is too long; the rest is what the operator needs to publish.
+OPTIONAL_FIELDS = (
+    "targetModules",
+    "allParameters",
+    "trainableParameters",
+    "resumedFromStep",
+    "evalLoss",
+    "trainLoss",
+    "mergedDir",
+)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    adapter_dir: str
+    sha256: str
+    size_bytes: int
+    r: int
+    lora_alpha: int
+    target_modules: list[str]
+    base_model: str
+    train_loss: float | None
+    eval_loss: float | None
+    steps: int
+    trainable_parameters: int
+    all_parameters: int
+    resumed_from_step: int | None
+    merged_dir: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase keys, as every other loraplane wire format."""
+        return {
+            "adapterDir": self.adapter_dir,
+            "sha256": self.sha256,
+            "sizeBytes": self.size_bytes,
+            "r": self.r,
+            "loraAlpha": self.lora_alpha,
+            "targetModules": self.target_modules,
+            "baseModel": self.base_model,
+            "trainLoss": self.train_loss,
+            "evalLoss": self.eval_loss,
+            "steps": self.steps,
+            "trainableParameters": self.trainable_parameters,
+            "allParameters": self.all_parameters,
+            "resumedFromStep": self.resumed_from_step,
+            "mergedDir": self.merged_dir,
+        }
+
+
+def module_leaf_names(target_modules: Iterable[str] | str) -> list[str]:
+    """`model.layers.0.self_attn.q_proj`, ... -> `q_proj`: what PEFT's `all-linear` writes, made compact."""
+    if isinstance(target_modules, str):
+        return [target_modules]
+    return sorted({name.rsplit(".", 1)[-1] for name in target_modules})
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def _size(payload: dict[str, Any]) -> int:
+    return len(_dumps(payload).encode("utf-8"))
+
+
+def fit_message(payload: dict[str, Any], optional: Iterable[str] = (), limit: int = MAX_MESSAGE_BYTES) -> str:
+    """Compact JSON of `payload` within `limit` bytes: drop `optional` keys in order, then shorten strings."""
+    payload = dict(payload)
+    for key in optional:
+        if _size(payload) <= limit:
+            break
+        payload.pop(key, None)
+    while _size(payload) > limit:
+        strings = [(len(v.encode()), k) for k, v in payload.items() if isinstance(v, str) and len(v) > 1]
+        if not strings:
+            raise ValueError(f"cannot fit {sorted(payload)} into {limit} bytes")
+        length, key = max(strings)
+        # Cut by bytes (the limit is in bytes), never inside a character, and mark the cut.
+        keep = max(1, length - (_size(payload) - limit) - len("…".encode()))
+        payload[key] = payload[key].encode()[:keep].decode("utf-8", errors="ignore") + "…"
+    return _dumps(payload)
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN/Infinity; a diverged loss is reported as absent rather than breaking the parser.
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 6)
+
+
+def success_message(result: TrainingResult) -> str:
+    payload = result.to_wire()
+    payload["trainLoss"] = _finite(result.train_loss)
+    payload["evalLoss"] = _finite(result.eval_loss)
+    return fit_message(payload, OPTIONAL_FIELDS)
+
+
+def failure_message(error: BaseException) -> str:
+    """`{"error": class, "message": one line, "inputError": bool}`."""
+    text = " ".join(str(error).split()) or repr(error)
+    payload = {"error": type(error).__name__, "message": text, "inputError": isinstance(error, InputError)}
+    return fit_message(payload)
+
+
+def termination_message_path() -> Path | None:
+    """Where Kubernetes reads the message, or None on a local run (no env, no /dev/termination-log)."""
+    configured = os.environ.get(TERMINATION_MESSAGE_PATH_ENV)
+    if configured:
+        return Path(configured)
+    default = Path(DEFAULT_TERMINATION_MESSAGE_PATH)
+    # The kubelet creates the file in every container; creating it ourselves outside a pod would be wrong.
+    return default if default.exists() else None
+
+
+def write_termination_message(message: str) -> Path | None:
+    path = termination_message_path()
+    if path is not None:
+        path.write_text(message, encoding="utf-8")
+    return path

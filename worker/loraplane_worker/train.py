@@ -1,0 +1,376 @@
+"""One training run: TRL's SFT recipe (`trl/scripts/sft.py`) plus what a training pod needs around it.
+
+The recipe is TRL's: load the model and data, `SFTConfig(**training)`, `SFTTrainer(peft_config=...)`,
+`train()`, `save_model()`. Around it the worker adds checks that fail early with a message naming
+the fix, progress metrics, automatic resume from the newest complete checkpoint, an adapter that
+vLLM accepts (written under a temporary name and renamed into place), and the optional merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    TrainerCallback,
+)
+from trl.trainer.sft_config import SFTConfig
+from trl.trainer.sft_trainer import SFTTrainer
+
+from loraplane_worker import errors
+from loraplane_worker.config import WorkerConfig, check_known_keys, check_target_modules, resolve_precision
+from loraplane_worker.data import load_training_data
+from loraplane_worker.merge import write_merged_model
+from loraplane_worker.progress import ProgressMetrics, ProgressReporter, emit, trainer_callback
+from loraplane_worker.result import TrainingResult, module_leaf_names
+from loraplane_worker.resume import newest_complete_checkpoint
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# The final adapter is saved here first, then its files are renamed into the output folder.
+STAGING_ADAPTER = ".adapter.partial"
+HUB_NOT_FOUND = (
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    EntryNotFoundError,
+)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def metrics_host() -> str:
+    # The operator scrapes the pod IP; outside a pod nothing else should reach the port.
+    return os.environ.get("POD_IP") or "127.0.0.1"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hub_input_error(error: BaseException) -> bool:
+    """True when loading failed because the id, revision or file does not exist; False for network trouble."""
+    offline = errors.hub_offline()
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, LocalEntryNotFoundError):
+            # Offline, a missing cache entry stays missing; online it may be a network blip worth a retry.
+            return offline
+        if isinstance(cause, HUB_NOT_FOUND):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text + (
+        " (HF_HUB_OFFLINE is set: only the local cache was searched)" if errors.hub_offline() else ""
+    )
+
+
+def check_model_location(name_or_path: str) -> None:
+    """A local model folder must exist and be readable; anything else is taken as a Hugging Face id."""
+    path = Path(name_or_path).expanduser()
+    if not (name_or_path.startswith(("/", "./", "../", "~")) or path.exists()):
+        return
+    where = f"model.name_or_path {name_or_path!r}"
+    if not path.is_dir():
+        raise errors.ModelNotFoundError(f"{where}: no such directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise errors.ModelNotFoundError(f"{where}: directory is not readable")
+    if not (path / "config.json").is_file():
+        raise errors.ModelNotFoundError(f"{where}: no config.json in the directory")
+
+
+def load_tokenizer(config: WorkerConfig) -> PreTrainedTokenizerBase:
+    check_model_location(config.model.name_or_path)
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            config.model.name_or_path,
+            revision=config.model.revision,
+            trust_remote_code=bool(config.training.get("trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as error:
+        if isinstance(error, ValueError) or hub_input_error(error):
+            raise errors.ModelNotFoundError(
+                f"model.name_or_path {config.model.name_or_path!r}: cannot load its tokenizer: "
+                f"{_first_line(error)}"
+            ) from error
+        raise
+    # No pad token is fine: SFTTrainer pads with the eos token, so nothing is added to the vocabulary.
+    return tokenizer
+
+
+def quantization_config(config: WorkerConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if config.quantization == "none":
+        return None
+    if not torch.cuda.is_available():
+        raise errors.QuantizationUnavailableError(
+            f"quantization {config.quantization!r} (QLoRA, bitsandbytes) needs a CUDA GPU and none is "
+            "visible; set quantization: none or give the pod a GPU"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise errors.QuantizationUnavailableError(
+            f"quantization {config.quantization!r} needs the bitsandbytes package, which this image lacks"
+        )
+    if config.quantization == "4bit":
+        # QLoRA's recipe: NF4 with double quantization, computing in the training dtype.
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+
+
+def load_model(config: WorkerConfig, dtype: torch.dtype) -> PreTrainedModel:
+    check_model_location(config.model.name_or_path)
+    kwargs: dict[str, Any] = dict(config.training.get("model_init_kwargs") or {})
+    kwargs.setdefault("dtype", dtype)
+    kwargs.setdefault("trust_remote_code", bool(config.training.get("trust_remote_code", False)))
+    quantization = quantization_config(config, dtype)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        # Each process holds a whole quantized copy on its own GPU (data parallel).
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    try:
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            config.model.name_or_path, revision=config.model.revision, **kwargs
+        )
+    except OSError as error:
+        if hub_input_error(error):
+            raise errors.ModelNotFoundError(
+                f"model.name_or_path {config.model.name_or_path!r}: {_first_line(error)}"
+            ) from error
+        raise
+    return model
+
+
+def build_sft_config(config: WorkerConfig, precision: str, has_eval: bool, cuda: bool) -> SFTConfig:
+    """`SFTConfig(**training)` with the keys the worker owns set, and unknown keys refused by name."""
+    check_known_keys("training", config.training, (f.name for f in dataclasses.fields(SFTConfig) if f.init))
+    kwargs: dict[str, Any] = {
+        "save_total_limit": 2,
+        "eval_strategy": "steps" if has_eval else "no",
+        # The worker logs progress as JSON lines; tqdm bars and printed dicts would only garble pod logs.
+        "disable_tqdm": True,
+        "dataloader_pin_memory": cuda,
+        # Without a GPU, say so: accelerate then runs several processes (LORAPLANE_NPROC) CPU data parallel.
+        "use_cpu": not cuda,
+        # LoRA uses every trainable parameter; DDP's search for unused ones is a wasted graph walk per step.
+        "ddp_find_unused_parameters": False,
+    }
+    kwargs.update(config.training)
+    kwargs.update(
+        output_dir=str(config.checkpoints_dir),
+        report_to="none",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+    )
+    if not config.dataset.is_chat:
+        kwargs["dataset_text_field"] = config.dataset.column
+    # The worker loads the model itself, with these (see load_model); SFTTrainer would only warn about them.
+    kwargs.pop("model_init_kwargs", None)
+    try:
+        return SFTConfig(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise errors.ConfigError(f"training: {str(error).splitlines()[0]}") from error
+
+
+def build_lora_config(config: WorkerConfig) -> LoraConfig:
+    kwargs = config.lora.peft_kwargs()
+    check_known_keys("lora", kwargs, (f.name for f in dataclasses.fields(LoraConfig) if f.init))
+    try:
+        return LoraConfig(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise errors.ConfigError(f"lora: {str(error).splitlines()[0]}") from error
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded before training starts."""
+
+    sft_config: SFTConfig
+    lora_config: LoraConfig
+    train_data: Dataset
+    eval_data: Dataset | None
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    dtype: torch.dtype
+
+
+def prepare(config: WorkerConfig) -> Prepared:
+    """Load and check, cheapest first, so a bad input fails before the model is loaded."""
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(config.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    has_eval = config.dataset.eval_split is not None or config.dataset.eval_fraction is not None
+    sft_config = build_sft_config(config, precision, has_eval, cuda)
+    lora_config = build_lora_config(config)
+    train_data, eval_data = load_training_data(config.dataset, sft_config.seed)
+    tokenizer = load_tokenizer(config)
+    if config.dataset.is_chat and not tokenizer.chat_template:
+        raise errors.ChatTemplateError(
+            f"dataset.messages_field is set, but the tokenizer of {config.model.name_or_path!r} has no chat "
+            "template; adding one would add tokens, which vLLM cannot serve. Use a model that has a chat "
+            "template, or a text dataset (dataset.text_field)"
+        )
+    model = load_model(config, DTYPES[precision])
+    modules = list(model.named_modules())
+    check_target_modules(
+        config.lora.target_modules,
+        (name for name, _ in modules),
+        (name for name, module in modules if isinstance(module, torch.nn.Linear)),
+    )
+    return Prepared(sft_config, lora_config, train_data, eval_data, tokenizer, model, DTYPES[precision])
+
+
+def vocabulary_size(model: PreTrainedModel | PeftModel) -> int:
+    embeddings = model.get_input_embeddings()
+    if not isinstance(embeddings, torch.nn.Embedding):
+        raise TypeError(f"unexpected input embeddings {type(embeddings).__name__}")
+    return int(embeddings.num_embeddings)
+
+
+def adapter_model(trainer: SFTTrainer) -> PeftModel:
+    if not isinstance(trainer.model, PeftModel):
+        raise TypeError(f"SFTTrainer built a {type(trainer.model).__name__}, not a PeftModel")
+    return trainer.model
+
+
+def check_servable(model: PeftModel, vocab_size: int) -> None:
+    """vLLM refuses adapters with new tokens or modules_to_save; make sure TRL's setup added none."""
+    peft_config = model.peft_config["default"]
+    if getattr(peft_config, "modules_to_save", None) or getattr(peft_config, "trainable_token_indices", None):
+        raise errors.NotServableError("the adapter would save modules or token embeddings; vLLM refuses it")
+    if vocabulary_size(model) != vocab_size:
+        raise errors.NotServableError("the vocabulary was resized in setup; vLLM cannot serve added tokens")
+
+
+def publish_adapter(staging: Path, output_dir: Path, served_base_model: str) -> dict[str, Any]:
+    """Record the served base model in the adapter config and rename the files into `output_dir`.
+
+    The config goes last: a reader that finds `adapter_config.json` finds complete weights beside it.
+    """
+    config_path = staging / ADAPTER_CONFIG
+    adapter_config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+    if adapter_config.get("modules_to_save") or adapter_config.get("use_dora"):
+        raise errors.NotServableError("adapter_config.json has modules_to_save or DoRA; vLLM refuses it")
+    adapter_config["base_model_name_or_path"] = served_base_model
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    names = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != ADAPTER_CONFIG)
+    for name in [*names, ADAPTER_CONFIG]:
+        os.replace(staging / name, output_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return adapter_config
+
+
+def run(config: WorkerConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainingResult | None:
+    """Train, save the adapter (and the merged model when asked), and describe what was written.
+
+    Returns None in the non-main processes of a data-parallel run: they write nothing.
+    """
+    main = is_main_process()
+    metrics = ProgressMetrics()
+    if main:
+        # Serving starts first, so the pod answers scrapes while the model downloads.
+        port = metrics.serve(metrics_host(), config.metrics.port)
+        emit({"event": "metrics", "host": metrics_host(), "port": port})
+    try:
+        prepared = prepare(config)
+        checkpoint = newest_complete_checkpoint(config.checkpoints_dir)
+        resumed_from = checkpoint.step if checkpoint else None
+        reporter = ProgressReporter(metrics, resumed_from_step=resumed_from)
+        if checkpoint is not None and main:
+            emit({"event": "resume", "fromStep": checkpoint.step, "checkpoint": str(checkpoint.path)})
+
+        vocab_size = vocabulary_size(prepared.model)
+        trainer = SFTTrainer(
+            model=prepared.model,
+            args=prepared.sft_config,
+            train_dataset=prepared.train_data,
+            eval_dataset=prepared.eval_data,
+            processing_class=prepared.tokenizer,
+            peft_config=prepared.lora_config,
+            callbacks=[trainer_callback(reporter), *callbacks],
+        )
+        trainer.remove_callback(PrinterCallback)  # its python-dict lines duplicate the JSON progress lines
+        model = adapter_model(trainer)
+        check_servable(model, vocab_size)
+        trainable, total = model.get_nb_trainable_parameters()
+        reporter.set_trainable_parameters(trainable)
+        if main:
+            model.print_trainable_parameters()  # PEFT's own line, for the pod log
+            emit({"event": "trainable_parameters", "trainable": trainable, "all": total})
+
+        outcome = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+        eval_loss = trainer.evaluate().get("eval_loss") if prepared.eval_data is not None else None
+
+        staging = config.output_dir / STAGING_ADAPTER
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        trainer.save_model(str(staging))
+        trainer.accelerator.wait_for_everyone()
+        if not main:
+            return None
+        written = publish_adapter(staging, config.output_dir, config.served_base_model)
+        weights = config.output_dir / ADAPTER_WEIGHTS
+
+        merged_dir = None
+        if config.output.merge:
+            merged_dir = write_merged_model(config, config.output_dir, prepared.dtype, prepared.tokenizer)
+
+        return TrainingResult(
+            adapter_dir=str(config.output_dir),
+            sha256=sha256_of(weights),
+            size_bytes=weights.stat().st_size,
+            r=written["r"],
+            lora_alpha=written["lora_alpha"],
+            # What vLLM reads: `all-linear` is written out as the module names PEFT matched.
+            target_modules=module_leaf_names(written.get("target_modules") or []),
+            base_model=config.served_base_model,
+            train_loss=outcome.training_loss,
+            eval_loss=eval_loss,
+            steps=outcome.global_step,
+            trainable_parameters=trainable,
+            all_parameters=total,
+            resumed_from_step=resumed_from,
+            merged_dir=str(merged_dir) if merged_dir else None,
+        )
+    finally:
+        metrics.close()
