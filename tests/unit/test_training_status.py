@@ -141,3 +141,17 @@ def test_eta_formats() -> None:
         "1m1s",
         "2h2m",
     ]
+
+
+def test_jobs_by_state_gauge_counts_each_job_once() -> None:
+    from loraplane.handlers import training_jobs  # noqa: PLC0415
+    from loraplane.metrics import TRAINING_JOBS  # noqa: PLC0415
+
+    training_jobs._count_phase("ns", "a", "Running")
+    training_jobs._count_phase("ns", "b", "Running")
+    training_jobs._count_phase("ns", "a", "Succeeded")
+    assert TRAINING_JOBS.labels("Running")._value.get() == 1
+    assert TRAINING_JOBS.labels("Succeeded")._value.get() == 1
+    training_jobs._count_phase("ns", "a", None)
+    training_jobs._count_phase("ns", "b", None)
+    assert TRAINING_JOBS.labels("Running")._value.get() == 0

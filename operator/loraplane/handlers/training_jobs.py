@@ -8,6 +8,7 @@ and writes the status only when it changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -16,7 +17,7 @@ import kopf
 from loraplane import GROUP, VERSION, kube, naming, progress
 from loraplane.api.training_job import PLURAL, LoraTrainingJob, LoraTrainingJobStatus
 from loraplane.builders import training as build
-from loraplane.metrics import RECONCILE_ERRORS, RECONCILES, TRAINING_PROGRESS
+from loraplane.metrics import RECONCILE_ERRORS, RECONCILES, TRAINING_JOBS, TRAINING_PROGRESS
 from loraplane.settings import get_settings
 from loraplane.sft_fields import validate_sft_args
 from loraplane.status import training as status_of
@@ -29,6 +30,23 @@ OWNED = {naming.LABEL_TRAINING_JOB_UID: kopf.PRESENT}
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+# Each job's latest phase (the Succeeded reason), for the jobs-by-state gauge.
+_PHASES: dict[tuple[str, str], str] = {}
+
+
+def _count_phase(namespace: str, name: str, phase: str | None) -> None:
+    if phase is None:
+        _PHASES.pop((namespace, name), None)
+    else:
+        _PHASES[(namespace, name)] = phase
+    counts: dict[str, int] = {}
+    for seen in _PHASES.values():
+        counts[seen] = counts.get(seen, 0) + 1
+    TRAINING_JOBS.clear()
+    for state, count in counts.items():
+        TRAINING_JOBS.labels(state).set(count)
 
 
 def parse(body: kopf.Body) -> LoraTrainingJob:
@@ -197,6 +215,8 @@ async def follow_training(
         new = status_of.observe(job, batch_job, pods, current, now(), resumed)
         _announce(body, job.status, new)
         _write_status(patch, job.status, new)
+        summary = find(new.conditions, "Succeeded")
+        _count_phase(namespace, job.metadata["name"], summary.reason if summary else None)
         if new.progress is not None:
             TRAINING_PROGRESS.labels(namespace, job.metadata["name"]).set(new.progress.percent)
         if new.adapter is not None:
@@ -204,3 +224,11 @@ async def follow_training(
     except Exception:
         RECONCILE_ERRORS.labels(KIND).inc()
         raise
+
+
+@kopf.on.delete(*RESOURCE, optional=True)  # optional: no finalizer, Kubernetes deletes the children
+def forget_training(namespace: str | None, name: str | None, **_: Any) -> None:
+    if namespace and name:
+        _count_phase(namespace, name, None)
+        with contextlib.suppress(KeyError):  # never reported progress
+            TRAINING_PROGRESS.remove(namespace, name)
