@@ -1,0 +1,23 @@
+# The operator: kopf + the Kubernetes client. No torch, no worker code.
+# Build from the repository root:  docker build -f docker/operator.Dockerfile -t loraplane-operator .
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app
+
+WORKDIR /app
+# Dependencies first, pinned by the same file the tests use, so code changes keep this layer.
+COPY requirements/operator.txt /tmp/operator.txt
+RUN pip install -r /tmp/operator.txt && rm /tmp/operator.txt
+
+# Only the operator package: the image must not carry the worker (torch) or the dev cluster.
+COPY operator/loraplane /app/loraplane
+
+# The chart runs it as this uid with a read-only root filesystem (/tmp is an emptyDir).
+USER 65532:65532
+EXPOSE 8080 9090
+ENTRYPOINT ["kopf", "run", "--standalone", "-m", "loraplane.main"]
+CMD ["--all-namespaces"]
