@@ -6,7 +6,9 @@ seed: `baseline` is the ~20 lines of TRL's own recipe (SFTTrainer + LoraConfig, 
 metrics endpoint, progress callback and JSON lines, checkpoint scan, staged adapter publish,
 sha256). Each variant runs in a child process of its own, so peak memory is that variant's alone
 (CPU: ru_maxrss; CUDA: torch.cuda.max_memory_allocated). Variants alternate over `--repeats`
-rounds and the best wall time of each is kept, which is what survives a busy machine.
+rounds and the best wall time of each is kept, which is what survives a busy machine; the process
+CPU time is printed too, as it moves less than wall time when other work shares the cores
+(`--threads 1` steadies it further).
 
     PYTHONPATH=worker python bench/worker_throughput.py                 # tiny model, CPU
     PYTHONPATH=worker python bench/worker_throughput.py --model llama-1b  # ~1.1B random Llama, bf16, CUDA
@@ -219,10 +221,12 @@ def child(args: argparse.Namespace) -> None:
     out = Path(tempfile.mkdtemp(prefix=f"{args.variant}-", dir=args.workdir))
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started, cpu_started = time.perf_counter(), time.process_time()
     variant = run_baseline if args.variant == "baseline" else run_worker
     variant(args, Path(args.model_dir), Path(args.data), out, timing)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -231,6 +235,7 @@ def child(args: argparse.Namespace) -> None:
     figures = {
         "variant": args.variant,
         "wall_s": wall,
+        "cpu_s": cpu,
         "train_s": train_s,
         "tokens": timing.tokens,
         "tokens_per_s": timing.tokens / train_s if train_s > 0 else 0.0,
@@ -244,6 +249,7 @@ def measure(args: argparse.Namespace, variant: str, model_dir: Path, data: Path)
         sys.executable, __file__, "--child", variant, "--model", args.model, "--device", args.device,
         "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
         "--model-dir", str(model_dir), "--data", str(data), "--workdir", str(args.workdir),
+        "--threads", str(args.threads),
     ]  # fmt: skip
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH ")]
@@ -258,13 +264,14 @@ def summary(variant: str, runs: list[dict[str, Any]]) -> dict[str, float]:
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "wall_s": best["wall_s"],
+        "cpu_s": min(r["cpu_s"] for r in runs),
         "train_s": min(r["train_s"] for r in runs),
         "tokens_per_s": max(r["tokens_per_s"] for r in runs),
         "peak_bytes": statistics.median(r["peak_bytes"] for r in runs),
     }
     walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs)
     print(
-        f"{variant:<8}  wall {figures['wall_s']:7.2f} s (runs: {walls})  "
+        f"{variant:<8}  wall {figures['wall_s']:7.2f} s (runs: {walls})  cpu {figures['cpu_s']:7.2f} s  "
         f"train loop {figures['train_s']:7.2f} s  tokens/s {figures['tokens_per_s']:10.1f}  "
         f"peak memory {figures['peak_bytes'] / 2**30:6.3f} GiB",
         flush=True,
@@ -282,6 +289,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (baseline, worker), alternating")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per run (0: torch's default); 1 steadies shared hosts",
+    )
     parser.add_argument("--child", choices=["baseline", "worker"], dest="variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -318,6 +331,7 @@ def main() -> None:
         worker = summary("worker", runs["worker"])
     print(
         f"ratio worker/baseline: wall {worker['wall_s'] / base['wall_s']:.3f}  "
+        f"cpu {worker['cpu_s'] / base['cpu_s']:.3f}  "
         f"train loop {worker['train_s'] / base['train_s']:.3f}  "
         f"tokens/s {worker['tokens_per_s'] / base['tokens_per_s']:.3f}  "
         f"peak memory {worker['peak_bytes'] / base['peak_bytes']:.3f}  (target: wall and memory <= 1.05)",

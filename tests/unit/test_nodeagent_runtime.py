@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loraplane_devcluster.nodeagent.network import LoopbackPool, NoFreeAddressError
 from loraplane_devcluster.nodeagent.containers import Backoff
+from loraplane_devcluster.nodeagent.network import LoopbackPool, NoFreeAddressError
 
 
 def test_backoff_restarts_at_once_then_doubles_to_the_cap() -> None:
