@@ -42,3 +42,23 @@ def test_a_pod_keeps_its_address_across_an_agent_restart_when_free() -> None:
     assert pool.allocate("other", preferred="127.0.1.77") != "127.0.1.77"
     assert pool.allocate("x", preferred="10.0.0.1").startswith("127.0.1.")
     assert not pool.contains("127.0.1.1")  # the machine's own name maps there on Debian
+
+
+def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
+    """A demo and a test session side by side must never hand out the same pod address."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from loraplane_devcluster.nodeagent.network import claim_pod_network  # noqa: PLC0415
+
+    mine = claim_pod_network(tmp_path)
+    code = (
+        "from pathlib import Path\n"
+        "from loraplane_devcluster.nodeagent.network import claim_pod_network as c\n"
+        f"print(c(Path({str(tmp_path)!r})))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert mine == "127.0.1."
+    assert other.stdout.strip() == "127.0.2."

@@ -18,13 +18,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from loraplane_devcluster.binaries import cache_dir
 from loraplane_devcluster.nodeagent.config import AgentConfig
 from loraplane_devcluster.nodeagent.env import service_env
 from loraplane_devcluster.nodeagent.events import EventRecorder
 from loraplane_devcluster.nodeagent.images import ImageMapSource
 from loraplane_devcluster.nodeagent.kubeapi import KubeApi, apiserver_port
 from loraplane_devcluster.nodeagent.logs import LogServer
-from loraplane_devcluster.nodeagent.network import LoopbackPool
+from loraplane_devcluster.nodeagent.network import LoopbackPool, claim_pod_network
 from loraplane_devcluster.nodeagent.node import NodeHeartbeat
 from loraplane_devcluster.nodeagent.pods import NodeServices, PodRunner, pod_key
 from loraplane_devcluster.nodeagent.runtime import kill_group, kill_leftovers
@@ -101,6 +102,11 @@ class PodWatcher:
                     return
 
 
+def pod_network_locks() -> Path:
+    """Where agents of every local cluster on this machine claim their pod address ranges."""
+    return cache_dir() / "run" / ".pod-networks"
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -117,7 +123,7 @@ class Agent:
             config=config,
             api=KubeApi(config.kubeconfig),
             image_map=ImageMapSource(config.venv, config.project_dir, config.image_map_path).current,
-            addresses=LoopbackPool(),
+            addresses=LoopbackPool(prefix=claim_pod_network(pod_network_locks())),
             probes=ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="probe"),
             events=EventRecorder(lambda: KubeApi(config.kubeconfig), config.node_name),
             service_env=service_env(apiserver_port(config.kubeconfig)),

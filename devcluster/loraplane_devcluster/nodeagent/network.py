@@ -1,12 +1,20 @@
 """Pod addresses: one loopback address per pod, as ``status.podIP``.
 
-All pods share the host's network, so each gets its own address in 127.0.1.0/24 and binds its
-servers there (``$(POD_IP)`` from the downward API, the usual Kubernetes pattern); two pods can then
-both listen on port 8000. 127.0.1.1 is left out: Debian maps the machine's own name to it.
-Addresses are handed out round-robin, so one freed by a deleted pod is not reused at once.
+All pods share the host's network, so each gets its own address in a /24 of the loopback range and
+binds its servers there (``$(POD_IP)`` from the downward API, the usual Kubernetes pattern); two pods
+can then both listen on port 8000. Each running agent claims a /24 of its own (127.0.1.0/24 for the
+first, 127.0.2.0/24 for a second cluster started beside it, ...), held by a lock file for the
+agent's lifetime, so a demo and a test session never hand out the same address. Host .1 is left out
+(Debian maps the machine's own name to 127.0.1.1). Addresses are handed out round-robin, so one
+freed by a deleted pod is not reused at once.
 """
 
 from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
 
 HOST_IP = "127.0.0.1"
 POD_NETWORK = "127.0.1."
@@ -56,3 +64,24 @@ class LoopbackPool:
 
     def in_use(self) -> dict[str, str]:
         return dict(self._owners)
+
+
+# Lock files held open for the process's lifetime; the kernel releases them when it ends.
+_CLAIMS: list[IO[bytes]] = []
+
+
+def claim_pod_network(lock_dir: Path, first: int = 1, last: int = 254) -> str:
+    """The prefix (e.g. ``127.0.2.``) of a /24 that no other running agent on this machine holds."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for third in range(first, last + 1):
+        prefix = f"127.0.{third}."
+        handle = (lock_dir / f"{prefix}lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        os.set_inheritable(handle.fileno(), False)  # containers must not keep the claim alive
+        _CLAIMS.append(handle)
+        return prefix
+    raise NoFreeAddressError(f"every 127.0.N.0/24 from N={first} to {last} is held by another agent")
