@@ -114,3 +114,11 @@ def test_published_adapter_is_labelled_not_owned() -> None:
     assert adapter["metadata"]["labels"]["loraplane.io/training-job"] == "opt-350m-quotes"
     assert adapter["spec"]["source"] == {"trainingJob": {"name": "opt-350m-quotes"}}
     assert adapter["spec"]["baseModel"] == "facebook/opt-350m"
+
+
+def test_publication_names_the_base_model_as_the_deployment_serves_it() -> None:
+    spec = {"volume": {"claimName": "models", "path": "tiny/model"}}
+    served = job(baseModel=spec, adapter={"deployment": "vllm", "baseModel": "tiny-llama"})
+    assert build.worker_config(served, SETTINGS)["model"]["name_or_path"] == "/mnt/claims/models/tiny/model"
+    assert build.worker_config(served, SETTINGS)["output"]["base_model_name"] == "tiny-llama"
+    assert build.published_adapter(served)["spec"]["baseModel"] == "tiny-llama"

@@ -273,6 +273,16 @@ class AdapterPublication(ApiModel):
 
     name: Dns1123Label | None = Field(default=None, description="LoraAdapter name; default: the job's name.")
     deployment: Dns1123Label = Field(description="vLLM Deployment (same namespace) that serves the adapter.")
+    base_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "The base model's name as that Deployment serves it (its `--served-model-name`, else its "
+            "`--model`); default: spec.baseModel.name, or the model's path in its claim. Also written "
+            "into the adapter's config as `base_model_name_or_path`."
+        ),
+    )
     served_model_name: Dns1123Label | None = Field(
         default=None, description="Name clients put in `model`; default: the LoraAdapter's name."
     )

@@ -31,7 +31,15 @@ def output_dir(job: LoraTrainingJob) -> str:
 
 
 def base_model_name(job: LoraTrainingJob) -> str:
-    """What the serving side calls the base model: the Hugging Face id, or its path in the claim."""
+    """What the serving side calls the base model: as the spec's publication says, else the Hugging
+    Face id, else its path in the claim."""
+    if job.spec.adapter is not None and job.spec.adapter.base_model:
+        return job.spec.adapter.base_model
+    return model_location(job)
+
+
+def model_location(job: LoraTrainingJob) -> str:
+    """Where the worker loads the base model from: the Hugging Face id, or its path in the claim."""
     source = job.spec.base_model
     if source.name is not None:
         return source.name
@@ -52,7 +60,7 @@ def worker_config(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
         naming.path_in_claim(dataset.volume.claim_name, dataset.volume.path) if dataset.volume else None
     )
     return {
-        "model": {"name_or_path": base_model_name(job), "revision": spec.base_model.revision},
+        "model": {"name_or_path": model_location(job), "revision": spec.base_model.revision},
         "dataset": {
             "name": dataset.name,
             "config": dataset.config,

@@ -1,0 +1,24 @@
+"""`make demo`'s own code path (`loraplane_devcluster.demo.run`) on the test cluster: install with Helm,
+train the tiny adapter, serve it from two real vLLM replicas, and ask both models the same question."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraplane_devcluster import demo
+from loraplane_devcluster.testing import Kube
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+def test_demo_trains_serves_and_answers_through_the_adapter(kube: Kube) -> None:
+    lines: list[str] = []
+    result = demo.run(kube, namespace="demo-e2e", say=lines.append)
+
+    assert result.adapter_model == "tiny-quotes"
+    assert len(result.adapter_answers) == 2, "the adapter answers on every replica"
+    for answer in result.adapter_answers.values():
+        assert answer.strip()
+        assert answer != result.base_answer, "the adapter changes what the model says"
+    assert any(line.lstrip().startswith("[") and "step" in line for line in lines), "a progress bar was shown"
+    assert set(result.timings) >= {"install loraplane with Helm", "train LoraTrainingJob tiny-quotes"}
