@@ -122,10 +122,10 @@ def measure_training_jobs(
     every create, and the status subresource is what the operator patches."""
     kubectl = binaries.resolve_bin_dir() / "kubectl"
     crds = Path(__file__).resolve().parents[1] / "crds"
-    subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig_path), "apply", "--server-side", "-f", str(crds)],
-                   check=True, capture_output=True)  # fmt: skip
-    subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig_path), "wait", "--for=condition=Established",
-                    "crd/loratrainingjobs.loraplane.io"], check=True, capture_output=True)  # fmt: skip
+    base = [str(kubectl), "--kubeconfig", str(kubeconfig_path)]
+    subprocess.run([*base, "apply", "--server-side", "-f", str(crds)], check=True, capture_output=True)
+    established = ["wait", "--for=condition=Established", "crd/loratrainingjobs.loraplane.io"]
+    subprocess.run([*base, *established], check=True, capture_output=True)
     custom: Any = CustomObjectsApi(api)
     job = yaml.safe_load_all((crds.parent / "examples" / "opt-350m-english-quotes.yaml").read_text())
     spec = next(d for d in job if d and d["kind"] == "LoraTrainingJob")["spec"]

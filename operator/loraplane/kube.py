@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any, cast
 
 import kubernetes
-from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes.client.exceptions import ApiException
 
 from loraplane import GROUP, VERSION
@@ -101,3 +101,35 @@ def to_plain(body: Any) -> dict[str, Any]:
     """A kopf body (a live view) as a plain dict, safe to keep in an index."""
     plain: dict[str, Any] = json.loads(json.dumps(dict(body)))
     return plain
+
+
+# --- serving: Deployments, pod readiness gates, EndpointSlices --------------------------------------------
+
+
+def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT a whole Deployment read earlier: its `resourceVersion` makes this a read-modify-write, so a
+    concurrent change (a user's apply) answers 409 and the caller reads again instead of overwriting."""
+    api: Any = AppsV1Api(api_client())
+    written = api.replace_namespaced_deployment(body["metadata"]["name"], namespace, body)
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
+
+
+def set_pod_condition(namespace: str, pod: str, condition: dict[str, Any]) -> None:
+    """Write one condition of a pod through `pods/status`; conditions merge by type, so the kubelet's
+    own conditions stay as they are."""
+    CoreV1Api(api_client()).patch_namespaced_pod_status(
+        pod, namespace, {"status": {"conditions": [condition]}}
+    )
+
+
+def endpoint_ready(namespace: str, pod: str) -> bool | None:
+    """Whether the pod's entries in the namespace's EndpointSlices say ready; None when no Service
+    selects it (nothing routes to it, so nothing to wait for)."""
+    slices = DiscoveryV1Api(api_client()).list_namespaced_endpoint_slice(namespace)
+    seen: bool | None = None
+    for endpoint_slice in slices.items:
+        for endpoint in endpoint_slice.endpoints or []:
+            if endpoint.target_ref is not None and endpoint.target_ref.name == pod:
+                ready = bool(endpoint.conditions and endpoint.conditions.ready)
+                seen = ready if seen is None else (seen or ready)
+    return seen

@@ -9,7 +9,7 @@ import kopf
 import prometheus_client
 
 from loraplane import GROUP
-from loraplane.handlers import training_jobs  # noqa: F401 - registers the handlers
+from loraplane.handlers import adapters, training_jobs  # noqa: F401 - registers the handlers
 from loraplane.settings import get_settings
 
 
@@ -27,4 +27,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.reporting_component = "loraplane"
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
-    prometheus_client.start_http_server(config.metrics_port, addr=config.pod_ip)
+    try:
+        prometheus_client.start_http_server(config.metrics_port, addr=config.pod_ip)
+    except OSError as error:
+        # Fail loudly (the pod restarts and shows why) rather than run without metrics.
+        raise kopf.PermanentError(
+            f"cannot serve metrics on {config.pod_ip}:{config.metrics_port}: {error}"
+        ) from error

@@ -22,3 +22,12 @@ ADAPTER_LOAD_SECONDS = Histogram(
 ADAPTERS_LOADED = Gauge(
     "loraplane_adapters_loaded", "Adapters held by each serving pod.", ["namespace", "pod"]
 )
+ADAPTER_LOAD_FAILURES = Counter(
+    "loraplane_adapter_load_failures_total", "Adapter loads that failed, by reason.", ["namespace", "reason"]
+)
+PODS_WAITING_ON_GATE = Gauge(
+    "loraplane_pods_waiting_on_gate",
+    "Serving pods whose readiness gate is not open yet (alert when it stays above zero: while the operator "
+    "is down, no new serving pod becomes Ready).",
+    ["namespace", "deployment"],
+)

@@ -24,6 +24,17 @@ class Settings(BaseSettings):
     serving_max_cpu_loras: int = Field(
         default=8, ge=1, description="`--max-cpu-loras` written when enabling LoRA."
     )
+    serving_resync_seconds: float = Field(
+        default=3.0, gt=0, description="How often each LoraAdapter's Deployment is reconciled."
+    )
+    serving_gate_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest a started pod waits for its adapters before its readiness gate opens anyway.",
+    )
+    serving_retry_failed_seconds: float = Field(
+        default=30.0, gt=0, description="How long a failed load on a pod waits before it is tried again."
+    )
     vllm_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one vLLM API call.")
     metrics_port: int = Field(default=9090, description="Port of the operator's own /metrics.")
     pod_ip: str = Field(default="127.0.0.1", validation_alias="POD_IP", description="Address servers bind.")

@@ -85,6 +85,15 @@ class LoraAdapterSpec(ApiModel):
         default=None, description="Name clients put in `model`; default: the LoraAdapter's name."
     )
     serving: ServingTarget = Field(description="The vLLM Deployment that serves it.")
+    rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description=(
+            "LoRA rank of the adapter, when the source does not record it (a volume path or a Hugging Face "
+            "id); lets loraplane check it against the server's `--max-lora-rank` before loading."
+        ),
+    )
 
 
 class PodAdapterState(ApiModel):

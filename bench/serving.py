@@ -1,0 +1,155 @@
+"""How long until an adapter answers on every replica: HotLoad against Static (the restart path users
+have without loraplane), and loading many adapters onto one Deployment.
+
+    PYTHONPATH=operator:devcluster:tests .venv/bin/python bench/serving.py --kubeconfig K \
+        --namespace NS --adapter-path adapters/<uid> [--repeats 3] [--many 50]
+
+Needs a cluster where the chart is installed and Deployment `vllm-tiny`
+(examples/tiny-cpu/vllm-deployment.yaml) serves in NS with LoRA enabled (the e2e tests or `make demo`
+leave one), and an adapter folder at `--adapter-path` inside the `loraplane-tiny` claim, whose host
+folder is `--volume`. Each repeat copies the adapter to a fresh path, applies a LoraAdapter and polls
+every Ready pod with a completion until all answer; the ratio is Static p50 / HotLoad p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+CLAIM, DEPLOYMENT = "loraplane-tiny", "vllm-tiny"
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: str, namespace: str) -> None:
+        self.base = ["kubectl", "--kubeconfig", kubeconfig, "-n", namespace]
+
+    def __call__(self, *args: str, input: str | None = None) -> str:
+        done = subprocess.run([*self.base, *args], input=input, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    def ready_ips(self) -> list[str]:
+        pods = json.loads(self("get", "pods", "-l", f"app={DEPLOYMENT}", "-o", "json"))["items"]
+        return [
+            p["status"]["podIP"]
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+
+
+def answers(ip: str, model: str) -> bool:
+    body = json.dumps({"model": model, "prompt": "a", "max_tokens": 1}).encode()
+    request = urllib.request.Request(
+        f"http://{ip}:8000/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with _DIRECT.open(request, timeout=30) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def adapter(name: str, path: str, mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "loraplane.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": "tiny-llama",
+            "source": {"volume": {"claimName": CLAIM, "path": path}},
+            "serving": {"deployment": DEPLOYMENT, "mode": mode},
+        },
+    }
+
+
+def served_everywhere(kubectl: Kubectl, names: list[str], replicas: int, timeout_s: float) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        ips = kubectl.ready_ips()
+        if len(ips) == replicas and all(answers(ip, n) for ip in ips for n in names):
+            return time.monotonic() - began
+        time.sleep(0.05)
+    raise TimeoutError(f"{names} not served on {replicas} replicas within {timeout_s} s")
+
+
+def rolled_out(kubectl: Kubectl, replicas: int, timeout_s: float = 900) -> None:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        deployment = json.loads(kubectl("get", "deployment", DEPLOYMENT, "-o", "json"))
+        status = deployment.get("status", {})
+        if (
+            status.get("observedGeneration") == deployment["metadata"]["generation"]
+            and status.get("updatedReplicas")
+            == status.get("readyReplicas")
+            == status.get("replicas")
+            == replicas
+        ):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Deployment {DEPLOYMENT} did not finish its rollout within {timeout_s} s")
+
+
+def one(kubectl: Kubectl, volume: Path, source: str, name: str, mode: str, replicas: int) -> float:
+    shutil.copytree(volume / source, volume / "bench" / name, dirs_exist_ok=True)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(adapter(name, f"bench/{name}", mode)))
+    try:
+        return served_everywhere(kubectl, [name], replicas, 900)
+    finally:
+        kubectl("delete", "lad", name, "--wait=true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument(
+        "--volume", type=Path, required=True, help="host folder behind the loraplane-tiny claim"
+    )
+    parser.add_argument("--adapter-path", required=True, help="adapter folder inside the claim")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--many", type=int, default=50)
+    args = parser.parse_args()
+    kubectl = Kubectl(args.kubeconfig, args.namespace)
+    replicas = len(kubectl.ready_ips())
+    times: dict[str, list[float]] = {"HotLoad": [], "Static": []}
+    for index in range(args.repeats):
+        for mode, samples in times.items():
+            samples.append(
+                one(kubectl, args.volume, args.adapter_path, f"b-{mode.lower()}-{index}", mode, replicas)
+            )
+            rolled_out(kubectl, replicas)  # Static's deletion rolls the pods once more
+    hot, static = statistics.median(times["HotLoad"]), statistics.median(times["Static"])
+    print(f"applied -> first completion on all {replicas} replicas, p50 over {args.repeats} (s)")
+    print(f"  HotLoad {hot:8.2f}   (baseline, ratio 1.0)")
+    print(f"  Static  {static:8.2f}   ratio {static / hot:.1f}")
+
+    names = [f"many-{i}" for i in range(args.many)]
+    began = time.monotonic()
+    for name in names:
+        shutil.copytree(args.volume / args.adapter_path, args.volume / "bench" / name, dirs_exist_ok=True)
+    documents = [adapter(n, f"bench/{n}", "HotLoad") for n in names]
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
+    loaded = served_everywhere(kubectl, names, replicas, 1800)
+    print(f"{args.many} adapters applied -> all served on {replicas} replicas: {loaded:.1f} s "
+          f"({time.monotonic() - began:.1f} s with copying)")  # fmt: skip
+    victim = json.loads(kubectl("get", "pods", "-l", f"app={DEPLOYMENT}", "-o", "json"))["items"][0]
+    kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
+    time.sleep(1)  # let the deletion reach the pod list before counting Ready pods again
+    restarted = served_everywhere(kubectl, names, replicas, 1800)
+    print(f"a deleted replica Ready again with all {args.many}: {restarted:.1f} s")
+    kubectl("delete", "lad", *names, "--wait=true")
+
+
+if __name__ == "__main__":
+    main()

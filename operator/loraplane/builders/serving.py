@@ -1,0 +1,439 @@
+"""Pure functions over a vLLM Deployment: what loraplane adds to enable LoRA, the merged
+`--lora-modules` of Static mode, adapter paths through the Deployment's own volume mounts, and what
+cleanup takes away again.
+
+`args`, `command` and `readinessGates` are atomic lists for server-side apply and strategic merge:
+these functions return whole new lists, keeping every argument the user set, and the handler writes
+them with the Deployment's `resourceVersion` (read-modify-write, a conflict means read again).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from loraplane import GROUP
+
+GATE = f"{GROUP}/adapters-loaded"
+OPT_IN_ANNOTATION = f"{GROUP}/manage-lora"
+# What loraplane added to the pod template, and what was there before, so that cleanup can restore it
+# and a later apply that dropped the additions is noticed.
+SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
+# Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
+STATIC_ANNOTATION = f"{GROUP}/static-adapters"
+CONTAINER_ANNOTATION = f"{GROUP}/container"
+
+RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+ENABLE_LORA = "--enable-lora"
+MAX_LORA_RANK = "--max-lora-rank"
+MAX_LORAS = "--max-loras"
+MAX_CPU_LORAS = "--max-cpu-loras"
+LORA_MODULES = "--lora-modules"
+# The only values vLLM's `--max-lora-rank` accepts (0.32); it is a ceiling, any rank up to it loads.
+ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+VLLM_DEFAULT_PORT = 8000
+
+
+def is_opted_in(deployment: dict[str, Any]) -> bool:
+    annotations = deployment.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(OPT_IN_ANNOTATION, "")).lower() == "true"
+
+
+def max_lora_rank_for(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that lets an adapter of `rank` load."""
+    for allowed in ALLOWED_MAX_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank {ALLOWED_MAX_LORA_RANKS[-1]}")
+
+
+# --- containers and arguments -------------------------------------------------------------------------
+
+
+def container_index(pod_spec: dict[str, Any], annotations: dict[str, str] | None = None) -> int | None:
+    """The vLLM container: the one the Deployment's annotation names, else the first whose image or
+    command says vllm, else the only container."""
+    containers = pod_spec.get("containers") or []
+    wanted = (annotations or {}).get(CONTAINER_ANNOTATION)
+    for index, container in enumerate(containers):
+        if wanted and container.get("name") == wanted:
+            return index
+    if wanted:
+        return None
+    for index, container in enumerate(containers):
+        words = " ".join([container.get("image", ""), *container.get("command", [])])
+        if "vllm" in words.lower():
+            return index
+    return 0 if len(containers) == 1 else None
+
+
+def serving_container(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    spec = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
+    return None if index is None else dict(spec["containers"][index])
+
+
+def _span(args: list[str], flag: str, multi: bool) -> tuple[int, int] | None:
+    """Index range [start, end) of the first occurrence of `flag` and its value(s)."""
+    for start, arg in enumerate(args):
+        if arg == flag:
+            end = start + 1
+            if multi:
+                while end < len(args) and not args[end].startswith("--"):
+                    end += 1
+            elif end < len(args) and not args[end].startswith("--") and flag != ENABLE_LORA:
+                end += 1
+            return start, end
+        if arg.startswith(flag + "="):
+            return start, start + 1
+    return None
+
+
+def flag_values(args: list[str], flag: str, multi: bool = False) -> list[str] | None:
+    """The values after `flag` (`--f v`, `--f=v`, or several for a multi-value flag); None if absent."""
+    span = _span(args, flag, multi)
+    if span is None:
+        return None
+    start, end = span
+    if "=" in args[start]:
+        return [args[start].split("=", 1)[1]]
+    return args[start + 1 : end]
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    values = flag_values(args, flag)
+    return values[0] if values else None
+
+
+def has_flag(args: list[str], flag: str) -> bool:
+    return _span(args, flag, multi=False) is not None
+
+
+def without_flag(args: list[str], flag: str, multi: bool = False) -> list[str]:
+    """`args` with every occurrence of `flag` (and its values) removed."""
+    result = list(args)
+    while (span := _span(result, flag, multi)) is not None:
+        del result[span[0] : span[1]]
+    return result
+
+
+def with_flag(args: list[str], flag: str, values: list[str], multi: bool = False) -> list[str]:
+    """`flag` set to `values`, in place of the first occurrence (later ones removed: vLLM keeps only
+    the last, so two would silently drop one), else appended."""
+    span = _span(args, flag, multi)
+    if span is None:
+        return [*args, flag, *values]
+    start, _ = span
+    head, tail = list(args[:start]), without_flag(list(args[start:]), flag, multi)
+    return [*head, flag, *values, *tail]
+
+
+def max_lora_rank_of(args: list[str]) -> int:
+    value = flag_value(args, MAX_LORA_RANK)
+    return int(value) if value and value.isdigit() else VLLM_DEFAULT_MAX_LORA_RANK
+
+
+def api_port(container: dict[str, Any]) -> int:
+    """Where the server listens: `--port`, else a container port named http, else vLLM's 8000."""
+    port = flag_value(container.get("args") or [], "--port")
+    if port and port.isdigit():
+        return int(port)
+    for declared in container.get("ports") or []:
+        if declared.get("name") == "http":
+            return int(declared["containerPort"])
+    return VLLM_DEFAULT_PORT
+
+
+def env_value(container: dict[str, Any], name: str) -> str | None:
+    for entry in container.get("env") or []:
+        if entry.get("name") == name:
+            return str(entry.get("value", ""))
+    return None
+
+
+# --- enabling LoRA (HotLoad) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What loraplane writes when it enables LoRA (the chart's serving values)."""
+
+    max_loras: int
+    max_cpu_loras: int
+
+
+@dataclass(frozen=True)
+class LoraState:
+    """What the Deployment's pod template says about LoRA."""
+
+    lora_enabled: bool
+    runtime_api: bool
+    gated: bool
+    max_lora_rank: int
+
+    def missing(self, needed_rank: int | None) -> list[str]:
+        """The additions HotLoad needs that the template lacks, in words for messages."""
+        gaps = []
+        if not self.lora_enabled:
+            gaps.append(ENABLE_LORA)
+        if not self.runtime_api:
+            gaps.append(f"{RUNTIME_ENV}=True")
+        if not self.gated:
+            gaps.append(f"readiness gate {GATE}")
+        if needed_rank is not None and needed_rank > self.max_lora_rank:
+            gaps.append(f"{MAX_LORA_RANK} >= {needed_rank} (now {self.max_lora_rank})")
+        return gaps
+
+
+def lora_state(deployment: dict[str, Any]) -> LoraState:
+    container = serving_container(deployment) or {}
+    args = container.get("args") or []
+    gates = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("readinessGates") or []
+    return LoraState(
+        lora_enabled=has_flag(args, ENABLE_LORA),
+        runtime_api=str(env_value(container, RUNTIME_ENV)).lower() in {"true", "1"},
+        gated=any(g.get("conditionType") == GATE for g in gates),
+        max_lora_rank=max_lora_rank_of(args),
+    )
+
+
+def recorded_settings(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """What loraplane recorded when it enabled LoRA (None: it never did)."""
+    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(SETTINGS_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def additions_removed(deployment: dict[str, Any]) -> list[str]:
+    """loraplane's additions that someone else's apply took away since loraplane wrote them."""
+    record = recorded_settings(deployment)
+    if record is None:
+        return []
+    state = lora_state(deployment)
+    removed = []
+    if ENABLE_LORA in record.get("flags", {}) and not state.lora_enabled:
+        removed.append(ENABLE_LORA)
+    if record.get("env") and not state.runtime_api:
+        removed.append(RUNTIME_ENV)
+    if record.get("gate") and not state.gated:
+        removed.append(f"readiness gate {GATE}")
+    return removed
+
+
+def enable_lora_patch(
+    deployment: dict[str, Any], settings: LoraSettings, needed_rank: int | None
+) -> dict[str, Any] | None:
+    """The whole-list patch (args, env, readinessGates, record annotation) that enables HotLoad, or None
+    when nothing is missing. Keeps every user argument; raises `--max-lora-rank` only when needed."""
+    spec = deployment["spec"]["template"]["spec"]
+    index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
+    if index is None:
+        return None
+    container = copy.deepcopy(spec["containers"][index])
+    args: list[str] = list(container.get("args") or [])
+    before = recorded_settings(deployment) or {"flags": {}, "env": False, "gate": False}
+    flags: dict[str, str | None] = dict(before.get("flags", {}))
+
+    def set_flag(flag: str, values: list[str]) -> None:
+        nonlocal args
+        if flag not in flags:
+            original = flag_values(args, flag)
+            flags[flag] = None if original is None else " ".join(original)
+        args = with_flag(args, flag, values)
+
+    if not has_flag(args, ENABLE_LORA):
+        set_flag(ENABLE_LORA, [])
+    wanted_rank = max(max_lora_rank_of(args), max_lora_rank_for(needed_rank or 1))
+    if needed_rank is not None and needed_rank > max_lora_rank_of(args):
+        set_flag(MAX_LORA_RANK, [str(wanted_rank)])
+    if not has_flag(args, MAX_LORAS):
+        set_flag(MAX_LORAS, [str(settings.max_loras)])
+    if not has_flag(args, MAX_CPU_LORAS):
+        set_flag(MAX_CPU_LORAS, [str(max(settings.max_cpu_loras, _max_loras(args, settings)))])
+    env = [e for e in container.get("env") or [] if e.get("name") != RUNTIME_ENV]
+    env_added = bool(before.get("env")) or env_value(container, RUNTIME_ENV) is None
+    env.append({"name": RUNTIME_ENV, "value": "True"})
+    gates = [g for g in spec.get("readinessGates") or [] if g.get("conditionType") != GATE]
+    gate_added = bool(before.get("gate")) or len(gates) == len(spec.get("readinessGates") or [])
+    gates.append({"conditionType": GATE})
+    containers = copy.deepcopy(spec["containers"])
+    container["args"], container["env"] = args, env
+    containers[index] = container
+    if containers == spec["containers"] and gates == (spec.get("readinessGates") or []):
+        return None
+    record = {"flags": flags, "env": env_added, "gate": gate_added}
+    return {
+        "metadata": {
+            "annotations": {SETTINGS_ANNOTATION: json.dumps(record, sort_keys=True)},
+            "resourceVersion": deployment["metadata"].get("resourceVersion"),
+        },
+        "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},
+    }
+
+
+def _max_loras(args: list[str], settings: LoraSettings) -> int:
+    value = flag_value(args, MAX_LORAS)
+    return int(value) if value and value.isdigit() else settings.max_loras
+
+
+# --- Static mode: one merged --lora-modules ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticModule:
+    name: str
+    path: str
+    base_model_name: str
+
+    def to_arg(self) -> str:
+        return json.dumps({"name": self.name, "path": self.path, "base_model_name": self.base_model_name})
+
+
+def module_name(entry: str) -> str:
+    """Name of one `--lora-modules` entry: JSON form or `name=path`."""
+    if entry.lstrip().startswith("{"):
+        try:
+            return str(json.loads(entry).get("name", ""))
+        except ValueError:
+            return ""
+    return entry.split("=", 1)[0]
+
+
+def module_paths(args: list[str]) -> dict[str, str]:
+    """Name -> path of every `--lora-modules` entry."""
+    found: dict[str, str] = {}
+    for entry in flag_values(args, LORA_MODULES, multi=True) or []:
+        if entry.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(entry)
+            except ValueError:
+                continue
+            found[str(parsed.get("name"))] = str(parsed.get("path"))
+        elif "=" in entry:
+            name, path = entry.split("=", 1)
+            found[name] = path
+    return found
+
+
+def managed_static_names(deployment: dict[str, Any]) -> list[str]:
+    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(STATIC_ANNOTATION)
+    try:
+        names = json.loads(raw) if raw else []
+    except ValueError:
+        names = []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def static_args(args: list[str], modules: list[StaticModule], previously_managed: list[str]) -> list[str]:
+    """`args` with one merged `--lora-modules`: the user's own entries (every occurrence, merged, since
+    vLLM keeps only the last flag), then loraplane's, sorted by name. No entries: no flag."""
+    ours = {m.name for m in modules} | set(previously_managed)
+    users: list[str] = []
+    remaining = list(args)
+    while (values := flag_values(remaining, LORA_MODULES, multi=True)) is not None:
+        users.extend(v for v in values if module_name(v) not in ours)
+        span = _span(remaining, LORA_MODULES, multi=True)
+        assert span is not None
+        del remaining[span[0] : span[1]]
+    entries = users + [m.to_arg() for m in sorted(modules, key=lambda m: m.name)]
+    if not entries:
+        return remaining if flag_values(args, LORA_MODULES, multi=True) is not None else list(args)
+    return with_flag(args, LORA_MODULES, entries, multi=True)
+
+
+def static_patch(deployment: dict[str, Any], modules: list[StaticModule]) -> dict[str, Any] | None:
+    """The patch that makes the Deployment's `--lora-modules` hold exactly loraplane's Static adapters
+    (plus the user's own), enabling LoRA if needed; None when it already does."""
+    spec = deployment["spec"]["template"]["spec"]
+    index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
+    if index is None:
+        return None
+    previous = managed_static_names(deployment)
+    args = list(spec["containers"][index].get("args") or [])
+    new_args = static_args(args, modules, previous)
+    if modules and not has_flag(new_args, ENABLE_LORA):
+        new_args = with_flag(new_args, ENABLE_LORA, [])
+    names = sorted(m.name for m in modules)
+    if new_args == args and names == sorted(previous):
+        return None
+    containers = copy.deepcopy(spec["containers"])
+    containers[index]["args"] = new_args
+    return {
+        "metadata": {
+            "annotations": {STATIC_ANNOTATION: json.dumps(names) if names else None},
+            "resourceVersion": deployment["metadata"].get("resourceVersion"),
+        },
+        "spec": {"template": {"spec": {"containers": containers}}},
+    }
+
+
+# --- paths: through the Deployment's own mounts ----------------------------------------------------------
+
+
+def path_in_deployment(deployment: dict[str, Any], claim: str, sub_path: str) -> str | None:
+    """Where `sub_path` inside claim `claim` appears in the serving container, from the Deployment's
+    own volumes and volumeMounts; None when it does not mount that part of the claim."""
+    spec = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    container = serving_container(deployment) or {}
+    volumes = {
+        v["name"]
+        for v in spec.get("volumes") or []
+        if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+    }
+    wanted = sub_path.strip("/")
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("name") not in volumes:
+            continue
+        mounted = str(mount.get("subPath", "")).strip("/")
+        if mounted and wanted != mounted and not wanted.startswith(mounted + "/"):
+            continue
+        rest = wanted[len(mounted) :].strip("/") if mounted else wanted
+        base = str(mount["mountPath"]).rstrip("/") or "/"
+        return f"{base.rstrip('/')}/{rest}" if rest else base
+    return None
+
+
+# --- uninstall: what cleanup takes away ------------------------------------------------------------------
+
+
+def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """The patch that restores what loraplane changed in the pod template: its flags back to what the
+    user had, the runtime variable and the gate removed if it added them, its Static entries out of
+    `--lora-modules`. None when loraplane never touched the Deployment."""
+    record = recorded_settings(deployment)
+    static = managed_static_names(deployment)
+    if record is None and not static:
+        return None
+    spec = deployment["spec"]["template"]["spec"]
+    index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
+    containers = copy.deepcopy(spec["containers"])
+    gates = list(spec.get("readinessGates") or [])
+    if index is not None:
+        container = containers[index]
+        args: list[str] = list(container.get("args") or [])
+        for flag, original in (record or {}).get("flags", {}).items():
+            args = (
+                without_flag(args, flag) if original is None else with_flag(args, flag, original.split(" "))
+            )
+        if static:
+            args = static_args(args, [], static)
+        container["args"] = args
+        if (record or {}).get("env"):
+            container["env"] = [e for e in container.get("env") or [] if e.get("name") != RUNTIME_ENV]
+    if (record or {}).get("gate"):
+        gates = [g for g in gates if g.get("conditionType") != GATE]
+    return {
+        "metadata": {
+            "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None},
+            "resourceVersion": deployment["metadata"].get("resourceVersion"),
+        },
+        "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},
+    }

@@ -1,0 +1,161 @@
+"""`python -m loraplane.cleanup`: undo what loraplane added to serving, so that uninstalling it leaves
+every vLLM Deployment serving (the chart runs this as a pre-delete hook Job).
+
+In order: stop the operator (it would add its settings back), open every pod's readiness gate (pods
+keep the gate in their spec until the rollout replaces them, and nobody else would open it), restore
+the Deployments' pod templates (loraplane's flags, runtime variable, gate and Static entries out; the
+user's own values back), and remove loraplane's finalizer from its objects (nothing would remove it
+after the operator is gone, and the objects could never be deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from loraplane import GROUP, VERSION, kube
+from loraplane.builders import serving
+
+FINALIZER = f"{GROUP}/cleanup"
+PLURALS = ("loraadapters", "loratrainingjobs")
+log = logging.getLogger("loraplane.cleanup")
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], kube.api_client().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
+
+
+def stop_operator(namespace: str, name: str, timeout_s: float) -> None:
+    apps: Any = AppsV1Api(kube.api_client())
+    try:
+        apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 0}})
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # Pods are counted through the Deployment's status: this Job's own pod carries the same labels.
+        if not apps.read_namespaced_deployment(name, namespace).status.replicas:
+            return
+        time.sleep(1)
+    log.warning("the operator's pods did not stop within %ss; cleaning up anyway", timeout_s)
+
+
+def open_gates(namespaces: Sequence[str]) -> int:
+    core: Any = CoreV1Api(kube.api_client())
+    opened = 0
+    for namespace in namespaces:
+        for pod in core.list_namespaced_pod(namespace).items:
+            gates = [g.condition_type for g in pod.spec.readiness_gates or []]
+            if serving.GATE not in gates:
+                continue
+            condition = {
+                "type": serving.GATE,
+                "status": "True",
+                "reason": "LoraplaneRemoved",
+                "message": "loraplane was uninstalled; the gate no longer waits for adapters",
+                "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            kube.set_pod_condition(namespace, pod.metadata.name, condition)
+            opened += 1
+    return opened
+
+
+def restore_deployments(namespaces: Sequence[str]) -> int:
+    apps: Any = AppsV1Api(kube.api_client())
+    restored = 0
+    for namespace in namespaces:
+        for item in apps.list_namespaced_deployment(namespace).items:
+            for _ in range(5):  # read-modify-write: a conflict means someone wrote in between
+                deployment = plain(apps.read_namespaced_deployment(item.metadata.name, namespace))
+                patch = serving.cleanup_patch(deployment)
+                if patch is None:
+                    break
+                try:
+                    kube.replace_deployment(namespace, _merged(deployment, patch))
+                except ApiException as error:
+                    if error.status == 409:
+                        continue
+                    raise
+                restored += 1
+                break
+    return restored
+
+
+def _merged(body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    result = dict(body)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def remove_finalizers(namespaces: Sequence[str]) -> int:
+    custom: Any = CustomObjectsApi(kube.api_client())
+    removed = 0
+    for namespace in namespaces:
+        for plural in PLURALS:
+            try:
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
+            except ApiException as error:
+                if error.status == 404:
+                    continue  # the CRD is gone already
+                raise
+            for item in items:
+                finalizers = item["metadata"].get("finalizers") or []
+                if FINALIZER not in finalizers:
+                    continue
+                kept = [f for f in finalizers if f != FINALIZER]
+                patch = {
+                    "metadata": {"finalizers": kept, "resourceVersion": item["metadata"]["resourceVersion"]}
+                }
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, item["metadata"]["name"], patch
+                )
+                removed += 1
+    return removed
+
+
+def namespaces_of(wanted: Sequence[str]) -> list[str]:
+    if wanted:
+        return list(wanted)
+    core: Any = CoreV1Api(kube.api_client())
+    return [ns.metadata.name for ns in core.list_namespace().items]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loraplane.cleanup", description=__doc__.splitlines()[0])
+    parser.add_argument("--namespace", action="append", default=[], help="a watched namespace (default: all)")
+    parser.add_argument("--operator-namespace", help="namespace of the operator Deployment to stop first")
+    parser.add_argument("--operator-deployment", help="name of the operator Deployment to stop first")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the operator to stop"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.operator_namespace and args.operator_deployment:
+        stop_operator(args.operator_namespace, args.operator_deployment, args.timeout)
+    namespaces = namespaces_of(args.namespace)
+    opened = open_gates(namespaces)
+    restored = restore_deployments(namespaces)
+    removed = remove_finalizers(namespaces)
+    log.info(
+        "opened %d readiness gates, restored %d Deployments, removed %d finalizers", opened, restored, removed
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

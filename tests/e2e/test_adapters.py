@@ -1,0 +1,428 @@
+"""LoraAdapter end to end: the chart's operator serves adapters trained by the real worker from a real
+2-replica vLLM Deployment on the node agent, hot-loaded on every pod, behind the readiness gate.
+
+vLLM cold starts are slow here (~30-45 s on 2 cores), so the module shares one namespace, one trained
+adapter and one vLLM Deployment (`served`); the tests run in file order and each leaves it serving.
+Tests wait on observed state (wait_until), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import watch
+from kubernetes.client import CoreV1Api
+
+from loraplane_devcluster.staging import stage_tiny_model
+from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_fixtures import ChartOperator, Release
+from manifests import EXAMPLES
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+CLAIM = "loraplane-tiny"
+DEPLOYMENT = "vllm-tiny"
+SERVED = "tiny-quotes"
+GATE = "loraplane.io/adapters-loaded"
+START_TIMEOUT_S = 420
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Cluster:
+    """kubectl and HTTP helpers for one namespace."""
+
+    def __init__(self, kube: Kube, namespace: str, volume: Path) -> None:
+        self.kube, self.namespace, self.volume = kube, namespace, volume
+
+    def apply(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
+        docs = body if isinstance(body, list) else [body]
+        self.kube.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self.kube.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    def delete(self, kind: str, name: str, wait: bool = True) -> None:
+        self.kube.kubectl("delete", kind, name, "-n", self.namespace, f"--wait={str(wait).lower()}",
+                          "--ignore-not-found", timeout_s=180)  # fmt: skip
+
+    def pods(self, app: str = DEPLOYMENT) -> list[dict[str, Any]]:
+        out = self.kube.kubectl("get", "pods", "-n", self.namespace, "-l", f"app={app}", "-o", "json")
+        return [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def ready_pods(self, app: str = DEPLOYMENT) -> list[dict[str, Any]]:
+        return [p for p in self.pods(app) if condition(p, "Ready") == "True"]
+
+    def adapter_ready(self, name: str) -> dict[str, Any] | None:
+        adapter = self.get("lad", name) or {}
+        ready = next((c for c in adapter.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return adapter if ready.get("status") == "True" else None
+
+    def ready_on(self, name: str, pods: int) -> dict[str, Any] | None:
+        """The adapter when it is Ready and held by `pods` pods."""
+        found = self.adapter_ready(name)
+        return found if found and found["status"]["readyReplicas"] == pods else None
+
+    def wait_adapter_reason(self, name: str, reason: str, timeout_s: float = 120) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            adapter = self.get("lad", name) or {}
+            for c in adapter.get("status", {}).get("conditions", []):
+                if c["type"] == "Ready" and c["reason"] == reason:
+                    return dict(c)
+            return None
+
+        return wait_until(f"LoraAdapter {name}: Ready reason {reason}", reached, timeout_s=timeout_s)
+
+    def events(self, name: str) -> list[str]:
+        out = self.kube.kubectl("get", "events", "-n", self.namespace, "--field-selector",
+                                f"involvedObject.name={name}", "-o", "json")  # fmt: skip
+        return [e["reason"] for e in json.loads(out.stdout)["items"]]
+
+    def copy_adapter(self, source: str, target: str, **config: Any) -> str:
+        """A copy of an adapter folder in the volume (another version, or a doctored config)."""
+        shutil.copytree(self.volume / source, self.volume / target, dirs_exist_ok=True)
+        if config:
+            path = self.volume / target / "adapter_config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+        return target
+
+
+def condition(pod: dict[str, Any], type_: str) -> str | None:
+    found = next((c for c in pod.get("status", {}).get("conditions", []) if c["type"] == type_), None)
+    return None if found is None else str(found["status"])
+
+
+def completion(ip: str, model: str) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"model": model, "prompt": '"', "max_tokens": 4, "temperature": 0}).encode()
+    request = urllib.request.Request(
+        f"http://{ip}:8000/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with _DIRECT.open(request, timeout=60) as response:
+            return response.status, dict(json.loads(response.read()))
+    except urllib.error.HTTPError as error:
+        return error.code, dict(json.loads(error.read() or b"{}"))
+
+
+def models_on(ip: str) -> dict[str, str]:
+    with _DIRECT.open(f"http://{ip}:8000/v1/models", timeout=30) as response:
+        cards = json.loads(response.read())["data"]
+    return {c["id"]: c["root"] for c in cards if c.get("parent")}
+
+
+def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text()) if d]
+    deployment, service = docs
+    for doc in docs:
+        doc["metadata"]["name"] = name
+    deployment["spec"]["replicas"] = replicas
+    deployment["spec"]["selector"]["matchLabels"] = {"app": name}
+    deployment["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    service["spec"]["selector"] = {"app": name}
+    if not opt_in:
+        deployment["metadata"]["annotations"] = {}
+    return [deployment, service]
+
+
+def adapter(name: str, path: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "loraplane.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": "tiny-llama",
+            "source": {"volume": {"claimName": CLAIM, "path": path}},
+            "serving": {"deployment": DEPLOYMENT},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    kube: Kube, chart_release: Release, operator: ChartOperator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    namespace = kube.create_namespace("adapters")
+    volume = stage_tiny_model(kube.api, namespace, CLAIM, tmp_path_factory.mktemp("adapters") / "volume")
+    yield Cluster(kube, namespace, volume)
+    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_namespace(namespace)
+
+
+def test_a_server_without_the_runtime_api_reports_runtime_loading_disabled(cluster: Cluster) -> None:
+    """No opt-in, no VLLM_ALLOW_RUNTIME_LORA_UPDATING: vLLM answers a bare 404; the condition says the fix."""
+    cluster.apply(vllm_deployment("vllm-plain", replicas=1, opt_in=False))
+    body = adapter("plain", "model")
+    body["spec"]["serving"]["deployment"] = "vllm-plain"
+    cluster.apply(body)
+    try:
+        reported = cluster.wait_adapter_reason("plain", "RuntimeLoadingDisabled", timeout_s=START_TIMEOUT_S)
+        assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in reported["message"]
+        assert "loraplane.io/manage-lora" in reported["message"]
+        untouched = cluster.get("deployment", "vllm-plain")
+        assert "--enable-lora" not in untouched["spec"]["template"]["spec"]["containers"][0]["args"]
+    finally:
+        cluster.delete("lad", "plain")
+        cluster.delete("deployment", "vllm-plain")
+        wait_until("the plain vLLM pod gone", lambda: not cluster.pods("vllm-plain"), timeout_s=120)
+
+
+@dataclass(frozen=True)
+class Served:
+    cluster: Cluster
+    adapter_path: str  # inside the claim
+    enabled_at: float
+
+
+@pytest.fixture(scope="module")
+def served(cluster: Cluster) -> Served:
+    """Train with a LoraTrainingJob that publishes to the vLLM Deployment; LoRA gets enabled on it (one
+    restart) and the adapter is served on both replicas."""
+    job = yaml.safe_load((EXAMPLES / "tiny-cpu" / "training-job.yaml").read_text())
+    cluster.apply(vllm_deployment())
+    cluster.apply(job)
+    began = time.monotonic()
+    ready = wait_until(f"LoraAdapter {SERVED} Ready on 2 pods",
+                       lambda: cluster.ready_on(SERVED, 2),
+                       timeout_s=2 * START_TIMEOUT_S, interval_s=1)  # fmt: skip
+    trained = cluster.get("ltj", job["metadata"]["name"])["status"]["adapter"]
+    print(f"train + enable LoRA + load on 2 replicas: {time.monotonic() - began:.0f} s")
+    assert ready["status"]["path"] == f"/models/{trained['path']}"
+    return Served(cluster, trained["path"], began)
+
+
+def test_a_trained_adapter_is_served_by_every_replica_after_one_announced_restart(served: Served) -> None:
+    cluster = served.cluster
+    deployment = cluster.get("deployment", DEPLOYMENT)
+    template = deployment["spec"]["template"]["spec"]
+    args = template["containers"][0]["args"]
+    assert "--enable-lora" in args
+    assert args[:4] == ["--model", "/models/model", "--served-model-name", "tiny-llama"], "user args kept"
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in template["containers"][0]["env"]
+    assert {"conditionType": GATE} in template["readinessGates"]
+    assert deployment["metadata"]["generation"] == 2, "LoRA is enabled in one change: one restart"
+    assert "LoraEnabled" in cluster.events(DEPLOYMENT)
+    assert {"LoraEnabled", "Loaded", "Ready"} <= set(cluster.events(SERVED))
+
+    pods = cluster.ready_pods()
+    assert len(pods) == 2
+    for pod in pods:
+        assert condition(pod, GATE) == "True"
+        status, answer = completion(pod["status"]["podIP"], SERVED)
+        assert status == 200, answer
+        assert answer["model"] == SERVED
+        assert answer["choices"][0]["text"]
+        assert models_on(pod["status"]["podIP"])[SERVED] == f"/models/{served.adapter_path}"
+    entries = cluster.get("lad", SERVED)["status"]["pods"]
+    assert sorted(e["pod"] for e in entries) == sorted(p["metadata"]["name"] for p in pods)
+    assert all(e["loaded"] and e["loadedAt"] for e in entries)
+
+
+def _watch_pod_window(cluster: Cluster, old: set[str], seen: dict[str, Any], stop: threading.Event) -> None:
+    """Record whether a new pod was ever ContainersReady=True with Ready=False. The window can be short
+    (a hot load takes milliseconds), so this follows every update of the pods through a watch."""
+    core = CoreV1Api(cluster.kube.api)
+    selector = f"app={DEPLOYMENT}"
+    version = core.list_namespaced_pod(cluster.namespace, label_selector=selector).metadata.resource_version
+    stream = watch.Watch()
+    while not stop.is_set():
+        for change in stream.stream(core.list_namespaced_pod, cluster.namespace, label_selector=selector,
+                                    resource_version=version, timeout_seconds=2):  # fmt: skip
+            pod = change["raw_object"]
+            version = pod["metadata"]["resourceVersion"]
+            if pod["metadata"]["name"] in old:
+                continue
+            # The gate False is the operator's doing; right after it opens, Ready lags by one kubelet write.
+            gated = condition(pod, GATE) == "False"
+            if gated and condition(pod, "ContainersReady") == "True" and condition(pod, "Ready") == "False":
+                seen["window"] = pod["metadata"]["name"]
+            if stop.is_set():
+                break
+
+
+def test_a_bad_path_fails_alone_and_a_new_pod_is_gated_until_it_holds_the_adapter(served: Served) -> None:
+    cluster = served.cluster
+    cluster.apply(adapter("broken", "adapters/no-such-adapter"))
+    failed = cluster.wait_adapter_reason("broken", "LoadFailed")
+    assert "no-such-adapter" in failed["message"]
+    assert cluster.adapter_ready(SERVED) is not None
+    assert len(cluster.ready_pods()) == 2, "a failing adapter does not un-ready serving pods"
+
+    old = {p["metadata"]["name"] for p in cluster.pods()}
+    victim = sorted(old)[0]
+    seen: dict[str, Any] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_pod_window, args=(cluster, old, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        cluster.delete("pod", victim, wait=False)
+
+        def replaced() -> list[dict[str, Any]] | None:
+            pods = cluster.ready_pods()
+            return pods if len(pods) == 2 and victim not in {p["metadata"]["name"] for p in pods} else None
+
+        pods = wait_until("a Ready replacement pod", replaced, timeout_s=START_TIMEOUT_S, interval_s=1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen.get("window"), (
+        "the new pod was never ContainersReady=True with its gate closed and Ready=False"
+    )
+    new = next(p for p in pods if p["metadata"]["name"] not in old)
+    status, answer = completion(new["status"]["podIP"], SERVED)
+    assert status == 200, answer
+    assert "AdaptersLoaded" in cluster.events(new["metadata"]["name"])
+    wait_until("both pods listed on the adapter",
+               lambda: cluster.ready_on(SERVED, 2), 60)  # fmt: skip
+    cluster.delete("lad", "broken")
+
+
+def test_a_second_adapter_loads_without_unreadying_pods_and_deleting_it_unloads_it(served: Served) -> None:
+    cluster = served.cluster
+    path = cluster.copy_adapter(served.adapter_path, "adapters/second")
+    unready: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if len(cluster.ready_pods()) < 2:
+                unready.append(time.strftime("%X"))
+            stop.wait(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        cluster.apply(adapter("second", path))
+        wait_until("second Ready on 2 pods",
+                   lambda: cluster.ready_on("second", 2), 120)  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert not unready, f"serving pods went un-Ready at {unready}"
+    ips = [p["status"]["podIP"] for p in cluster.ready_pods()]
+    for ip in ips:
+        assert completion(ip, "second")[0] == 200
+        assert completion(ip, SERVED)[0] == 200
+
+    cluster.delete("lad", "second")  # waits for the finalizer: unloaded everywhere first
+    for ip in ips:
+        assert "second" not in models_on(ip)
+        assert completion(ip, "second")[0] == 404
+        assert completion(ip, SERVED)[0] == 200
+
+
+def test_a_rank_above_the_servers_ceiling_is_rank_too_high_and_the_server_stays_healthy(
+    served: Served,
+) -> None:
+    cluster = served.cluster
+    path = cluster.copy_adapter(served.adapter_path, "adapters/rank32", r=32)
+    cluster.apply(adapter("wide", path))
+    reported = cluster.wait_adapter_reason("wide", "RankTooHigh")
+    assert "LoRA rank 32" in reported["message"]
+    assert "--max-lora-rank 16" in reported["message"]
+    for pod in cluster.ready_pods():
+        with _DIRECT.open(f"http://{pod['status']['podIP']}:8000/health", timeout=10) as response:
+            assert response.status == 200
+        assert completion(pod["status"]["podIP"], SERVED)[0] == 200
+    cluster.delete("lad", "wide")
+
+
+def test_a_new_version_is_swapped_pod_by_pod_while_the_other_replica_keeps_serving(served: Served) -> None:
+    cluster = served.cluster
+    new_path = cluster.copy_adapter(served.adapter_path, "adapters/v2")
+    failures: list[str] = []
+    served_by: dict[str, int] = {}
+    stop = threading.Event()
+
+    def clients() -> None:
+        while not stop.is_set():
+            ready = cluster.ready_pods()
+            if not ready:
+                failures.append("no Ready pod")
+            for pod in ready:
+                status, answer = completion(pod["status"]["podIP"], SERVED)
+                served_by[pod["metadata"]["name"]] = served_by.get(pod["metadata"]["name"], 0) + 1
+                if status != 200:
+                    failures.append(f"{pod['metadata']['name']}: {status} {answer}")
+            stop.wait(0.2)
+
+    # The published adapter follows its training job; a second LoraAdapter serves a volume path instead.
+    cluster.apply(adapter("versioned", served.adapter_path))
+    wait_until("versioned Ready", lambda: cluster.adapter_ready("versioned"), 120)
+    thread = threading.Thread(target=clients, daemon=True)
+    thread.start()
+    new_source = json.dumps({"spec": {"source": {"volume": {"claimName": CLAIM, "path": new_path}}}})
+    try:
+        cluster.kube.kubectl("patch", "lad", "versioned", "-n", cluster.namespace, "--type=merge", "-p",
+                             new_source)  # fmt: skip
+
+        def swapped() -> bool:
+            pods = cluster.ready_pods()
+            return len(pods) == 2 and all(
+                models_on(p["status"]["podIP"]).get("versioned") == f"/models/{new_path}" for p in pods
+            )
+
+        wait_until("both pods on the new version", swapped, timeout_s=180, interval_s=0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures[:5]
+    assert "SwappingVersion" not in json.dumps(cluster.pods()), "gates open again after the swap"
+    cluster.delete("lad", "versioned")
+
+
+def test_a_server_restarted_in_place_closes_its_gate_until_the_adapter_is_back(served: Served) -> None:
+    cluster = served.cluster
+    pod = cluster.ready_pods()[0]
+    name = pod["metadata"]["name"]
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+    os.killpg(pid, signal.SIGKILL)
+
+    def gate_closed() -> bool:
+        current = cluster.get("pod", name) or {}
+        statuses = current.get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0].get("restartCount", 0) > restarts and condition(current, GATE) == "False"
+
+    wait_until("the gate to close after the restart", gate_closed, timeout_s=START_TIMEOUT_S, interval_s=0.5)
+    wait_until("the gate to open again", lambda: condition(cluster.get("pod", name) or {}, GATE) == "True",
+               timeout_s=START_TIMEOUT_S, interval_s=1)  # fmt: skip
+    reopened = cluster.get("pod", name)
+    assert condition(reopened, "Ready") == "True" or wait_until(
+        "the pod Ready", lambda: condition(cluster.get("pod", name) or {}, "Ready") == "True", 30
+    )
+    assert models_on(reopened["status"]["podIP"])[SERVED] == f"/models/{served.adapter_path}"
+    assert "ContainerRestarted" in cluster.events(name)
+
+
+def test_static_mode_writes_one_merged_lora_modules_and_rolls_the_pods(served: Served) -> None:
+    cluster = served.cluster
+    path = cluster.copy_adapter(served.adapter_path, "adapters/static")
+    before = cluster.get("deployment", DEPLOYMENT)["spec"]["template"]["spec"]["containers"][0]["args"]
+    cluster.apply(adapter("pinned", path, serving={"deployment": DEPLOYMENT, "mode": "Static"}))
+    ready = wait_until("pinned Ready on 2 pods after the rollout",
+                       lambda: cluster.ready_on("pinned", 2),
+                       timeout_s=2 * START_TIMEOUT_S, interval_s=1)  # fmt: skip
+    args = cluster.get("deployment", DEPLOYMENT)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args.count("--lora-modules") == 1
+    entry = json.loads(args[args.index("--lora-modules") + 1])
+    assert entry == {"name": "pinned", "path": f"/models/{path}", "base_model_name": "tiny-llama"}
+    assert [a for a in args if a not in before and a != "--lora-modules" and not a.startswith("{")] == []
+    assert ready["status"]["path"] == f"/models/{path}"
+    for pod in cluster.ready_pods():
+        assert completion(pod["status"]["podIP"], "pinned")[0] == 200
+        assert completion(pod["status"]["podIP"], SERVED)[0] == 200, "hot-loaded adapters reloaded after roll"
+    assert "StaticAdaptersUpdated" in cluster.events(DEPLOYMENT)
