@@ -45,8 +45,12 @@ def test_operator_runs_hardened(kube: Kube) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def is_hook(doc: dict) -> bool:
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+
+
 def test_watch_namespaces_narrow_rbac_to_roles(kube: Kube) -> None:
-    docs = render(kube, "watchNamespaces={team-a,team-b}")
+    docs = [d for d in render(kube, "watchNamespaces={team-a,team-b}") if not is_hook(d)]
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
@@ -56,6 +60,17 @@ def test_watch_namespaces_narrow_rbac_to_roles(kube: Kube) -> None:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args
     assert "--all-namespaces" not in args
+
+
+def test_uninstall_cleanup_hook_runs_under_its_own_account(kube: Kube) -> None:
+    hooks = [d for d in render(kube) if is_hook(d)]
+    [job] = [d for d in hooks if d["kind"] == "Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] != "t-loraplane"
+    [container] = pod["containers"]
+    assert container["command"] == ["python", "-m", "loraplane.cleanup"]
+    assert not [d for d in render(kube, "cleanup.enabled=false") if is_hook(d)]
 
 
 def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
