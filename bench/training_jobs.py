@@ -47,8 +47,16 @@ class JobWatch:
     def _run(self) -> None:
         watch = kubernetes.watch.Watch()
         while not self._stop:
-            for event in watch.stream(self._batch.list_namespaced_job, NAMESPACE, timeout_seconds=5):
-                self.seen.setdefault(event["object"].metadata.name, time.monotonic())
+            try:
+                for event in watch.stream(self._batch.list_namespaced_job, NAMESPACE, timeout_seconds=5):
+                    self.seen.setdefault(event["object"].metadata.name, time.monotonic())
+            except Exception:  # the cluster is going away at the end of the run
+                if self._stop:
+                    return
+                raise
+
+    def stop(self) -> None:
+        self._stop = True
 
     def wait(self, name: str, timeout_s: float = 60) -> float:
         return wait_until(f"Job {name}", lambda: self.seen.get(name), timeout_s=timeout_s, interval_s=0.002)
@@ -95,6 +103,7 @@ def main() -> int:
     run_root_for_tests().mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=run_root_for_tests()))
     cluster = controlplane.up(run_dir, die_with_parent=True)
+    stop_watching = None
     try:
         kube = Kube.connect(cluster.kubeconfig, cluster.bin_dir, run_dir)
         kube.helm("install", "loraplane", str(CHART), "-n", "loraplane-system", "--create-namespace")
@@ -108,6 +117,7 @@ def main() -> int:
         wait_until("the operator pod", lambda: "1/1" in kube.kubectl(
             "get", "pods", "-n", "loraplane-system").stdout, timeout_s=120)  # fmt: skip
         watch = JobWatch(kube.api)
+        stop_watching = watch.stop
 
         direct, via_operator = [], []
         for i in range(args.jobs):
@@ -155,6 +165,8 @@ def main() -> int:
         )
         return 0 if done == args.burst else 1
     finally:
+        if stop_watching is not None:
+            stop_watching()
         controlplane.down(run_dir, grace_s=5)
 
 
