@@ -27,6 +27,11 @@ def parse_gauges(text: str) -> dict[str, float]:
     return gauges
 
 
+def _rounded(value: float | None) -> float | None:
+    """Four significant digits: what a person reads in `kubectl get`, not float noise."""
+    return None if value is None else float(f"{value:.4g}")
+
+
 def to_progress(gauges: dict[str, float], now: datetime) -> Progress | None:
     if "step" not in gauges:
         return None
@@ -37,8 +42,8 @@ def to_progress(gauges: dict[str, float], now: datetime) -> Progress | None:
         total_steps=total,
         epoch=gauges.get("epoch"),
         percent=round(max(0.0, min(100.0, 100 * ratio)), 1),
-        loss=gauges.get("loss"),
-        eval_loss=gauges.get("eval_loss"),
+        loss=_rounded(gauges.get("loss")),
+        eval_loss=_rounded(gauges.get("eval_loss")),
         learning_rate=gauges.get("learning_rate"),
         tokens_per_second=gauges.get("tokens_per_second"),
         eta=format_eta(gauges.get("eta_seconds")),

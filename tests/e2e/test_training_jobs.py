@@ -144,8 +144,7 @@ def test_a_tiny_job_trains_reports_progress_and_publishes_its_adapter(
     assert status["progress"]["percent"] == 100
     assert status["trainableParameters"].startswith("trainable params:")
 
-    published = jobs.get("lad", "tiny-quotes")
-    assert published is not None
+    published = wait_until("the published LoraAdapter", lambda: jobs.get("lad", "tiny-quotes"), timeout_s=30)
     assert published["metadata"]["labels"]["loraplane.io/training-job"] == "tiny"
     assert "ownerReferences" not in published["metadata"]
     assert published["spec"]["source"] == {"trainingJob": {"name": "tiny"}}

@@ -155,3 +155,15 @@ def test_jobs_by_state_gauge_counts_each_job_once() -> None:
     training_jobs._count_phase("ns", "a", None)
     training_jobs._count_phase("ns", "b", None)
     assert TRAINING_JOBS.labels("Running")._value.get() == 0
+
+
+def test_a_finished_worker_before_the_job_completes_is_still_running() -> None:
+    """No flip back to Pending between the worker's exit and the Job controller's Complete."""
+    done = pod({"terminated": {"exitCode": 0, "message": "{}"}})
+    status = status_of.observe(job(), batch(active=0, succeeded=1), [done], None, NOW)
+    assert summary(status) == ("Unknown", "Running")
+
+
+def test_loss_is_rounded_for_people() -> None:
+    got = progress.to_progress({"step": 1.0, "total_steps": 2.0, "loss": 5.270626068115234}, NOW)
+    assert got.loss == 5.271

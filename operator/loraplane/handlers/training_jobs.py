@@ -161,6 +161,10 @@ def _announce(body: kopf.Body, old: LoraTrainingJobStatus, new: LoraTrainingJobS
         kopf.info(body, reason=after.reason, message=after.message)
 
 
+# Runs whose adapter this process has published (or found published): no more API calls for them.
+_PUBLISHED: set[str] = set()
+
+
 async def publish_adapter(job: LoraTrainingJob, body: kopf.Body, namespace: str) -> None:
     """Create the LoraAdapter the spec asks for; point an existing one of ours at the new version only
     when the spec allows it, else report the conflict. Never a silent overwrite."""
@@ -171,10 +175,13 @@ async def publish_adapter(job: LoraTrainingJob, body: kopf.Body, namespace: str)
     name = wanted["metadata"]["name"]
     if await asyncio.to_thread(kube.create_adapter, namespace, wanted):
         kopf.info(body, reason="AdapterPublished", message=f"created LoraAdapter {name}")
+        _PUBLISHED.add(job.metadata["uid"])
         return
     existing = await asyncio.to_thread(kube.get_adapter, namespace, name) or {}
     if existing.get("spec", {}).get("source") == wanted["spec"]["source"]:
+        _PUBLISHED.add(job.metadata["uid"])
         return  # published earlier (an operator restart, a replayed timer)
+    _PUBLISHED.add(job.metadata["uid"])  # either way below, reported once
     if not publication.replace:
         kopf.warn(
             body, reason="Conflict", message=f"LoraAdapter {name} exists and spec.adapter.replace is false"
@@ -207,7 +214,7 @@ async def follow_training(
         batch_job = next(iter(training_batch_jobs.get(uid, [])), None)
         pods = list(training_pods.get(uid, []))
         was_terminal = status_of.is_terminal(job.status)
-        if was_terminal and job.status.adapter is None and job.spec.adapter is None:
+        if was_terminal and (job.status.adapter is None or job.spec.adapter is None or uid in _PUBLISHED):
             return
         if batch_job is None and not was_terminal:
             await asyncio.to_thread(ensure_run, job, body, namespace)  # someone deleted the Job: converge
@@ -219,7 +226,9 @@ async def follow_training(
         _count_phase(namespace, job.metadata["name"], summary.reason if summary else None)
         if new.progress is not None:
             TRAINING_PROGRESS.labels(namespace, job.metadata["name"]).set(new.progress.percent)
-        if new.adapter is not None:
+        if job.status.adapter is not None:
+            # Published on the pass after the one that recorded the adapter, so the LoraAdapter never
+            # sees its training job before the job's status says Succeeded.
             await publish_adapter(job, body, namespace)
     except Exception:
         RECONCILE_ERRORS.labels(KIND).inc()

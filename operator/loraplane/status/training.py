@@ -102,6 +102,9 @@ def phase(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Phase:
         return _failure_phase(failed, pods)
     if any("running" in _worker_state(p) for p in pods):
         return Phase("Running", "training")
+    if any((_worker_state(p).get("terminated") or {}).get("exitCode") == 0 for p in pods):
+        # The worker is done; the Job controller has not marked the Job complete yet.
+        return Phase("Running", "training finished; waiting for the Job to complete")
     waiting = _waiting_phase(pods)
     if waiting is not None:
         return waiting
