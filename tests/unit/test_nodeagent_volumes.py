@@ -228,3 +228,18 @@ def test_hosts_file_maps_the_pod_name_to_its_address() -> None:
     content = hosts_file_content("127.0.1.4", "web-0")
     assert "127.0.1.4\tweb-0" in content
     assert "127.0.0.1\tlocalhost" in content
+
+
+def test_a_checkout_under_tmp_stays_visible_under_the_pods_private_tmp(tmp_path) -> None:
+    """A CI clone in /tmp/x: the pod's own /tmp must not hide the code the image map runs."""
+    from loraplane_devcluster.nodeagent.volumes import container_mounts  # noqa: PLC0415
+
+    mounts = container_mounts(
+        {"name": "c"}, {}, {}, pod_tmp=tmp_path / "tmp", hosts_file=tmp_path / "hosts",
+        termination_log=tmp_path / "log", host_paths=(Path("/tmp/ci-clone"), Path("/root/.venv")),
+    )  # fmt: skip
+    targets = [m.target for m in mounts]
+    assert targets.index("/tmp") < targets.index("/tmp/ci-clone"), "parents before children"
+    [kept] = [m for m in mounts if m.target == "/tmp/ci-clone"]
+    assert (kept.source, kept.read_only) == ("/tmp/ci-clone", True)
+    assert "/root/.venv" not in targets, "paths outside /tmp need no mount"

@@ -463,6 +463,7 @@ class PodRunner:
                 pod_tmp=self.dir / "tmp",
                 hosts_file=self.dir / "etc-hosts",
                 termination_log=files.termination_log,
+                host_paths=(self.node.config.project_dir, self.node.config.venv),
             )
             for mount in mounts:
                 if mount.create_source and not os.path.lexists(mount.source):

@@ -16,7 +16,7 @@ import base64
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,10 +310,13 @@ def container_mounts(
     pod_tmp: Path,
     hosts_file: Path,
     termination_log: Path,
+    host_paths: Sequence[Path] = (),
 ) -> list[Mount]:
     """The bind mounts for ``container``, parents before children (so ``/tmp`` comes before ``/tmp/x``).
 
     The pod's private ``/tmp`` and ``/etc/hosts`` are left out where a volumeMount takes that path.
+    ``host_paths`` (the checkout and the venv the image map runs from) stay visible, read-only, even
+    when they live under ``/tmp``, where the pod's private ``/tmp`` would hide them (a CI clone there).
     """
     mounts: list[Mount] = []
     for volume_mount in container.get("volumeMounts") or []:
@@ -333,6 +336,11 @@ def container_mounts(
     message_path = posixpath.normpath(container.get("terminationMessagePath") or "/dev/termination-log")
     extras.append(Mount(str(termination_log), message_path))
     mounts.extend(m for m in extras if m.target not in taken)
+    mounts.extend(
+        Mount(str(path), str(path), True)
+        for path in host_paths
+        if str(path).startswith("/tmp/") and str(path) not in taken  # noqa: S108
+    )
     return sorted(mounts, key=lambda m: _depth(m.target))
 
 
