@@ -152,7 +152,7 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     backend.train_from_iterator(tokenizer_corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=EOS,
         eos_token=EOS,
@@ -166,8 +166,8 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
 
 def build_model(directory: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     vocab_size = len(tokenizer)
-    eos_id = int(tokenizer.convert_tokens_to_ids(EOS))  # type: ignore[arg-type]
-    pad_id = int(tokenizer.convert_tokens_to_ids(PAD))  # type: ignore[arg-type]
+    eos_id = int(tokenizer.convert_tokens_to_ids(EOS))
+    pad_id = int(tokenizer.convert_tokens_to_ids(PAD))
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -182,8 +182,8 @@ def build_model(directory: Path, tokenizer: PreTrainedTokenizerFast) -> None:
         tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
-    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
     model.save_pretrained(str(directory))

@@ -77,7 +77,7 @@ def process_count() -> int:
         return max(1, int(configured))
     import torch  # noqa: PLC0415 - only here: a config error is reported without loading torch
 
-    return torch.cuda.device_count()
+    return int(torch.cuda.device_count())
 
 
 def report_failure(error: BaseException) -> int:

@@ -211,7 +211,7 @@ def trainer_callback(reporter: ProgressReporter) -> TrainerCallback:
     """A transformers TrainerCallback feeding `reporter`; only the main process reports."""
     from transformers import TrainerCallback  # noqa: PLC0415 - keeps this module free of torch
 
-    class ProgressCallback(TrainerCallback):
+    class ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers is not followed by mypy
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if state.is_world_process_zero:
                 reporter.train_begin(state.global_step, state.max_steps)

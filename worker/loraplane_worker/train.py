@@ -150,13 +150,13 @@ def quantization_config(config: WorkerConfig, dtype: torch.dtype) -> BitsAndByte
         )
     if config.quantization == "4bit":
         # QLoRA's recipe: NF4 with double quantization, computing in the training dtype.
-        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def load_model(config: WorkerConfig, dtype: torch.dtype) -> PreTrainedModel:
