@@ -80,7 +80,7 @@ def restore_deployments(namespaces: Sequence[str]) -> int:
                 if patch is None:
                     break
                 try:
-                    kube.replace_deployment(namespace, _merged(deployment, patch))
+                    kube.replace_deployment(namespace, serving.merged(deployment, patch))
                 except ApiException as error:
                     if error.status == 409:
                         continue
@@ -88,18 +88,6 @@ def restore_deployments(namespaces: Sequence[str]) -> int:
                 restored += 1
                 break
     return restored
-
-
-def _merged(body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    result = dict(body)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _merged(result[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def remove_finalizers(namespaces: Sequence[str]) -> int:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from loraplane.builders import serving
-from loraplane.handlers.adapters import merged
+from loraplane.builders.serving import merged
 from manifests import EXAMPLES
 
 SETTINGS = serving.LoraSettings(max_loras=4, max_cpu_loras=8)

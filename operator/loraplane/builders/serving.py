@@ -437,3 +437,16 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
         },
         "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},
     }
+
+
+def merged(body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge of `patch` into `body` (lists replaced whole; None deletes)."""
+    result = dict(body)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result

@@ -207,23 +207,10 @@ async def set_gate(namespace: str, pod: PodView, status: str, reason: str, messa
     )
 
 
-def merged(body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """RFC 7386 merge of `patch` into `body` (lists replaced whole; None deletes)."""
-    result = dict(body)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
 async def write_deployment(namespace: str, deployment: dict[str, Any], patch: dict[str, Any]) -> bool:
     """Read-modify-write against the indexed `resourceVersion`; False on a conflict (next pass retries
     with what the index has by then)."""
-    body = merged(deployment, patch)
+    body = serving.merged(deployment, patch)
     body.pop("status", None)
     try:
         await asyncio.to_thread(kube.replace_deployment, namespace, body)
