@@ -1,18 +1,21 @@
 """The node agent runs pods for real: env and volumes as the kubelet resolves them, Jobs, restarts,
-probes, readiness gates, in-cluster credentials, one loopback address per pod, and deletion that
-leaves no process behind. Every wait is on observed state, with a deadline."""
+probes, readiness gates, in-cluster credentials, a network namespace and address per pod that
+Services and the API server's proxy reach, and deletion that leaves no process behind. Every wait
+is on observed state, with a deadline."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import AppsV1Api, BatchV1Api, CoreV1Api, RbacAuthorizationV1Api
+from kubernetes.client import AppsV1Api, BatchV1Api, CoreV1Api, DiscoveryV1Api, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 
 from loraplane_devcluster.nodeagent.config import PROJECT_DIR, default_venv
@@ -218,7 +221,7 @@ def test_a_pod_sees_env_and_volumes_as_on_a_real_node(kube: Kube, namespace: str
     assert pod["status"]["phase"] == "Succeeded", termination_message(pod)
     report = json.loads(termination_message(pod))
     pod_ip = pod["status"]["podIP"]
-    assert pod_ip.startswith("127.0.")  # each agent holds a 127.0.N.0/24 of its own
+    assert pod_ip.startswith("10.250.")  # each agent holds a 10.250.N.0/24 of its own
     assert pod["status"]["podIPs"] == [{"ip": pod_ip}]
     assert pod["status"]["hostIP"] == "127.0.0.1"
     assert report["POD_IP"] == pod_ip
@@ -236,8 +239,8 @@ def test_a_pod_sees_env_and_volumes_as_on_a_real_node(kube: Kube, namespace: str
     assert report["URL"] == f"http://{pod_ip}:8000/report"
     assert report["LITERAL"] == "$(POD_IP)"
     assert report["argv"] == ["report", "$(NODE)"]
-    assert report["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
-    assert report["KUBERNETES_SERVICE_PORT"].isdigit()
+    assert report["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"  # the Service address, as on any node
+    assert report["KUBERNETES_SERVICE_PORT"] == "443"
     assert report["HOME"]
     assert report["cwd"] == "/scratch/work"
     assert report["hostname"] == "report"
@@ -364,6 +367,25 @@ def test_an_on_failure_pod_restarts_its_container_with_back_off(kube: Kube, name
     assert "back-off" in container_status(pod)["state"]["waiting"]["message"]
 
 
+def network_namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in listing.stdout.splitlines() if line.strip()}
+
+
+def endpoint_addresses(kube: Kube, namespace: str, service: str) -> dict[str, bool]:
+    """Address → ready, over the Service's EndpointSlices (as the controller-manager wrote them)."""
+    discovery: Any = DiscoveryV1Api(kube.api)
+    slices = discovery.list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}"
+    ).items
+    return {
+        address: bool(endpoint.conditions.ready)
+        for piece in slices
+        for endpoint in piece.endpoints or []
+        for address in endpoint.addresses
+    }
+
+
 def test_two_replicas_bind_their_own_addresses_and_leave_nothing_when_deleted(
     kube: Kube, namespace: str
 ) -> None:
@@ -404,6 +426,31 @@ def test_two_replicas_bind_their_own_addresses_and_leave_nothing_when_deleted(
     pids = [main_pid(p) for p in pods]
     assert all(group_alive(pid) for pid in pids)
 
+    # Pod addresses are real endpoints: a Service gets them in its EndpointSlices, ready...
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]},
+        },
+    )
+    wait_until(
+        "both pods ready in the Service's EndpointSlices",
+        lambda: endpoint_addresses(kube, namespace, "web") == dict.fromkeys(addresses, True),
+        30,
+    )
+    # ...the API server proxies to them, and one pod reaches the other from its own namespace.
+    first, second = sorted(pods, key=lambda p: p["metadata"]["name"])
+    proxied = kube.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{first['metadata']['name']}:8000/proxy/"
+    )
+    assert "Directory listing" in proxied.stdout, proxied.stderr
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{second['status']['podIP']}:8000/').status)"
+    from_first = ["nsenter", "--target", str(main_pid(first)), "--net", sys.executable, "-c", fetch]
+    assert subprocess.run(from_first, capture_output=True, text=True, check=False).stdout.strip() == "200"
+    own = {f"lp{p['status']['podIP'].split('.')[2]}-{p['metadata']['uid']}" for p in pods}
+    assert own <= network_namespaces()
+
     apps.delete_namespaced_deployment("web", namespace)
     wait_until(
         "ReplicaSets and pods of web gone",
@@ -414,6 +461,7 @@ def test_two_replicas_bind_their_own_addresses_and_leave_nothing_when_deleted(
         60,
     )
     wait_until("no process of web left", lambda: not any(group_alive(pid) for pid in pids), 10)
+    wait_until("the pods' network namespaces deleted", lambda: not own & network_namespaces(), 10)
 
 
 def test_a_readiness_gate_holds_ready_and_survives_a_container_restart(kube: Kube, namespace: str) -> None:

@@ -181,7 +181,7 @@ def test_required_references_that_cannot_be_resolved_are_config_errors(
 
 
 def test_service_variables_are_added_and_can_be_referenced_or_overridden() -> None:
-    services = service_env(6443)
+    services = service_env("10.96.0.1", 443)
     container = {
         "name": "main",
         "env": [
@@ -190,9 +190,9 @@ def test_service_variables_are_added_and_can_be_referenced_or_overridden() -> No
         ],
     }
     env = container_env(pod(container), container, context(services))
-    assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
-    assert env["KUBERNETES_SERVICE_PORT"] == "6443"
-    assert env["API"] == "https://127.0.0.1:6443"
+    assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+    assert env["KUBERNETES_SERVICE_PORT"] == "443"
+    assert env["API"] == "https://10.96.0.1:443"
     assert env["KUBERNETES_SERVICE_PORT_HTTPS"] == "1"
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from loraplane_devcluster.nodeagent.containers import Backoff
-from loraplane_devcluster.nodeagent.network import LoopbackPool, NoFreeAddressError
+from loraplane_devcluster.nodeagent.network import (
+    AddressPool,
+    NoFreeAddressError,
+    Subnet,
+    node_setup_commands,
+    pod_setup_commands,
+)
 
 
 def test_backoff_restarts_at_once_then_doubles_to_the_cap() -> None:
@@ -23,7 +29,7 @@ def test_backoff_starts_over_after_a_long_healthy_run() -> None:
 
 
 def test_each_pod_gets_its_own_address_and_freed_ones_are_not_reused_at_once() -> None:
-    pool = LoopbackPool(first=2, last=4)
+    pool = AddressPool("10.250.1.", first=2, last=4)
     a = pool.allocate("pod-a")
     b = pool.allocate("pod-b")
     assert a != b
@@ -37,11 +43,13 @@ def test_each_pod_gets_its_own_address_and_freed_ones_are_not_reused_at_once() -
 
 
 def test_a_pod_keeps_its_address_across_an_agent_restart_when_free() -> None:
-    pool = LoopbackPool()
-    assert pool.allocate("old-pod", preferred="127.0.1.77") == "127.0.1.77"
-    assert pool.allocate("other", preferred="127.0.1.77") != "127.0.1.77"
-    assert pool.allocate("x", preferred="10.0.0.1").startswith("127.0.1.")
-    assert not pool.contains("127.0.1.1")  # the machine's own name maps there on Debian
+    pool = AddressPool(Subnet(1).prefix)
+    assert pool.allocate("old-pod", preferred="10.250.1.77") == "10.250.1.77"
+    assert pool.allocate("other", preferred="10.250.1.77") != "10.250.1.77"
+    # an address from another node's subnet (the agent came back with another index) is not reused
+    assert pool.allocate("x", preferred="10.250.2.9").startswith("10.250.1.")
+    assert not pool.contains(Subnet(1).host_address)
+    assert not pool.contains(Subnet(1).bridge_address)
 
 
 def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
@@ -50,15 +58,31 @@ def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    from loraplane_devcluster.nodeagent.network import claim_pod_network  # noqa: PLC0415
+    from loraplane_devcluster.nodeagent.network import claim_node_index  # noqa: PLC0415
 
-    mine = claim_pod_network(tmp_path)
+    mine = claim_node_index(tmp_path)
     code = (
         "from pathlib import Path\n"
-        "from loraplane_devcluster.nodeagent.network import claim_pod_network as c\n"
+        "from loraplane_devcluster.nodeagent.network import claim_node_index as c\n"
         f"print(c(Path({str(tmp_path)!r})))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert mine == "127.0.1."
-    assert other.stdout.strip() == "127.0.2."
+    assert mine == 1
+    assert other.stdout.strip() == "2"
+
+
+def test_pods_share_one_bridge_and_reach_only_their_subnet_and_the_api_service() -> None:
+    subnet = Subnet(3)
+    node = node_setup_commands(subnet)
+    pod = pod_setup_commands(subnet, "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "10.250.3.17")
+    flat = [" ".join(command) for command in node + pod]
+    assert "ip -n lp3-node addr add 10.96.0.1/32 dev br0" in flat  # the kubernetes Service address
+    assert "ip addr add 10.250.3.1/24 dev lp3host" in flat  # the host's end, on the same segment
+    assert "ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 addr add 10.250.3.17/24 dev eth0" in flat
+    assert "ip -n lp3-node link set lp3p17 master br0 up" in flat
+    routes = [c for c in flat if " route " in c]
+    assert routes == ["ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 route add 10.96.0.1/32 dev eth0"]
+    # interface names must fit the kernel's 15 characters even for the largest index and address
+    widest = Subnet(250)
+    assert max(len(widest.host_link), len(widest.pod_link("10.250.250.253"))) <= 15

@@ -19,13 +19,22 @@ from types import FrameType
 from typing import Any
 
 from loraplane_devcluster.binaries import cache_dir
+from loraplane_devcluster.nodeagent.apirelay import ApiRelay, listen_in_namespace
 from loraplane_devcluster.nodeagent.config import AgentConfig
 from loraplane_devcluster.nodeagent.env import service_env
 from loraplane_devcluster.nodeagent.events import EventRecorder
 from loraplane_devcluster.nodeagent.images import ImageMapSource
-from loraplane_devcluster.nodeagent.kubeapi import KubeApi, apiserver_port
+from loraplane_devcluster.nodeagent.kubeapi import KubeApi, apiserver_address
 from loraplane_devcluster.nodeagent.logs import LogServer
-from loraplane_devcluster.nodeagent.network import LoopbackPool, claim_pod_network
+from loraplane_devcluster.nodeagent.network import (
+    HOST_IP,
+    KUBERNETES_SERVICE_IP,
+    KUBERNETES_SERVICE_PORT,
+    NodeNetwork,
+    Subnet,
+    claim_node_index,
+    remove_stale_networks,
+)
 from loraplane_devcluster.nodeagent.node import NodeHeartbeat
 from loraplane_devcluster.nodeagent.pods import NodeServices, PodRunner, pod_key
 from loraplane_devcluster.nodeagent.runtime import kill_group, kill_leftovers
@@ -119,18 +128,37 @@ class Agent:
         self.log_server = self._log_server() if config.log_server else None
         self.heartbeat = NodeHeartbeat(config, self.log_server.port if self.log_server else 0)
         host_env = {name: os.environ[name] for name in config.pass_env if name in os.environ}
+        self.network, self.api_relay = self._pod_network()
+        api_host, api_port = apiserver_address(config.kubeconfig)
         self.services = NodeServices(
             config=config,
             api=KubeApi(config.kubeconfig),
             image_map=ImageMapSource(config.venv, config.project_dir, config.image_map_path).current,
-            addresses=LoopbackPool(prefix=claim_pod_network(pod_network_locks())),
+            network=self.network,
             probes=ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="probe"),
             events=EventRecorder(lambda: KubeApi(config.kubeconfig), config.node_name),
-            service_env=service_env(apiserver_port(config.kubeconfig)),
+            service_env=service_env(KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT),
+            host_network_service_env=service_env(api_host, api_port),
             allocatable=self.heartbeat.allocatable(),
             wake=self.wake_event.set,
             host_env=host_env,
         )
+
+    def _pod_network(self) -> tuple[NodeNetwork, ApiRelay]:
+        """This node's pod subnet and bridge, and the relay behind the ``kubernetes`` Service address."""
+        locks = pod_network_locks()
+        index = claim_node_index(locks)
+        stale = remove_stale_networks(locks, index)
+        if stale:
+            log.warning("removed the pod networks of agents that are gone: %s", stale)
+        network = NodeNetwork(Subnet(index))
+        network.create()
+        listener = listen_in_namespace(
+            f"/run/netns/{network.subnet.node_namespace}", KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT
+        )
+        relay = ApiRelay(listener, *apiserver_address(self.config.kubeconfig))
+        relay.start()
+        return network, relay
 
     def _log_server(self) -> LogServer | None:
         """The kubelet log endpoint, with a serving certificate from the cluster CA when there is one."""
@@ -143,7 +171,7 @@ class Agent:
                 f"kubelet-{self.config.node_name}",
                 f"system:node:{self.config.node_name}",
                 ["localhost"],
-                ["127.0.0.1"],
+                [HOST_IP],
             )
             server = LogServer(self.config.pods_dir, pair.cert, pair.key, pki_dir / "ca.crt")
         except Exception as error:  # logs on disk still work; only kubectl logs will not
@@ -227,6 +255,8 @@ class Agent:
         self.heartbeat.stop()
         if self.log_server:
             self.log_server.stop()
+        self.api_relay.stop()
+        self.network.destroy()
         log.info("stopped %d container(s); node agent exiting", len(running))
 
 

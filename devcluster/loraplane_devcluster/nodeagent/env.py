@@ -260,16 +260,15 @@ def expand_all(words: list[str], variables: Mapping[str, str]) -> list[str]:
     return [expand(word, variables) for word in words]
 
 
-def service_env(apiserver_port: int) -> dict[str, str]:
-    """The ``kubernetes`` Service's variables, pointing at the API server on the host's loopback."""
-    host = "127.0.0.1"
+def service_env(host: str, port: int) -> dict[str, str]:
+    """The ``kubernetes`` Service's variables: where a pod's in-cluster clients find the API server."""
     return {
         "KUBERNETES_SERVICE_HOST": host,
-        "KUBERNETES_SERVICE_PORT": str(apiserver_port),
-        "KUBERNETES_SERVICE_PORT_HTTPS": str(apiserver_port),
-        "KUBERNETES_PORT": f"tcp://{host}:{apiserver_port}",
-        f"KUBERNETES_PORT_{apiserver_port}_TCP": f"tcp://{host}:{apiserver_port}",
-        f"KUBERNETES_PORT_{apiserver_port}_TCP_PROTO": "tcp",
-        f"KUBERNETES_PORT_{apiserver_port}_TCP_PORT": str(apiserver_port),
-        f"KUBERNETES_PORT_{apiserver_port}_TCP_ADDR": host,
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+        "KUBERNETES_PORT": f"tcp://{host}:{port}",
+        f"KUBERNETES_PORT_{port}_TCP": f"tcp://{host}:{port}",
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
     }

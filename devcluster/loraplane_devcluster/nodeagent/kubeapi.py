@@ -42,14 +42,14 @@ class ApiError(Exception):
         return self.status == 409
 
 
-def apiserver_port(kubeconfig: Path) -> int:
-    """The API server port of the kubeconfig's current context (pods get it as KUBERNETES_SERVICE_PORT)."""
+def apiserver_address(kubeconfig: Path) -> tuple[str, int]:
+    """Host and port of the kubeconfig's current context: where the agent relays pods' API traffic."""
     config = yaml.safe_load(kubeconfig.read_text())
     context_name = config.get("current-context")
     context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
     cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
     parsed = urlparse(cluster["server"])
-    return parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
 def path_of(api_version: str, plural: str, namespace: str | None = None, name: str | None = None) -> str:

@@ -1,33 +1,99 @@
-"""Pod addresses: one loopback address per pod, as ``status.podIP``.
+"""Pod networking: a network namespace per pod, all on one bridge, as a CNI bridge plugin does.
 
-All pods share the host's network, so each gets its own address in a /24 of the loopback range and
-binds its servers there (``$(POD_IP)`` from the downward API, the usual Kubernetes pattern); two pods
-can then both listen on port 8000. Each running agent claims a /24 of its own (127.0.1.0/24 for the
-first, 127.0.2.0/24 for a second cluster started beside it, ...), held by a lock file for the
-agent's lifetime, so a demo and a test session never hand out the same address. Host .1 is left out
-(Debian maps the machine's own name to 127.0.1.1). Addresses are handed out round-robin, so one
-freed by a deleted pod is not reused at once.
+Each running agent claims an index N (1 for the first, 2 for a second cluster started beside it,
+...) through a lock file held for its lifetime, and with it the pod subnet 10.250.N.0/24:
+
+    host (root namespace)              node namespace lp<N>-node            pod namespace lp<N>-<uid>
+    lp<N>host 10.250.N.1/24  ── veth ── uplink ─┐
+                                                br0  10.250.N.254/24, 10.96.0.1/32
+                                     lp<N>p<host> ─┘ ── veth ── eth0 10.250.N.<host>/24
+
+* Pods, the host and the node share one layer-2 segment, so pod-to-pod and host-to-pod traffic
+  needs no forwarding (the host's own ``ip_forward`` is never touched) and pods reach nothing else:
+  they have no default route.
+* Pod addresses are ordinary private addresses, so the controllers put them in Endpoints and
+  EndpointSlices (loopback addresses are refused there) and the API server proxies to them.
+* The API server keeps listening on the host's 127.0.0.1. Pods reach it as in-cluster clients do,
+  at the ``kubernetes`` Service address 10.96.0.1:443 (in the server certificate), which the bridge
+  holds and the agent relays to the API server (see :mod:`apirelay`).
+* Host-network pods stay in the host's namespace with the node's address, 127.0.0.1.
+
+Everything is made with ``ip`` (iproute2). Namespaces outlive processes, so a new agent deletes
+whatever an earlier agent with the same index left behind before creating its own.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import re
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+log = logging.getLogger(__name__)
+
 HOST_IP = "127.0.0.1"
-POD_NETWORK = "127.0.1."
-FIRST_HOST = 2
-LAST_HOST = 254
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+KUBERNETES_SERVICE_PORT = 443
+SUBNET_PREFIX_LEN = 24
+FIRST_POD_HOST = 2
+LAST_POD_HOST = 253
+IP_TIMEOUT_S = 10
 
 
 class NoFreeAddressError(Exception):
     pass
 
 
-class LoopbackPool:
-    def __init__(self, prefix: str = POD_NETWORK, first: int = FIRST_HOST, last: int = LAST_HOST) -> None:
+class NetworkSetupError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """The addresses and names that follow from a node's index."""
+
+    index: int
+
+    @property
+    def prefix(self) -> str:
+        return f"10.250.{self.index}."
+
+    @property
+    def host_address(self) -> str:
+        return f"{self.prefix}1"
+
+    @property
+    def bridge_address(self) -> str:
+        return f"{self.prefix}254"
+
+    @property
+    def namespace_prefix(self) -> str:
+        return f"lp{self.index}-"
+
+    @property
+    def node_namespace(self) -> str:
+        return f"{self.namespace_prefix}node"
+
+    @property
+    def host_link(self) -> str:
+        return f"lp{self.index}host"
+
+    def pod_namespace(self, uid: str) -> str:
+        return f"{self.namespace_prefix}{uid}"
+
+    def pod_link(self, address: str) -> str:
+        """The node-side end of a pod's veth, named after its address (unique while it is in use)."""
+        return f"lp{self.index}p{address.rsplit('.', 1)[1]}"
+
+
+class AddressPool:
+    """Pod addresses of one subnet; handed out round-robin, so a freed one is not reused at once."""
+
+    def __init__(self, prefix: str, first: int = FIRST_POD_HOST, last: int = LAST_POD_HOST) -> None:
         self.prefix = prefix
         self.first = first
         self.last = last
@@ -70,12 +136,11 @@ class LoopbackPool:
 _CLAIMS: list[IO[bytes]] = []
 
 
-def claim_pod_network(lock_dir: Path, first: int = 1, last: int = 254) -> str:
-    """The prefix (e.g. ``127.0.2.``) of a /24 that no other running agent on this machine holds."""
+def claim_node_index(lock_dir: Path, first: int = 1, last: int = 250) -> int:
+    """An index (the N of 10.250.N.0/24) that no other running agent on this machine holds."""
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for third in range(first, last + 1):
-        prefix = f"127.0.{third}."
-        handle = (lock_dir / f"{prefix}lock").open("ab")
+    for index in range(first, last + 1):
+        handle = (lock_dir / f"node-{index}.lock").open("ab")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,5 +148,129 @@ def claim_pod_network(lock_dir: Path, first: int = 1, last: int = 254) -> str:
             continue
         os.set_inheritable(handle.fileno(), False)  # containers must not keep the claim alive
         _CLAIMS.append(handle)
-        return prefix
-    raise NoFreeAddressError(f"every 127.0.N.0/24 from N={first} to {last} is held by another agent")
+        return index
+    raise NoFreeAddressError(
+        f"every pod subnet 10.250.N.0/24 from N={first} to {last} is held by another agent"
+    )
+
+
+def remove_stale_networks(lock_dir: Path, own_index: int) -> list[int]:
+    """Delete the namespaces of agents that died without cleaning up (their index lock is free)."""
+    indexes = {int(m.group(1)) for m in map(_INDEXED.match, namespaces()) if m} - {own_index}
+    removed = []
+    for index in sorted(indexes):
+        with (lock_dir / f"node-{index}.lock").open("ab") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running agent's
+            NodeNetwork(Subnet(index)).destroy()
+            removed.append(index)
+    return removed
+
+
+_INDEXED = re.compile(r"lp(\d+)-")
+
+
+# ---- the commands, as pure lists (unit-tested) -----------------------------------------------------
+
+
+def node_setup_commands(subnet: Subnet) -> list[list[str]]:
+    node = subnet.node_namespace
+    bits = SUBNET_PREFIX_LEN
+    return [
+        ["ip", "netns", "add", node],
+        ["ip", "-n", node, "link", "set", "lo", "up"],
+        ["ip", "-n", node, "link", "add", "br0", "type", "bridge"],
+        ["ip", "-n", node, "addr", "add", f"{subnet.bridge_address}/{bits}", "dev", "br0"],
+        ["ip", "-n", node, "addr", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "br0"],
+        ["ip", "-n", node, "link", "set", "br0", "up"],
+        ["ip", "link", "add", subnet.host_link, "type", "veth", "peer", "name", "uplink", "netns", node],
+        ["ip", "-n", node, "link", "set", "uplink", "master", "br0", "up"],
+        ["ip", "addr", "add", f"{subnet.host_address}/{bits}", "dev", subnet.host_link],
+        ["ip", "link", "set", subnet.host_link, "up"],
+    ]
+
+
+def pod_setup_commands(subnet: Subnet, uid: str, address: str) -> list[list[str]]:
+    pod, node, link = subnet.pod_namespace(uid), subnet.node_namespace, subnet.pod_link(address)
+    return [
+        ["ip", "netns", "add", pod],
+        ["ip", "-n", node, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", pod],
+        ["ip", "-n", node, "link", "set", link, "master", "br0", "up"],
+        ["ip", "-n", pod, "link", "set", "lo", "up"],
+        ["ip", "-n", pod, "addr", "add", f"{address}/{SUBNET_PREFIX_LEN}", "dev", "eth0"],
+        ["ip", "-n", pod, "link", "set", "eth0", "up"],
+        # the one address outside the subnet a pod may reach: the API server, through the relay
+        ["ip", "-n", pod, "route", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "eth0"],
+    ]
+
+
+def _run(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        raise NetworkSetupError(f"`{' '.join(command)}` failed: {result.stderr.strip() or result.returncode}")
+
+
+def namespaces() -> list[str]:
+    result = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False
+    )
+    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+
+
+def _delete_namespace(name: str) -> None:
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=IP_TIMEOUT_S, check=False)
+
+
+class NodeNetwork:
+    """The node's bridge and the pods' namespaces for one agent."""
+
+    def __init__(self, subnet: Subnet) -> None:
+        self.subnet = subnet
+        self.addresses = AddressPool(subnet.prefix)
+
+    def create(self) -> None:
+        """Remove what an earlier agent with this index left, then make the node namespace."""
+        self.destroy()
+        try:
+            for command in node_setup_commands(self.subnet):
+                _run(command)
+        except (NetworkSetupError, OSError, subprocess.TimeoutExpired) as error:
+            self.destroy()
+            raise NetworkSetupError(
+                f"the node agent needs network namespaces (root with CAP_NET_ADMIN and iproute2): {error}"
+            ) from error
+        log.info(
+            "pod network %s0/%d on bridge %s in namespace %s",
+            self.subnet.prefix,
+            SUBNET_PREFIX_LEN,
+            self.subnet.bridge_address,
+            self.subnet.node_namespace,
+        )
+
+    def destroy(self) -> None:
+        """Delete every namespace of this index (the host end of the uplink goes with the node's)."""
+        for name in namespaces():
+            if name.startswith(self.subnet.namespace_prefix):
+                _delete_namespace(name)
+
+    def namespace_path(self, uid: str) -> str:
+        return f"/run/netns/{self.subnet.pod_namespace(uid)}"
+
+    def attach(self, uid: str, address: str) -> str:
+        """The pod's namespace, made on first call, with ``address`` on its eth0; returns its path."""
+        path = self.namespace_path(uid)
+        if os.path.exists(path):
+            return path
+        try:
+            for command in pod_setup_commands(self.subnet, uid, address):
+                _run(command)
+        except (NetworkSetupError, OSError, subprocess.TimeoutExpired) as error:
+            self.detach(uid)
+            raise NetworkSetupError(f"pod network for {address}: {error}") from error
+        return path
+
+    def detach(self, uid: str) -> None:
+        """Delete the pod's namespace; its veth pair goes with it."""
+        _delete_namespace(self.subnet.pod_namespace(uid))

@@ -35,7 +35,7 @@ from loraplane_devcluster.nodeagent.env import (
 from loraplane_devcluster.nodeagent.events import EventRecorder
 from loraplane_devcluster.nodeagent.images import ImageMap, container_argv
 from loraplane_devcluster.nodeagent.kubeapi import ApiError, KubeApi, path_of
-from loraplane_devcluster.nodeagent.network import HOST_IP, LoopbackPool, NoFreeAddressError
+from loraplane_devcluster.nodeagent.network import HOST_IP, NetworkSetupError, NodeNetwork, NoFreeAddressError
 from loraplane_devcluster.nodeagent.probes import (
     PROBE_FIELDS,
     ProbeKind,
@@ -82,10 +82,11 @@ class NodeServices:
     config: AgentConfig
     api: KubeApi
     image_map: Callable[[], ImageMap]
-    addresses: LoopbackPool
+    network: NodeNetwork
     probes: ThreadPoolExecutor
     events: EventRecorder
     service_env: dict[str, str]
+    host_network_service_env: dict[str, str]
     allocatable: dict[str, str]
     wake: Callable[[], None]
     host_env: dict[str, str] = field(default_factory=dict)
@@ -127,6 +128,7 @@ class PodRunner:
             for c in spec["containers"]
         ]
         self.pod_ip = ""
+        self.netns = ""  # the pod's network namespace; "" for a host-network pod
         self.volumes: dict[str, PreparedVolume] | None = None
         self.sandbox_retry_at = 0.0
         self.start_time = ""
@@ -256,25 +258,26 @@ class PodRunner:
     def _prepare_sandbox(self, now: float) -> bool:
         """Address, folders, /etc/hosts and volumes; False (retry later) when a volume is not ready."""
         try:
-            if not self.pod_ip and self.pod["spec"].get("hostNetwork"):
+            if not self.pod_ip and self.host_network:
                 self.pod_ip = HOST_IP  # as on any node: a host-network pod has the node's address
             elif not self.pod_ip:
                 preferred = (self.pod.get("status") or {}).get("podIP")
-                self.pod_ip = self.node.addresses.allocate(self.uid, preferred)
+                address = self.node.network.addresses.allocate(self.uid, preferred)
+                self.netns = self.node.network.attach(self.uid, address)
+                self.pod_ip = address
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "tmp").mkdir(exist_ok=True)
             (self.dir / "tmp").chmod(0o1777)
             (self.dir / "etc-hosts").write_text(hosts_file_content(self.pod_ip, self.hostname))
             self.volumes = prepare_volumes(self.pod, self.dir, self._volume_context())
-        except (VolumeError, NoFreeAddressError, ApiError) as error:
-            self.sandbox_retry_at = now + VOLUME_RETRY_S
-            self.node.events.pod_event(self.pod, "FailedMount", f"MountVolume failed: {error}", warning=True)
-            for runner in self.all_containers:
-                if isinstance(runner.state, st.Waiting) and runner.state.reason in {
-                    "ContainerCreating",
-                    "PodInitializing",
-                }:
-                    runner.state = st.Waiting(runner.state.reason, str(error))
+        except (NoFreeAddressError, NetworkSetupError) as error:
+            self.node.network.addresses.release(self.uid)
+            self._sandbox_failed(
+                now, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {error}", error
+            )
+            return False
+        except (VolumeError, ApiError) as error:
+            self._sandbox_failed(now, "FailedMount", f"MountVolume failed: {error}", error)
             return False
         if not self.start_time:
             self.start_time = iso(time.time())
@@ -282,6 +285,21 @@ class PodRunner:
         if lifetime is not None:
             self.token_refresh_at = now + TOKEN_REFRESH_FRACTION * lifetime
         return True
+
+    def _sandbox_failed(self, now: float, reason: str, message: str, error: Exception) -> None:
+        """Say why the sandbox is not ready (an Event, the waiting containers' message); retry later."""
+        self.sandbox_retry_at = now + VOLUME_RETRY_S
+        self.node.events.pod_event(self.pod, reason, message, warning=True)
+        for runner in self.all_containers:
+            if isinstance(runner.state, st.Waiting) and runner.state.reason in {
+                "ContainerCreating",
+                "PodInitializing",
+            }:
+                runner.state = st.Waiting(runner.state.reason, str(error))
+
+    @property
+    def host_network(self) -> bool:
+        return bool(self.pod["spec"].get("hostNetwork"))
 
     def _refresh_tokens_if_due(self, now: float) -> None:
         if self.token_refresh_at and now >= self.token_refresh_at:
@@ -440,7 +458,8 @@ class PodRunner:
             return
         network = PodNetwork(self.pod_ip, HOST_IP)
         try:
-            context = EnvContext(self._objects(), network, self.node.service_env, self.node.allocatable)
+            services = self.node.host_network_service_env if self.host_network else self.node.service_env
+            context = EnvContext(self._objects(), network, services, self.node.allocatable)
             pod_env = container_env(self.pod, spec, context)
             env = {
                 "HOME": os.path.expanduser("~"),
@@ -476,7 +495,9 @@ class PodRunner:
             )
             return
         working_dir = spec.get("workingDir") or entry.working_dir
-        runner.process = ContainerProcess(LaunchSpec(argv, env, mounts, working_dir, self.hostname), files)
+        runner.process = ContainerProcess(
+            LaunchSpec(argv, env, mounts, working_dir, self.hostname, self.netns), files
+        )
         runner.runs += 1
         runner.started_mono = now
         runner.env = env
@@ -630,10 +651,16 @@ class PodRunner:
                 log.warning("%s: delete failed: %s", pod_key(self.pod), error)
 
     def _release(self) -> None:
-        """Give back the address and drop the pod's volumes and /tmp; its logs stay for reading."""
-        self.node.addresses.release(self.uid)
+        """Give back the address and network namespace, drop the pod's volumes and /tmp; its logs stay."""
+        self._release_network()
         for sub in ("volumes", "tmp"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
+
+    def _release_network(self) -> None:
+        if self.netns:
+            self.node.network.detach(self.uid)
+            self.netns = ""
+        self.node.network.addresses.release(self.uid)
 
     def stop_now(self) -> list[ContainerProcess]:
         """Agent shutdown: SIGTERM every container; returns those still running (the caller kills them)."""
@@ -697,7 +724,7 @@ class PodRunner:
             # Once reported, a terminal phase is final: nothing restarts, the address goes back.
             self.final_phase = phase
             if self.termination is None:
-                self.node.addresses.release(self.uid)
+                self._release_network()
                 log.info("%s: %s", pod_key(self.pod), phase)
 
 

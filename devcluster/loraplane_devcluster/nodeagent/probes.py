@@ -137,7 +137,7 @@ def tcp_probe(spec: JsonObject, target: ProbeTarget, timeout_s: float) -> ProbeR
 def exec_probe(spec: JsonObject, target: ProbeTarget, timeout_s: float) -> ProbeResult:
     """Run the command inside the container's mount and UTS namespaces, with its environment."""
     command = list(spec.get("command") or [])
-    argv = ["nsenter", "--target", str(target.pid), "--mount", "--uts", "--wd", "--", *command]
+    argv = ["nsenter", "--target", str(target.pid), "--mount", "--uts", "--net", "--wd", "--", *command]
     try:
         done = subprocess.run(argv, env=dict(target.env), capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

@@ -36,6 +36,7 @@ class LaunchSpec:
     mounts: list[Mount]
     working_dir: str
     hostname: str
+    network_namespace: str = ""  # a path under /run/netns; "" keeps the host's network
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class ContainerProcess:
             ],
             "workingDir": spec.working_dir,
             "hostname": spec.hostname,
+            "networkNamespace": spec.network_namespace,
             "parentPid": os.getpid(),
             "startErrorFile": str(files.start_error),
         }

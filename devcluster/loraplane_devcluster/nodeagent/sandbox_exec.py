@@ -1,9 +1,11 @@
-"""Start one container: private mount and UTS namespaces, bind mounts, hostname, then exec.
+"""Start one container: the pod's network namespace, private mount and UTS namespaces, bind mounts,
+hostname, then exec.
 
 Run by the node agent as ``python -I -S sandbox_exec.py SPEC.json`` with the container's
 environment; standard library only (it runs before anything else of the container, so it must
 start fast). The spec holds ``mounts`` (``source``, ``target``, ``readOnly``), ``hostname``,
-``workingDir``, ``argv``, ``parentPid`` and ``startErrorFile``.
+``workingDir``, ``argv``, ``parentPid``, ``startErrorFile`` and ``networkNamespace`` (a path
+under /run/netns, or empty to stay in the host's network).
 
 Every source is opened (O_PATH) before the first mount, and mounted through
 ``/proc/self/fd/N``: a source that lives under ``/tmp`` (the run directory often does) is then
@@ -23,6 +25,7 @@ from typing import Any, NoReturn
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
@@ -63,6 +66,9 @@ def _setup(spec: dict[str, Any]) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != spec["parentPid"]:
         os._exit(1)
+    if spec.get("networkNamespace"):
+        with open(spec["networkNamespace"], "rb") as namespace:
+            _check(_libc.setns(namespace.fileno(), CLONE_NEWNET), f"setns {spec['networkNamespace']}")
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     # Nothing mounted here may propagate back to the host.
     _mount(None, "/", MS_REC | MS_PRIVATE)
