@@ -47,8 +47,9 @@ cluster-up: venv
 cluster-down: venv
 	@$(PY) -m loraplane_devcluster down
 
+# DEMO_ARGS=--existing-cluster runs the same steps on the cluster of the current KUBECONFIG context.
 demo: venv
-	@$(PY) -m loraplane_devcluster demo
+	@$(PY) -m loraplane_devcluster demo $(DEMO_ARGS)
 
 demo-down: venv
 	@$(PY) -m loraplane_devcluster down

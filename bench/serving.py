@@ -28,6 +28,7 @@ import yaml
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CLAIM, DEPLOYMENT = "loraplane-tiny", "vllm-tiny"
+OPERATOR_SELECTOR, OPERATOR_NAMESPACE = "app.kubernetes.io/instance=loraplane", "loraplane-system"
 
 
 class Kubectl:
@@ -58,6 +59,37 @@ def answers(ip: str, model: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def group_rss_mib(pgid: int) -> float:
+    """Resident memory of a container's whole process group (the node agent runs one group per
+    container, so vLLM's API server and engine core are both counted)."""
+    total_kib = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        total_kib += next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+        )
+    return total_kib / 1024
+
+
+def pods_rss_mib(kubectl: Kubectl, selector: str, namespace: str | None = None) -> dict[str, float]:
+    scope = ["-n", namespace] if namespace else []
+    pods = json.loads(kubectl("get", "pods", *scope, "-l", selector, "-o", "json"))["items"]
+    return {
+        p["metadata"]["name"]: sum(
+            group_rss_mib(int(s["containerID"].removeprefix("process://")))
+            for s in p["status"].get("containerStatuses", [])
+            if s.get("containerID", "").startswith("process://") and "running" in s.get("state", {})
+        )
+        for p in pods
+    }
 
 
 def adapter(name: str, path: str, mode: str) -> dict[str, Any]:
@@ -135,6 +167,8 @@ def main() -> None:
     print(f"  Static  {static:8.2f}   ratio {static / hot:.1f}")
 
     names = [f"many-{i}" for i in range(args.many)]
+    server_before = pods_rss_mib(kubectl, f"app={DEPLOYMENT}")
+    operator_before = pods_rss_mib(kubectl, OPERATOR_SELECTOR, OPERATOR_NAMESPACE)
     began = time.monotonic()
     for name in names:
         shutil.copytree(args.volume / args.adapter_path, args.volume / "bench" / name, dirs_exist_ok=True)
@@ -143,10 +177,21 @@ def main() -> None:
     loaded = served_everywhere(kubectl, names, replicas, 1800)
     print(f"{args.many} adapters applied -> all served on {replicas} replicas: {loaded:.1f} s "
           f"({time.monotonic() - began:.1f} s with copying)")  # fmt: skip
+    server_after = pods_rss_mib(kubectl, f"app={DEPLOYMENT}")
+    operator_after = pods_rss_mib(kubectl, OPERATOR_SELECTOR, OPERATOR_NAMESPACE)
+    for pod, before in server_before.items():
+        after = server_after.get(pod, 0.0)
+        print(f"  vLLM {pod}: {before:.0f} -> {after:.0f} MiB RSS (ratio {after / before:.2f})")
+    for pod, before in operator_before.items():
+        after = operator_after.get(pod, 0.0)
+        print(f"  operator {pod}: {before:.0f} -> {after:.0f} MiB RSS (ratio {after / before:.2f})")
     victim = json.loads(kubectl("get", "pods", "-l", f"app={DEPLOYMENT}", "-o", "json"))["items"][0]
     kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
-    time.sleep(1)  # let the deletion reach the pod list before counting Ready pods again
-    restarted = served_everywhere(kubectl, names, replicas, 1800)
+    began = time.monotonic()
+    while victim["status"]["podIP"] in kubectl.ready_ips():  # the deletion reaches the pod list first
+        time.sleep(0.05)
+    served_everywhere(kubectl, names, replicas, 1800)
+    restarted = time.monotonic() - began
     print(f"a deleted replica Ready again with all {args.many}: {restarted:.1f} s")
     kubectl("delete", "lad", *names, "--wait=true")
 

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo = with_run_dir(commands.add_parser("demo", help="install, train and serve an adapter end to end"))
     demo.add_argument("--namespace", default="demo", help="namespace for the demo's objects")
+    demo.add_argument(
+        "--existing-cluster",
+        action="store_true",
+        help="run the same steps on the cluster of the current KUBECONFIG context, with the real images",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -120,6 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from loraplane_devcluster import demo  # noqa: PLC0415 - needs the kubernetes client; the rest does not
 
     argv = ["--namespace", args.namespace] + (["--run-dir", str(args.run_dir)] if args.run_dir else [])
+    argv += ["--existing-cluster"] if args.existing_cluster else []
     return demo.main(argv)
 
 

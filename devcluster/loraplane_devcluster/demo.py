@@ -1,18 +1,20 @@
 """`make demo`: the whole life of an adapter on one machine: install, train, serve, ask.
 
 Every step is what a user does on a real cluster (helm install, kubectl apply, wait on conditions,
-call vLLM's OpenAI API); only the cluster itself and the staged tiny model are local stand-ins. The
-end-to-end test calls `run()` too, so the demo and the test cannot drift apart.
+call vLLM's OpenAI API through the API server's pod proxy); only the cluster itself and the staged
+tiny model are local stand-ins. With ``--existing-cluster`` the same steps run on the cluster of the
+current KUBECONFIG context, with the chart's real images and the GPU examples (facebook/opt-350m).
+The end-to-end test calls `run()` too, so the demo and the test cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,12 +29,41 @@ from loraplane_devcluster.testing import Kube, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "loraplane"
-EXAMPLES = ROOT / "examples" / "tiny-cpu"
+EXAMPLES = ROOT / "examples"
 RELEASE, RELEASE_NAMESPACE = "loraplane", "loraplane-system"
 CLAIM = "loraplane-tiny"
 PROMPT = "A quote about patience:"
-TRAINING_TIMEOUT_S = 900
-SERVING_TIMEOUT_S = 600
+VLLM_PORT = 8000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the demo deploys, and how long each wait may take there."""
+
+    training_job: Path  # a LoraTrainingJob (and what it needs) that publishes a HotLoad LoraAdapter
+    vllm: Path  # the vLLM Deployment (and Service) the adapter targets
+    stage_tiny_model: bool  # build the tiny model and data on a host-path claim (local cluster only)
+    helm_values: tuple[str, ...] = ()
+    training_timeout_s: float = 900
+    serving_timeout_s: float = 600
+
+
+# The local cluster: a tiny Llama built on the spot, trained and served on CPU in minutes.
+# Progress every second: the tiny run takes seconds, not the hours the default 5 s is made for.
+LOCAL = Scenario(
+    EXAMPLES / "tiny-cpu" / "training-job.yaml",
+    EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml",
+    stage_tiny_model=True,
+    helm_values=("training.progressIntervalSeconds=1",),
+)
+# A real cluster: the README's quick start, facebook/opt-350m from the Hub on one GPU per pod.
+EXISTING = Scenario(
+    EXAMPLES / "opt-350m-english-quotes.yaml",
+    EXAMPLES / "vllm-opt-350m.yaml",
+    stage_tiny_model=False,
+    training_timeout_s=3 * 3600,
+    serving_timeout_s=1800,
+)
 
 
 class DemoError(Exception):
@@ -92,16 +123,24 @@ def progress_bar(progress: dict[str, Any], width: int = 30) -> str:
     )
 
 
-def complete(ip: str, model: str, prompt: str, port: int = 8000) -> dict[str, Any]:
-    """One completion through vLLM's OpenAI API on a pod IP (greedy, so answers are comparable)."""
-    request = urllib.request.Request(
-        f"http://{ip}:{port}/v1/completions",
-        data=json.dumps({"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - a pod IP on loopback
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
+def pod_proxy_path(namespace: str, pod: str, path: str, port: int = VLLM_PORT) -> str:
+    """The API server's proxy to one pod's port: reaches every replica, in-cluster or not."""
+    return f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}"
+
+
+def complete(kube: Kube, namespace: str, pod: str, model: str, prompt: str) -> dict[str, Any]:
+    """One completion through vLLM's OpenAI API on one pod (greedy, so answers are comparable)."""
+    request = {"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0}
+    path = pod_proxy_path(namespace, pod, "/v1/completions")
+    answer = kube.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(request), timeout_s=120)
+    reply: dict[str, Any] = json.loads(answer.stdout)
+    return reply
+
+
+def models(kube: Kube, namespace: str, pod: str) -> list[dict[str, Any]]:
+    listing = kube.kubectl("get", "--raw", pod_proxy_path(namespace, pod, "/v1/models"), timeout_s=60)
+    cards: list[dict[str, Any]] = json.loads(listing.stdout)["data"]
+    return cards
 
 
 def _pod_logs(kube: Kube, namespace: str, selector: str) -> Callable[[], str]:
@@ -112,30 +151,31 @@ def _pod_logs(kube: Kube, namespace: str, selector: str) -> Callable[[], str]:
     return tail
 
 
-def _install(kube: Kube) -> None:
-    # Progress every second: the tiny run takes seconds, not the hours the default 5 s is made for.
+def _install(kube: Kube, values: Sequence[str]) -> None:
+    settings = [arg for value in values for arg in ("--set", value)]
     kube.helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace",
-              "--set", "training.progressIntervalSeconds=1")  # fmt: skip
+              *settings)  # fmt: skip
     kube.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, "--timeout=180s",
                  timeout_s=200)  # fmt: skip
 
 
-def _stage(kube: Kube, namespace: str) -> None:
+def _prepare(kube: Kube, namespace: str, scenario: Scenario) -> None:
     if not _get(kube, "namespace", namespace, ""):
         kube.kubectl("create", "namespace", namespace)
-    if not _get(kube, "pvc", CLAIM, namespace):
+    if scenario.stage_tiny_model and not _get(kube, "pvc", CLAIM, namespace):
         stage_tiny_model(kube.api, namespace, CLAIM, binaries.cache_dir() / "demo" / namespace / CLAIM)
 
 
-def _serve_base(kube: Kube, namespace: str, deployment: str) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "vllm-deployment.yaml"))
+def _serve_base(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
+    timeout = int(scenario.serving_timeout_s)
     kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace,
-                 f"--timeout={SERVING_TIMEOUT_S}s", timeout_s=SERVING_TIMEOUT_S + 30)  # fmt: skip
+                 f"--timeout={timeout}s", timeout_s=timeout + 30)  # fmt: skip
 
 
-def _train(kube: Kube, namespace: str, job_name: str, say: Callable[[str], None]) -> None:
+def _train(kube: Kube, namespace: str, job_name: str, scenario: Scenario, say: Callable[[str], None]) -> None:
     if not _get(kube, "ltj", job_name, namespace):
-        kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "training-job.yaml"))
+        kube.kubectl("apply", "-n", namespace, "-f", str(scenario.training_job))
     last = ""
 
     def finished() -> bool:
@@ -150,10 +190,12 @@ def _train(kube: Kube, namespace: str, job_name: str, say: Callable[[str], None]
             raise DemoError(f"training failed: {summary.get('reason')}: {summary.get('message')}")
         return summary.get("status") == "True"
 
-    wait_until("training to succeed", finished, timeout_s=TRAINING_TIMEOUT_S, interval_s=1.0)
+    wait_until("training to succeed", finished, timeout_s=scenario.training_timeout_s, interval_s=1.0)
 
 
-def _adapter_ready(kube: Kube, namespace: str, name: str, say: Callable[[str], None]) -> dict[str, Any]:
+def _adapter_ready(
+    kube: Kube, namespace: str, name: str, scenario: Scenario, say: Callable[[str], None]
+) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         adapter = _get(kube, "lad", name, namespace)
         status = adapter.get("status", {})
@@ -161,51 +203,52 @@ def _adapter_ready(kube: Kube, namespace: str, name: str, say: Callable[[str], N
             return adapter
         return None
 
-    adapter = wait_until("the adapter to be Ready on 2 replicas", ready, timeout_s=SERVING_TIMEOUT_S)
+    adapter = wait_until("the adapter to be Ready on 2 replicas", ready, timeout_s=scenario.serving_timeout_s)
     for pod in adapter["status"].get("pods", []):
         say(f"    {pod['pod']} ({pod.get('ip')}): loaded at {pod.get('loadedAt')}")
     return adapter
 
 
-def _ask(adapter: dict[str, Any]) -> tuple[str, str, str, dict[str, str]]:
+def _ask(kube: Kube, namespace: str, adapter: dict[str, Any]) -> tuple[str, str, str, dict[str, str]]:
     """The base model's answer on one replica and the adapter's on every replica."""
     served = adapter["spec"].get("servedModelName") or adapter["metadata"]["name"]
     pods = [p for p in adapter["status"]["pods"] if p.get("loaded")]
-    with urllib.request.urlopen(f"http://{pods[0]['ip']}:8000/v1/models", timeout=30) as models:
-        cards = json.loads(models.read())["data"]
-    base_model = next(c["id"] for c in cards if not c.get("parent"))
-    base = complete(pods[0]["ip"], base_model, PROMPT)
+    base_model = next(c["id"] for c in models(kube, namespace, pods[0]["pod"]) if not c.get("parent"))
+    base = complete(kube, namespace, pods[0]["pod"], base_model, PROMPT)
     answers = {}
     for pod in pods:
-        reply = complete(pod["ip"], served, PROMPT)
+        reply = complete(kube, namespace, pod["pod"], served, PROMPT)
         if reply.get("model") != served:
             raise DemoError(f"{pod['pod']} answered as {reply.get('model')!r}, not {served!r}")
         answers[pod["pod"]] = reply["choices"][0]["text"]
     return base_model, served, base["choices"][0]["text"], answers
 
 
-def run(kube: Kube, namespace: str = "demo", say: Callable[[str], None] = print) -> DemoResult:
+def run(
+    kube: Kube, namespace: str = "demo", say: Callable[[str], None] = print, scenario: Scenario = LOCAL
+) -> DemoResult:
     """Every step of the demo against `kube`; raises DemoError naming the step that failed."""
     steps = Steps(kube, say)
-    training = _load(EXAMPLES / "training-job.yaml")[0]
-    deployment = next(d for d in _load(EXAMPLES / "vllm-deployment.yaml") if d["kind"] == "Deployment")
+    training = next(d for d in _load(scenario.training_job) if d["kind"] == "LoraTrainingJob")
+    deployment = next(d for d in _load(scenario.vllm) if d["kind"] == "Deployment")
     deployment_name = deployment["metadata"]["name"]
     job_name, adapter_name = training["metadata"]["name"], training["spec"]["adapter"]["name"]
     operator_logs = _pod_logs(kube, RELEASE_NAMESPACE, f"app.kubernetes.io/instance={RELEASE}")
     vllm_logs = _pod_logs(kube, namespace, f"app={deployment_name}")
 
     with steps.step("install loraplane with Helm"):
-        _install(kube)
-    with steps.step(f"stage the tiny model and data on claim {CLAIM}"):
-        _stage(kube, namespace)
+        _install(kube, scenario.helm_values)
+    staging = f"stage the tiny model and data on claim {CLAIM}" if scenario.stage_tiny_model else ""
+    with steps.step(staging or f"create namespace {namespace}"):
+        _prepare(kube, namespace, scenario)
     with steps.step("deploy vLLM serving the base model (2 replicas)", vllm_logs):
-        _serve_base(kube, namespace, deployment_name)
+        _serve_base(kube, namespace, deployment_name, scenario)
     with steps.step(f"train LoraTrainingJob {job_name}", operator_logs):
-        _train(kube, namespace, job_name, say)
+        _train(kube, namespace, job_name, scenario, say)
     with steps.step(f"load LoraAdapter {adapter_name} on every replica", operator_logs):
-        adapter = _adapter_ready(kube, namespace, adapter_name, say)
+        adapter = _adapter_ready(kube, namespace, adapter_name, scenario, say)
     with steps.step("ask the base model and the adapter the same question", vllm_logs):
-        base_model, served, base_answer, answers = _ask(adapter)
+        base_model, served, base_answer, answers = _ask(kube, namespace, adapter)
     result = DemoResult(base_model, served, base_answer, answers, steps.timings)
     _show(result, say)
     return result
@@ -223,35 +266,81 @@ def _show(result: DemoResult, say: Callable[[str], None]) -> None:
         say(f"  {seconds:6.1f} s  {name}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loraplane_devcluster demo", description=__doc__)
-    parser.add_argument("--run-dir", type=Path, default=None, help="local cluster run directory")
-    parser.add_argument("--namespace", default="demo")
-    args = parser.parse_args(argv)
-    say = print
-    start = time.monotonic()
+@dataclass(frozen=True)
+class Target:
+    """Where the demo runs: the kubeconfig, the kubectl/helm folder, and what to deploy."""
+
+    kube: Kube
+    kubeconfig: Path
+    bin_dir: Path
+    scenario: Scenario
+    local: bool
+
+
+def existing_kubeconfig(environ: dict[str, str]) -> Path:
+    """$KUBECONFIG (its first file), else ~/.kube/config: the cluster kubectl would talk to."""
+    first = environ.get("KUBECONFIG", "").split(":")[0]
+    path = Path(first) if first else Path.home() / ".kube" / "config"
+    if not path.is_file():
+        raise DemoError(f"--existing-cluster needs a kubeconfig: {path} does not exist (set KUBECONFIG)")
+    return path
+
+
+def connect(args: argparse.Namespace, say: Callable[[str], None]) -> Target:
+    if args.existing_cluster:
+        kubeconfig = existing_kubeconfig(dict(os.environ))
+        bin_dir = binaries.resolve_bin_dir(None)  # kubectl and helm of the pinned versions
+        say(f"==> use the cluster of {kubeconfig} (current context), with the chart's images")
+        return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, EXISTING, local=False)
     say("==> start the local cluster (or reuse the running one)")
     cluster = controlplane.up(args.run_dir, report=lambda m: say(f"    {m}"))
     kube = Kube.connect(cluster.kubeconfig, cluster.bin_dir, cluster.run_dir)
+    return Target(kube, cluster.kubeconfig, cluster.bin_dir, LOCAL, local=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loraplane_devcluster demo", description=__doc__)
+    parser.add_argument("--run-dir", type=Path, default=None, help="local cluster run directory")
+    parser.add_argument("--namespace", default="demo")
+    parser.add_argument(
+        "--existing-cluster",
+        action="store_true",
+        help="run on the cluster of the current KUBECONFIG context instead of the local one "
+        "(needs GPUs, ReadWriteMany storage and access to the Hugging Face Hub)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    say = print
+    start = time.monotonic()
     try:
-        result = run(kube, args.namespace, say)
+        target = connect(args, say)
+        result = run(target.kube, args.namespace, say, target.scenario)
     except DemoError as error:
         say(f"\ndemo failed: {error}")
         return 1
     total = time.monotonic() - start
     say(f"\ndone in {total:.0f} s (cluster start: {total - sum(result.timings.values()):.0f} s)")
     say("\nlook around (the cluster keeps running):")
-    kubeconfig, bin_dir = shlex.quote(str(cluster.kubeconfig)), shlex.quote(str(cluster.bin_dir))
+    kubeconfig, bin_dir = shlex.quote(str(target.kubeconfig)), shlex.quote(str(target.bin_dir))
     say(f"  export KUBECONFIG={kubeconfig} PATH={bin_dir}:$PATH")
+    first_pod = next(iter(result.adapter_answers))
     for command in (
         "kubectl get lora -A",
         f"kubectl describe ltj -n {args.namespace}",
         f"kubectl describe lad -n {args.namespace}",
         f"kubectl get events -n {args.namespace} --sort-by=.lastTimestamp",
         f"kubectl get pods -n {args.namespace} -o wide",
+        f"kubectl get --raw {pod_proxy_path(args.namespace, first_pod, '/v1/models')}",
     ):
         say(f"  {command}")
-    say("stop everything: make demo-down")
+    if target.local:
+        say("stop everything: make demo-down")
+    else:
+        uninstall = f"helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}"
+        say(f"remove the demo: kubectl delete namespace {args.namespace} && {uninstall}")
     return 0
 
 

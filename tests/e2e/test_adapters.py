@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import watch
-from kubernetes.client import CoreV1Api
+from kubernetes.client import CoreV1Api, DiscoveryV1Api
 
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
@@ -253,6 +253,28 @@ def _watch_pod_window(cluster: Cluster, old: set[str], seen: dict[str, Any], sto
                 break
 
 
+def _watch_endpoints(cluster: Cluster, seen: dict[str, list[bool]], stop: threading.Event) -> None:
+    """Record each pod's successive `ready` values in the Service's EndpointSlices (what routes)."""
+    discovery = DiscoveryV1Api(cluster.kube.api)
+    selector = f"kubernetes.io/service-name={DEPLOYMENT}"
+    listing = discovery.list_namespaced_endpoint_slice(cluster.namespace, label_selector=selector)
+    version = listing.metadata.resource_version
+    stream = watch.Watch()
+    while not stop.is_set():
+        for change in stream.stream(discovery.list_namespaced_endpoint_slice, cluster.namespace,
+                                    label_selector=selector, resource_version=version,
+                                    timeout_seconds=2):  # fmt: skip
+            piece = change["raw_object"]
+            version = piece["metadata"]["resourceVersion"]
+            for endpoint in piece.get("endpoints") or []:
+                name = (endpoint.get("targetRef") or {}).get("name", "")
+                ready = bool((endpoint.get("conditions") or {}).get("ready"))
+                if not seen.get(name) or seen[name][-1] != ready:
+                    seen.setdefault(name, []).append(ready)
+            if stop.is_set():
+                break
+
+
 def test_a_bad_path_fails_alone_and_a_new_pod_is_gated_until_it_holds_the_adapter(served: Served) -> None:
     cluster = served.cluster
     cluster.apply(adapter("broken", "adapters/no-such-adapter"))
@@ -264,9 +286,14 @@ def test_a_bad_path_fails_alone_and_a_new_pod_is_gated_until_it_holds_the_adapte
     old = {p["metadata"]["name"] for p in cluster.pods()}
     victim = sorted(old)[0]
     seen: dict[str, Any] = {}
+    routed: dict[str, list[bool]] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_pod_window, args=(cluster, old, seen, stop), daemon=True)
-    watcher.start()
+    watchers = [
+        threading.Thread(target=_watch_pod_window, args=(cluster, old, seen, stop), daemon=True),
+        threading.Thread(target=_watch_endpoints, args=(cluster, routed, stop), daemon=True),
+    ]
+    for watcher in watchers:
+        watcher.start()
     try:
         cluster.delete("pod", victim, wait=False)
 
@@ -275,13 +302,17 @@ def test_a_bad_path_fails_alone_and_a_new_pod_is_gated_until_it_holds_the_adapte
             return pods if len(pods) == 2 and victim not in {p["metadata"]["name"] for p in pods} else None
 
         pods = wait_until("a Ready replacement pod", replaced, timeout_s=START_TIMEOUT_S, interval_s=1)
+        new = next(p for p in pods if p["metadata"]["name"] not in old)
+        wait_until("the new pod routed", lambda: routed.get(new["metadata"]["name"], [])[-1:] == [True], 30)
     finally:
         stop.set()
-        watcher.join()
+        for watcher in watchers:
+            watcher.join()
     assert seen.get("window"), (
         "the new pod was never ContainersReady=True with its gate closed and Ready=False"
     )
-    new = next(p for p in pods if p["metadata"]["name"] not in old)
+    # The Service listed the new pod as not ready first, and ready only once it held the adapter.
+    assert routed[new["metadata"]["name"]] == [False, True]
     status, answer = completion(new["status"]["podIP"], SERVED)
     assert status == 200, answer
     assert "AdaptersLoaded" in cluster.events(new["metadata"]["name"])
@@ -362,8 +393,13 @@ def test_a_new_version_is_swapped_pod_by_pod_while_the_other_replica_keeps_servi
     # The published adapter follows its training job; a second LoraAdapter serves a volume path instead.
     cluster.apply(adapter("versioned", served.adapter_path))
     wait_until("versioned Ready", lambda: cluster.adapter_ready("versioned"), 120)
-    thread = threading.Thread(target=clients, daemon=True)
-    thread.start()
+    routed: dict[str, list[bool]] = {}
+    threads = [
+        threading.Thread(target=clients, daemon=True),
+        threading.Thread(target=_watch_endpoints, args=(cluster, routed, stop), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
     new_source = json.dumps({"spec": {"source": {"volume": {"claimName": CLAIM, "path": new_path}}}})
     try:
         cluster.kube.kubectl("patch", "lad", "versioned", "-n", cluster.namespace, "--type=merge", "-p",
@@ -378,8 +414,12 @@ def test_a_new_version_is_swapped_pod_by_pod_while_the_other_replica_keeps_servi
         wait_until("both pods on the new version", swapped, timeout_s=180, interval_s=0.5)
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
     assert not failures, failures[:5]
+    # Each pod left the Service's rotation for its swap (clients above never lacked a Ready pod).
+    for pod in cluster.pods():
+        assert routed.get(pod["metadata"]["name"]) == [False, True], routed
     assert "SwappingVersion" not in json.dumps(cluster.pods()), "gates open again after the swap"
     cluster.delete("lad", "versioned")
 

@@ -1,0 +1,75 @@
+"""`make demo`'s choices that need no cluster: which cluster, which manifests, how vLLM is reached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from loraplane_devcluster import demo
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.mark.parametrize("scenario", [demo.LOCAL, demo.EXISTING], ids=["local", "existing"])
+def test_each_scenario_trains_an_adapter_that_its_own_vllm_deployment_serves(scenario: demo.Scenario) -> None:
+    job = next(d for d in _docs(scenario.training_job) if d["kind"] == "LoraTrainingJob")
+    deployment = next(d for d in _docs(scenario.vllm) if d["kind"] == "Deployment")
+    published = job["spec"]["adapter"]
+    assert published["deployment"] == deployment["metadata"]["name"]
+    assert published.get("mode", "HotLoad") == "HotLoad"
+    assert deployment["spec"]["replicas"] == 2, "the demo shows the adapter on every replica"
+    assert deployment["metadata"]["annotations"]["loraplane.io/manage-lora"] == "true"
+    # The output claim of the job is mounted by the serving pods, where vLLM finds the adapter.
+    claim = job["spec"]["output"]["volume"]["claimName"]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert claim in {(v.get("persistentVolumeClaim") or {}).get("claimName") for v in volumes}
+
+
+def test_the_local_cluster_is_the_default_and_the_existing_one_needs_the_flag() -> None:
+    assert demo.parse_args([]).existing_cluster is False
+    assert demo.parse_args(["--existing-cluster"]).existing_cluster is True
+
+
+def test_existing_cluster_uses_kubeconfig_and_never_starts_the_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "real", "cluster": {"server": "https://192.0.2.10:6443"}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "real", "context": {"cluster": "real", "user": "me"}}],
+                "current-context": "real",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", f"{config}:{tmp_path / 'other'}")
+    monkeypatch.setattr(demo.binaries, "resolve_bin_dir", lambda _explicit: tmp_path)
+
+    def no_local_cluster(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the local cluster was started")
+
+    monkeypatch.setattr(demo.controlplane, "up", no_local_cluster)
+    target = demo.connect(demo.parse_args(["--existing-cluster"]), say=lambda _line: None)
+    assert target.kubeconfig == config
+    assert target.scenario is demo.EXISTING
+    assert not target.local
+    assert target.kube.api.configuration.host == "https://192.0.2.10:6443"
+
+
+def test_existing_cluster_without_a_kubeconfig_says_what_to_set(tmp_path: Path) -> None:
+    with pytest.raises(demo.DemoError, match="set KUBECONFIG"):
+        demo.existing_kubeconfig({"KUBECONFIG": str(tmp_path / "missing")})
+
+
+def test_vllm_is_reached_through_the_api_servers_pod_proxy() -> None:
+    path = demo.pod_proxy_path("demo", "vllm-tiny-abc", "/v1/completions")
+    assert path == "/api/v1/namespaces/demo/pods/vllm-tiny-abc:8000/proxy/v1/completions"
