@@ -131,9 +131,19 @@ def pod_proxy_path(namespace: str, pod: str, path: str, port: int = VLLM_PORT) -
 def complete(kube: Kube, namespace: str, pod: str, model: str, prompt: str) -> dict[str, Any]:
     """One completion through vLLM's OpenAI API on one pod (greedy, so answers are comparable)."""
     request = {"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0}
-    path = pod_proxy_path(namespace, pod, "/v1/completions")
-    answer = kube.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(request), timeout_s=120)
-    reply: dict[str, Any] = json.loads(answer.stdout)
+    # `kubectl create --raw` would send no JSON content type, which vLLM refuses; the client can.
+    method, url, headers, body, _ = kube.api.param_serialize(
+        "POST",
+        pod_proxy_path(namespace, pod, "/v1/completions"),
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=request,
+        auth_settings=["BearerToken"],
+    )
+    response = kube.api.call_api(method, url, headers, body, _request_timeout=120)
+    text = response.read()  # type: ignore[no-untyped-call]
+    if response.status != 200:
+        raise DemoError(f"{pod} answered {response.status}: {text[:300]!r}")
+    reply: dict[str, Any] = json.loads(text)
     return reply
 
 
