@@ -114,6 +114,26 @@ def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
 
 
+def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Deployment read directly (one the operator's filtered index does not hold yet); None if absent."""
+    api: Any = AppsV1Api(api_client())
+    try:
+        found = api.read_namespaced_deployment(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+
+
+def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """Pods matching a label selector, read directly (pods the operator's filtered index lacks)."""
+    api: Any = CoreV1Api(api_client())
+    found = api.list_namespaced_pod(namespace, label_selector=label_selector)
+    plain = api_client().sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+    return [dict(item) for item in plain.get("items") or []]
+
+
 def set_pod_condition(namespace: str, pod: str, condition: dict[str, Any]) -> None:
     """Write one condition of a pod through `pods/status`; conditions merge by type, so the kubelet's
     own conditions stay as they are."""

@@ -3,17 +3,28 @@ by, a pod's Deployment, the base model name, the gate condition, and which pod m
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
 import pytest
 import yaml
 
+from loraplane import kube
 from loraplane.handlers.adapters.deployment_changes import base_model_name
 from loraplane.handlers.adapters.gate import gate_condition
-from loraplane.handlers.adapters.indexes import slim_pod
-from loraplane.handlers.adapters.kopf_handlers import is_gated, owner_deployment
-from loraplane.handlers.adapters.reconciler import pick_swap, previous_stale_pods, selects
+from loraplane.handlers.adapters.indexes import (
+    Indexes,
+    deployment_is_served,
+    owner_deployment,
+    pods_missing_from_index,
+    selector_string,
+    served_deployment_filter,
+    served_pod_filter,
+    slim_pod,
+)
+from loraplane.handlers.adapters.kopf_handlers import is_gated
+from loraplane.handlers.adapters.reconciler import pick_swap, previous_stale_pods, selects, serving_pods
 from loraplane.handlers.adapters.state import Outcome
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import PodResult, PodView, Wanted
@@ -139,3 +150,85 @@ def test_one_ready_pod_at_a_time_swaps_versions() -> None:
     assert pick_swap(swapping, [V2], previous) == "p1", "the pod already swapping goes on"
     starting = [(view("p1"), "u1"), (view("p2", "False", "LoadingAdapters"), "u2")]
     assert pick_swap(starting, [V2], previous) is None, "no swap while another pod is out of rotation"
+
+
+# --- which Deployments and pods the operator holds ------------------------------------------------------
+
+
+def test_a_deployment_is_held_when_an_adapter_names_it_it_opted_in_or_loraplane_changed_it() -> None:
+    plain = deployment()
+    plain["metadata"]["annotations"] = {}
+    assert not deployment_is_served(plain, targeted=False), "someone else's Deployment"
+    assert deployment_is_served(plain, targeted=True)
+    for annotation, value in [
+        ("loraplane.io/manage-lora", "true"),
+        ("loraplane.io/lora-settings", '{"env": true}'),
+        ("loraplane.io/static-adapters", '["a"]'),
+    ]:
+        plain["metadata"]["annotations"] = {annotation: value}
+        assert deployment_is_served(plain, targeted=False), annotation
+    plain["metadata"]["annotations"] = {"loraplane.io/manage-lora": "false"}
+    assert not deployment_is_served(plain, targeted=False)
+    plain["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    assert deployment_is_served(plain, targeted=False), "its pods wait on loraplane's gate"
+
+
+def test_the_deployment_filter_asks_the_adapters_index() -> None:
+    plain = deployment()
+    plain["metadata"]["annotations"] = {}
+    body = kopf.Body(plain)
+    targeted: dict[Any, list[Any]] = {("ns", "vllm-tiny"): [{}]}
+    assert served_deployment_filter(body, "ns", "vllm-tiny", adapters_by_deployment=targeted)
+    assert not served_deployment_filter(body, "other", "vllm-tiny", adapters_by_deployment=targeted)
+
+
+def test_a_pod_is_held_when_it_is_gated_or_its_deployment_is_held() -> None:
+    deployments: dict[Any, list[Any]] = {("ns", "vllm-tiny"): [{}]}
+    assert served_pod_filter(kopf.Body(raw_pod(gated=False)), "ns", serving_deployments=deployments)
+    assert not served_pod_filter(kopf.Body(raw_pod(gated=False)), "ns", serving_deployments={})
+    assert served_pod_filter(kopf.Body(raw_pod(gated=True)), "ns", serving_deployments={}), (
+        "the gate is enough"
+    )
+    loose = raw_pod(gated=False, owner=None)
+    assert not served_pod_filter(kopf.Body(loose), "ns", serving_deployments=deployments), "no ReplicaSet"
+
+
+def test_a_label_selector_in_the_apis_query_form() -> None:
+    selector = {
+        "matchLabels": {"app": "vllm"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "zone", "operator": "NotIn", "values": ["x"]},
+            {"key": "gpu", "operator": "Exists"},
+            {"key": "legacy", "operator": "DoesNotExist"},
+        ],
+    }
+    assert selector_string(selector) == "app=vllm,tier in (a,b),zone notin (x),gpu,!legacy"
+
+
+def test_pods_are_listed_directly_only_when_the_index_holds_fewer_than_the_deployment_counts() -> None:
+    plain = deployment() | {"status": {"replicas": 2}}
+    one, two = slim_pod(kopf.Body(raw_pod("a"))), slim_pod(kopf.Body(raw_pod("b")))
+    assert pods_missing_from_index(plain, [one])
+    assert not pods_missing_from_index(plain, [one, two])
+    going = {**two, "metadata": {**two["metadata"], "deletionTimestamp": "2025-01-01T00:00:00Z"}}
+    assert pods_missing_from_index(plain, [one, going]), "a terminating pod is not counted"
+    assert not pods_missing_from_index(deployment(), []), "no status yet: nothing to miss"
+
+
+def test_a_pass_reads_the_pods_that_the_index_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = deployment() | {"status": {"replicas": 1}}
+    asked: list[tuple[str, str]] = []
+
+    def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+        asked.append((namespace, selector))
+        return [raw_pod("listed", gated=False), raw_pod("other", labels={"app": "else"})]
+
+    monkeypatch.setattr(kube, "list_pods", list_pods)
+    empty = Indexes(adapters={}, deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]
+    pods = asyncio.run(serving_pods("ns", plain, empty))
+    assert [p["metadata"]["name"] for p in pods] == ["listed"]
+    assert asked == [("ns", "app=vllm-tiny")]
+    indexed = Indexes(adapters={}, deployments={}, pods={"ns": pods}, training_jobs={})  # type: ignore[arg-type]
+    assert asyncio.run(serving_pods("ns", plain, indexed)) == pods
+    assert len(asked) == 1, "nothing is read when the index holds every pod"

@@ -74,32 +74,16 @@ async def unload_adapter(body: kopf.Body, namespace: str | None, **kwargs: Any) 
     kopf.info(body, reason="Unloaded", message=f"{name} is on no pod of {adapter.spec.serving.deployment}")
 
 
-def owner_deployment(pod: kopf.Body) -> str | None:
-    """The Deployment of a pod, through its ReplicaSet's name (`<deployment>-<pod-template-hash>`)."""
-    labels = pod.get("metadata", {}).get("labels") or {}
-    template_hash = labels.get("pod-template-hash")
-    for owner in pod.get("metadata", {}).get("ownerReferences") or []:
-        if (
-            owner.get("kind") == "ReplicaSet"
-            and template_hash
-            and owner["name"].endswith(f"-{template_hash}")
-        ):
-            return str(owner["name"][: -len(template_hash) - 1])
-    return None
-
-
 def is_gated(body: kopf.Body, **_: Any) -> bool:
     """The pod's spec has loraplane's readiness gate."""
-    return any(
-        g.get("conditionType") == serving.GATE for g in body.get("spec", {}).get("readinessGates") or []
-    )
+    return indexes.has_gate(body.get("spec", {}))
 
 
 @kopf.on.event("", "v1", "pods", when=is_gated)
 async def gated_pod_changed(body: kopf.Body, namespace: str | None, type: str | None, **kwargs: Any) -> None:
     """A gated pod appeared or changed (started, restarted, became container-ready): reconcile its
     Deployment now rather than at the next timer, also when no LoraAdapter targets it any more."""
-    deployment = owner_deployment(body)
+    deployment = indexes.owner_deployment(body)
     if namespace is None or deployment is None or type == "DELETED":
         return
     conditions = {c.get("type"): c.get("status") for c in body.get("status", {}).get("conditions") or []}

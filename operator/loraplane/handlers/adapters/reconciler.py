@@ -10,11 +10,12 @@ import asyncio
 import time
 from typing import Any
 
+from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
 from loraplane.handlers.adapters.common import DeploymentKey
 from loraplane.handlers.adapters.deployment_changes import ensure_hotload, ensure_static
-from loraplane.handlers.adapters.indexes import Indexes
+from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
 from loraplane.metrics import PODS_WAITING_ON_GATE
@@ -92,6 +93,9 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     namespace = rec.namespace
     deployment = indexes.one(indexes.deployments, (namespace, rec.deployment))
     bodies = list(indexes.adapters.get((namespace, rec.deployment), []))
+    if deployment is None and bodies:
+        # Named by an adapter, but not indexed (yet): it has not changed since it became served.
+        deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
     adapters = [LoraAdapter.model_validate(b) for b in bodies]
     live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
     resolved = resolve_all(namespace, live, deployment, indexes)
@@ -108,7 +112,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
 
     container = serving.serving_container(deployment) or {}
     port = serving.api_port(container)
-    pods = [p for p in indexes.pods.get(namespace, []) if selects(deployment, p)]
+    pods = await serving_pods(namespace, deployment, indexes)
     views = [(PodView.of(p, container.get("name")), p["metadata"]["uid"]) for p in pods]
     hot = [w for w in wanted if w.mode == "HotLoad"]
     plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
@@ -127,6 +131,19 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         else:
             outcome.passes[name] = status_of.Pass(None, found, list(results), note)
     return outcome
+
+
+async def serving_pods(namespace: str, deployment: dict[str, Any], indexes: Indexes) -> list[dict[str, Any]]:
+    """The Deployment's pods from the index; read directly when the index holds fewer than the
+    Deployment counts (pods that have not changed since the Deployment became served)."""
+    pods = [p for p in indexes.pods.get(namespace, []) if selects(deployment, p)]
+    if not pods_missing_from_index(deployment, pods):
+        return pods
+    selector = selector_string(deployment.get("spec", {}).get("selector") or {})
+    if not selector:
+        return pods
+    listed = await asyncio.to_thread(kube.list_pods, namespace, selector)
+    return [slim_pod(p) for p in listed if selects(deployment, p)]
 
 
 def pick_swap(views: list[tuple[PodView, str]], hot: list[Wanted], previous: Outcome | None) -> str | None:
