@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from loraplane import kube
+from loraplane.builders import serving
 from loraplane.handlers.adapters.deployment_changes import base_model_name
 from loraplane.handlers.adapters.gate import gate_condition
 from loraplane.handlers.adapters.indexes import (
@@ -24,7 +25,13 @@ from loraplane.handlers.adapters.indexes import (
     slim_pod,
 )
 from loraplane.handlers.adapters.kopf_handlers import is_gated
-from loraplane.handlers.adapters.reconciler import pick_swap, previous_stale_pods, selects, serving_pods
+from loraplane.handlers.adapters.reconciler import (
+    current_views,
+    pick_swap,
+    previous_stale_pods,
+    selects,
+    serving_pods,
+)
 from loraplane.handlers.adapters.state import Outcome
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import PodResult, PodView, Wanted
@@ -55,7 +62,17 @@ def raw_pod(
         },
         "spec": {
             "readinessGates": [{"conditionType": GATE}] if gated else [],
-            "containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.32.0"}],
+            "containers": [
+                {
+                    "name": "vllm",
+                    "image": "vllm/vllm-openai:v0.32.0",
+                    "args": ["--enable-lora"],
+                    "env": [
+                        {"name": "OTHER", "value": "not kept"},
+                        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+                    ],
+                }
+            ],
         },
         "status": {"phase": "Running", "podIP": "127.0.1.5", "hostIP": "10.0.0.1"},
     }
@@ -84,7 +101,16 @@ def test_a_pod_is_remembered_by_what_a_pass_reads_only() -> None:
     slim = slim_pod(kopf.Body(raw_pod()))
     kept = {"name", "namespace", "uid", "labels", "deletionTimestamp", "ownerReferences"}
     assert set(slim["metadata"]) == kept
-    assert slim["spec"] == {"readinessGates": [{"conditionType": GATE}]}
+    assert slim["spec"] == {
+        "readinessGates": [{"conditionType": GATE}],
+        "containers": [
+            {
+                "name": "vllm",
+                "args": ["--enable-lora"],
+                "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
+            }
+        ],
+    }, "of the environment only the runtime LoRA switch is kept"
     assert "hostIP" not in slim["status"]
     assert slim["status"]["podIP"] == "127.0.1.5"
 
@@ -232,3 +258,19 @@ def test_a_pass_reads_the_pods_that_the_index_lacks(monkeypatch: pytest.MonkeyPa
     indexed = Indexes(adapters={}, deployments={}, pods={"ns": pods}, training_jobs={})  # type: ignore[arg-type]
     assert asyncio.run(serving_pods("ns", plain, indexed)) == pods
     assert len(asked) == 1, "nothing is read when the index holds every pod"
+
+
+def test_pods_started_before_the_runtime_api_was_enabled_are_left_to_the_rollout() -> None:
+    enabled = serving.LoraState(lora_enabled=True, runtime_api=True, gated=True, max_lora_rank=16)
+    before = raw_pod("before", gated=False)
+    before["spec"]["containers"][0] |= {"args": [], "env": []}
+    going = raw_pod("going", gated=False)
+    going["spec"]["containers"][0] |= {"args": [], "env": []}
+    going["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    pods = [slim_pod(kopf.Body(p)) for p in (before, going, raw_pod("after"))]
+    current, predating = current_views(pods, "vllm", enabled)
+    assert [(v.name, uid) for v, uid in current] == [("after", "uid-after")]
+    assert predating == 1, "a terminating pod is not waited for"
+    off = serving.LoraState(lora_enabled=False, runtime_api=False, gated=False, max_lora_rank=16)
+    current, predating = current_views(pods, "vllm", off)
+    assert (len(current), predating) == (3, 0), "nothing to wait for when the template has no runtime API"

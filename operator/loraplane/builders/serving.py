@@ -174,6 +174,11 @@ class LoraState:
     gated: bool
     max_lora_rank: int
 
+    @property
+    def hot_loadable(self) -> bool:
+        """LoRA and the runtime load/unload API are on: adapters can be loaded without a restart."""
+        return self.lora_enabled and self.runtime_api
+
     def missing(self, needed_rank: int | None) -> list[str]:
         """The additions HotLoad needs that the template lacks, in words for messages."""
         gaps = []
@@ -190,12 +195,17 @@ class LoraState:
 
 def lora_state(deployment: dict[str, Any]) -> LoraState:
     container = serving_container(deployment) or {}
-    args = container.get("args") or []
     gates = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("readinessGates") or []
+    return container_lora_state(container, gated=any(g.get("conditionType") == GATE for g in gates))
+
+
+def container_lora_state(container: dict[str, Any], gated: bool = False) -> LoraState:
+    """What one container's arguments and environment say about LoRA (a template's or a pod's)."""
+    args = container.get("args") or []
     return LoraState(
         lora_enabled=has_flag(args, ENABLE_LORA),
         runtime_api=str(env_value(container, RUNTIME_ENV)).lower() in {"true", "1"},
-        gated=any(g.get("conditionType") == GATE for g in gates),
+        gated=gated,
         max_lora_rank=max_lora_rank_of(args),
     )
 

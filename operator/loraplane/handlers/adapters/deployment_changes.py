@@ -17,18 +17,22 @@ from loraplane.settings import get_settings
 from loraplane.status.adapter import Problem, Wanted
 
 
-async def write_deployment(namespace: str, deployment: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """Read-modify-write against the indexed `resourceVersion`; False on a conflict (next pass retries
-    with what the index has by then)."""
+async def write_deployment(
+    namespace: str, deployment: dict[str, Any], patch: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Read-modify-write against the indexed `resourceVersion`: the Deployment as written, or None on a
+    conflict (the next pass retries with what the index has by then)."""
     body = serving.merged(deployment, patch)
     body.pop("status", None)
     try:
-        await asyncio.to_thread(kube.replace_deployment, namespace, body)
+        written = await asyncio.to_thread(kube.replace_deployment, namespace, body)
     except ApiException as error:
         if error.status == 409:
-            return False
+            return None
         raise
-    return True
+    # The rest of the pass judges pods against the template as it is now; the status is still the
+    # indexed one (a PUT of the object does not change it).
+    return {**written, "status": deployment.get("status") or {}}
 
 
 def base_model_name(deployment: dict[str, Any]) -> str:
@@ -44,14 +48,14 @@ async def ensure_hotload(
     deployment: dict[str, Any],
     resolved: dict[str, Wanted | Problem],
     bodies: list[dict[str, Any]],
-) -> str:
+) -> tuple[str, dict[str, Any]]:
     """Enable LoRA for HotLoad under the Deployment's opt-in (once: a restart, announced); without the
     opt-in, an adapter whose known rank is above `--max-lora-rank` is RankTooHigh. Returns a note for
-    the adapters' messages."""
+    the adapters' messages, and the Deployment as the rest of the pass must see it (as written)."""
     settings = get_settings()
     hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode == "HotLoad"]
     if not hot:
-        return ""
+        return "", deployment
     state = serving.lora_state(deployment)
     ranks = [w.rank for w in resolved.values() if isinstance(w, Wanted) and w.rank is not None]
     needed_rank = max(ranks) if ranks else None
@@ -67,12 +71,14 @@ async def ensure_hotload(
     if opted_in and missing:
         lora = serving.LoraSettings(settings.serving_max_loras, settings.serving_max_cpu_loras)
         patch = serving.enable_lora_patch(deployment, lora, needed_rank)
-        if patch is not None and await write_deployment(rec.namespace, deployment, patch):
+        written = None if patch is None else await write_deployment(rec.namespace, deployment, patch)
+        if written is not None:
             message = f"enabled LoRA ({', '.join(missing)}): every replica restarts once"
             event(deployment_ref(deployment), "Normal", "LoraEnabled", message)
             for adapter in bodies:
                 event(adapter, "Normal", "LoraEnabled", f"Deployment {rec.deployment}: {message}")
-        return f"LoRA is being enabled on Deployment {rec.deployment} (its pods restart once)"
+        note = f"LoRA is being enabled on Deployment {rec.deployment} (its pods restart once)"
+        return note, written or deployment
     if not opted_in:
         for want in hot:
             if want.rank is not None and want.rank > state.max_lora_rank:
@@ -82,18 +88,22 @@ async def ensure_hotload(
                     f"{state.max_lora_rank}; raise it, or annotate the Deployment "
                     f'{serving.OPT_IN_ANNOTATION}: "true" to let loraplane raise it (one restart)',
                 )
-    return ""
+    return "", deployment
 
 
-async def ensure_static(rec: Reconciler, deployment: dict[str, Any], wanted: list[Wanted]) -> None:
-    """Keep the Deployment's one merged `--lora-modules` equal to its Static adapters (a rollout)."""
+async def ensure_static(rec: Reconciler, deployment: dict[str, Any], wanted: list[Wanted]) -> dict[str, Any]:
+    """Keep the Deployment's one merged `--lora-modules` equal to its Static adapters (a rollout).
+    Returns the Deployment as the rest of the pass must see it."""
     modules = [
         serving.StaticModule(w.served_name, w.path, base_model_name(deployment))
         for w in wanted
         if w.mode == "Static"
     ]
     change = serving.static_patch(deployment, modules)
-    if change is not None and await write_deployment(rec.namespace, deployment, change):
-        names = ", ".join(sorted(m.name for m in modules)) or "none"
-        message = f"--lora-modules now holds loraplane's adapters: {names}; the rollout restarts the pods"
-        event(deployment_ref(deployment), "Normal", "StaticAdaptersUpdated", message)
+    written = None if change is None else await write_deployment(rec.namespace, deployment, change)
+    if written is None:
+        return deployment
+    names = ", ".join(sorted(m.name for m in modules)) or "none"
+    message = f"--lora-modules now holds loraplane's adapters: {names}; the rollout restarts the pods"
+    event(deployment_ref(deployment), "Normal", "StaticAdaptersUpdated", message)
+    return written

@@ -121,7 +121,19 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
                 key: metadata.get(key)
                 for key in ("name", "namespace", "uid", "labels", "deletionTimestamp", "ownerReferences")
             },
-            "spec": {"readinessGates": spec.get("readinessGates")},
+            "spec": {
+                "readinessGates": spec.get("readinessGates"),
+                # What the pod was started with, as far as LoRA goes (a pod that predates LoRA being
+                # enabled on its Deployment must not be loaded into); other variables are not kept.
+                "containers": [
+                    {
+                        "name": c.get("name"),
+                        "args": c.get("args"),
+                        "env": [e for e in c.get("env") or [] if e.get("name") == serving.RUNTIME_ENV],
+                    }
+                    for c in spec.get("containers") or []
+                ],
+            },
             "status": {key: status.get(key) for key in ("phase", "podIP", "conditions", "containerStatuses")},
         }
     )

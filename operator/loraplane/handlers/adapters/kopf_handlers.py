@@ -34,7 +34,7 @@ def _announce_ready(body: kopf.Body, old: LoraAdapterStatus, new: LoraAdapterSta
         return
     if after.status == "True":
         kopf.info(body, reason="Ready", message=after.message)
-    elif after.reason not in {"Loading", "NoReplicas"}:
+    elif after.reason not in {"Loading", "NoReplicas", "WaitingForRollout"}:
         kopf.warn(body, reason=after.reason, message=after.message)
 
 

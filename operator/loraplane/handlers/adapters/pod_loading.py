@@ -126,15 +126,9 @@ async def hold(
     try:
         await server.load(client, want.served_name, want.path)
     except VllmError as error:
-        if error.reason == "RuntimeLoadingDisabled" and serving.lora_state(deployment).runtime_api:
-            # The template has the runtime API on: this pod predates that change and the rollout replaces it.
-            return Holding(reason="WaitingForRollout", error="the pod predates LoRA being enabled")
-        if error.reason != "AlreadyLoaded":
-            if not error.transient:
-                rec.failures[key] = (time.monotonic(), error.reason, error.message)
-                ADAPTER_LOAD_FAILURES.labels(rec.namespace, error.reason).inc()
-                announce(rec, want, view, "Warning", error.reason, f"pod {view.name}: {error.message}")
-            return Holding(reason="Unreachable" if error.transient else error.reason, error=error.message)
+        failed_now = load_failed(rec, deployment, view, want, key, error)
+        if failed_now is not None:
+            return failed_now
     try:
         confirmed = (await server.models(client)).holds(want.served_name, want.path)
     except VllmError as error:
@@ -147,6 +141,33 @@ async def hold(
     swapped = f" (replacing {held_path})" if held_path else ""
     announce(rec, want, view, "Normal", "Loaded", f"loaded on pod {view.name} from {want.path}{swapped}")
     return Holding(loaded=True, loaded_at=first_seen(view, want))
+
+
+def load_failed(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    view: PodView,
+    want: Wanted,
+    key: tuple[str, int, str, str],
+    error: VllmError,
+) -> Holding | None:
+    """What a refused load means for the pod; None for `AlreadyLoaded` (the caller confirms it). A
+    failure for good is remembered (retried later) and announced once."""
+    template = serving.lora_state(deployment)
+    if error.reason == "RuntimeLoadingDisabled" and template.runtime_api:
+        # The template has the runtime API on: this pod predates that change and the rollout replaces it.
+        return Holding(reason="WaitingForRollout", error="the pod predates LoRA being enabled")
+    if error.reason == "RankTooHigh" and view.predates_rank(template):
+        # The template's --max-lora-rank was raised: the rollout replaces this pod with one that loads it.
+        return Holding(reason="WaitingForRollout", error="the pod predates the --max-lora-rank change")
+    if error.reason == "AlreadyLoaded":
+        return None
+    if error.transient:
+        return Holding(reason="Unreachable", error=error.message)
+    rec.failures[key] = (time.monotonic(), error.reason, error.message)
+    ADAPTER_LOAD_FAILURES.labels(rec.namespace, error.reason).inc()
+    announce(rec, want, view, "Warning", error.reason, f"pod {view.name}: {error.message}")
+    return Holding(reason=error.reason, error=error.message)
 
 
 def first_seen(view: PodView, want: Wanted) -> dt.datetime:

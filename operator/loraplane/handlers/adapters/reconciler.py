@@ -104,16 +104,16 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         for name, found in resolved.items():
             outcome.passes[name] = status_of.Pass(found if isinstance(found, Problem) else None, None, [])
         return outcome
-    note = await ensure_hotload(rec, deployment, resolved, bodies)
+    note, deployment = await ensure_hotload(rec, deployment, resolved, bodies)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
-    await ensure_static(rec, deployment, wanted)
+    deployment = await ensure_static(rec, deployment, wanted)
     deleting = {status_of.served_name(a) for a in adapters if a.metadata.get("deletionTimestamp")}
     deleting -= {w.served_name for w in wanted}
 
     container = serving.serving_container(deployment) or {}
     port = serving.api_port(container)
     pods = await serving_pods(namespace, deployment, indexes)
-    views = [(PodView.of(p, container.get("name")), p["metadata"]["uid"]) for p in pods]
+    views, predating = current_views(pods, container.get("name"), serving.lora_state(deployment))
     hot = [w for w in wanted if w.mode == "HotLoad"]
     plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
     plan.single = sum(1 for v, _ in views if not v.deleting) == 1
@@ -127,10 +127,21 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         note = "a single replica cannot swap versions without a gap: it is out of rotation while it swaps"
     for name, found in resolved.items():
         if isinstance(found, Problem):
-            outcome.passes[name] = status_of.Pass(found, None, list(results))
+            outcome.passes[name] = status_of.Pass(found, None, list(results), predating_pods=predating)
         else:
-            outcome.passes[name] = status_of.Pass(None, found, list(results), note)
+            outcome.passes[name] = status_of.Pass(None, found, list(results), note, predating)
     return outcome
+
+
+def current_views(
+    pods: list[dict[str, Any]], container: str | None, template: serving.LoraState
+) -> tuple[list[tuple[PodView, str]], int]:
+    """The pods a pass reconciles and reports, with their uids, and how many it leaves to the rollout:
+    pods started before the template turned the runtime LoRA API on cannot load anything (trying
+    would only report RuntimeLoadingDisabled), and the rollout that enabled it replaces them."""
+    views = [(PodView.of(p, container), p["metadata"]["uid"]) for p in pods]
+    current = [(v, uid) for v, uid in views if not v.predates(template)]
+    return current, sum(1 for v, _ in views if v.predates(template) and not v.deleting)
 
 
 async def serving_pods(namespace: str, deployment: dict[str, Any], indexes: Indexes) -> list[dict[str, Any]]:

@@ -1,0 +1,256 @@
+"""One reconcile pass of a Deployment, with the Kubernetes calls replaced by recorders and a local HTTP
+server that answers like vLLM: what the pass writes, which pods it talks to, which Events it posts."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+
+from loraplane import kube
+from loraplane.api.adapter import LoraAdapter
+from loraplane.handlers.adapters.common import now
+from loraplane.handlers.adapters.indexes import Indexes, slim_pod
+from loraplane.handlers.adapters.reconciler import reconcile_deployment
+from loraplane.status import adapter as status_of
+from manifests import EXAMPLES
+
+GATE = "loraplane.io/adapters-loaded"
+RUNTIME_ENV = {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}
+
+
+class Vllm(BaseHTTPRequestHandler):
+    """A vLLM server on 127.0.0.1: `runtime_api` says whether its runtime LoRA routes exist;
+    `api_key`, when set, is required as a Bearer token on /v1 routes (vLLM's `--api-key`)."""
+
+    runtime_api = False
+    api_key: str | None = None
+    adapters: dict[str, str] = {}
+    posts: list[str] = []
+    auth: list[str | None] = []
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        self.auth.append(self.headers.get("Authorization"))
+        if self.api_key and self.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self._reply(401, {"error": "Unauthorized"})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        cards = [{"id": "tiny-llama", "root": "/models/model", "parent": None}]
+        cards += [{"id": n, "root": p, "parent": "tiny-llama"} for n, p in self.adapters.items()]
+        self._reply(200, {"data": cards})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self._authorized():
+            return
+        self.posts.append(self.path)
+        if not self.runtime_api:
+            self._reply(404, {"detail": "Not Found"})
+        elif self.path == "/v1/load_lora_adapter":
+            self.adapters[body["lora_name"]] = body["lora_path"]
+            self._reply(200, "Success")
+        else:
+            self._reply(200 if self.adapters.pop(body["lora_name"], None) else 404, "{}")
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def vllm() -> Iterator[int]:
+    Vllm.runtime_api, Vllm.api_key, Vllm.adapters, Vllm.posts, Vllm.auth = False, None, {}, [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Vllm)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+@dataclass
+class Cluster:
+    """The API calls of a pass, recorded; `deployment` follows what the pass wrote."""
+
+    deployment: dict[str, Any]
+    written: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (kind, name, type, reason)
+    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def replace_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        version = int(body["metadata"]["resourceVersion"]) + 1
+        self.deployment = copy.deepcopy(body) | {"status": self.deployment.get("status", {})}
+        self.deployment["metadata"]["resourceVersion"] = str(version)
+        self.written.append(body)
+        return self.deployment
+
+    def set_pod_condition(self, namespace: str, pod: str, condition: dict[str, Any]) -> None:
+        self.gates.append((pod, condition["status"], condition["reason"]))
+
+    def event(self, body: Any, *, type: str, reason: str, message: str) -> None:
+        self.events.append((body["kind"], body["metadata"]["name"], type, reason))
+
+    def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        return self.secrets[(namespace, name)][key]
+
+    def reasons(self, type_: str = "Warning") -> set[str]:
+        return {reason for _, _, kind, reason in self.events if kind == type_}
+
+
+def vllm_deployment(port: int, namespace: str) -> dict[str, Any]:
+    manifest = (EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text()
+    body: dict[str, Any] = next(yaml.safe_load_all(manifest))
+    body["metadata"] |= {"namespace": namespace, "resourceVersion": "1", "uid": "d-uid", "generation": 1}
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    container["args"][container["args"].index("--port") + 1] = str(port)
+    body["status"] = {"replicas": 1}
+    return body
+
+
+def pod_of(deployment: dict[str, Any], name: str, template_hash: str) -> dict[str, Any]:
+    """A running, container-ready pod made from the Deployment's current template."""
+    template = copy.deepcopy(deployment["spec"]["template"])
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": deployment["metadata"]["namespace"],
+            "uid": f"uid-{name}",
+            "labels": {**template["metadata"]["labels"], "pod-template-hash": template_hash},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": f"vllm-tiny-{template_hash}"}],
+        },
+        "spec": template["spec"],
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "conditions": [
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": "vllm",
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+                },
+            ],
+        },
+    }
+
+
+def lora_adapter(namespace: str, **serving: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "loraplane.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {
+            "name": "quotes",
+            "namespace": namespace,
+            "uid": "a-uid",
+            "generation": 1,
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+        },
+        "spec": {
+            "baseModel": "tiny-llama",
+            "source": {"volume": {"claimName": "loraplane-tiny", "path": "adapters/a"}},
+            "serving": {"deployment": "vllm-tiny", **serving},
+        },
+    }
+
+
+def run_pass(
+    cluster: Cluster, adapter: dict[str, Any], pods: list[dict[str, Any]]
+) -> status_of.LoraAdapterStatus:
+    """One pass over what the indexes would hold now; the adapter's status from it."""
+    namespace = adapter["metadata"]["namespace"]
+    indexes = Indexes(
+        adapters={(namespace, "vllm-tiny"): [adapter]},  # type: ignore[arg-type]
+        deployments={(namespace, "vllm-tiny"): [cluster.deployment]},  # type: ignore[arg-type]
+        pods={namespace: [slim_pod(p) for p in pods]},  # type: ignore[arg-type]
+        training_jobs={},  # type: ignore[arg-type]
+    )
+    outcome = asyncio.run(reconcile_deployment(namespace, "vllm-tiny", indexes))
+    model = LoraAdapter.model_validate(adapter)
+    return status_of.observe(model, outcome.passes["quotes"], now())
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch, vllm: int, request: pytest.FixtureRequest) -> Cluster:
+    # Each test has a namespace of its own: reconcilers are kept per (namespace, Deployment).
+    recorder = Cluster(vllm_deployment(vllm, namespace=request.node.name[:60].lower().replace("_", "-")))
+    monkeypatch.setattr(kube, "replace_deployment", recorder.replace_deployment)
+    monkeypatch.setattr(kube, "set_pod_condition", recorder.set_pod_condition)
+    monkeypatch.setattr(kube, "endpoint_ready", lambda namespace, pod: None)
+    monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key, raising=False)
+    monkeypatch.setattr(kopf, "event", recorder.event)
+    return recorder
+
+
+def ready(status: status_of.LoraAdapterStatus) -> tuple[str, str, str]:
+    condition = next(c for c in status.conditions if c.type == "Ready")
+    return condition.status, condition.reason, condition.message
+
+
+def test_pods_from_before_lora_was_enabled_are_neither_loaded_into_nor_reported(cluster: Cluster) -> None:
+    """Enabling LoRA restarts every replica; until the rollout replaces them, the old pods (no runtime
+    LoRA API) must not be tried, or each would post a spurious RuntimeLoadingDisabled Warning."""
+    namespace = cluster.deployment["metadata"]["namespace"]
+    old = pod_of(cluster.deployment, "vllm-tiny-old-1", "old")
+    adapter = lora_adapter(namespace)
+
+    status = run_pass(cluster, adapter, [old])
+    [enabled] = cluster.written
+    container = enabled["spec"]["template"]["spec"]["containers"][0]
+    assert "--enable-lora" in container["args"]
+    assert RUNTIME_ENV in container["env"]
+    assert "LoraEnabled" in cluster.reasons("Normal")
+    assert Vllm.posts == [], "nothing is loaded into a pod that predates LoRA being enabled"
+    assert "RuntimeLoadingDisabled" not in cluster.reasons()
+    assert ready(status)[1] != "RuntimeLoadingDisabled"
+
+    # The next passes see the enabled template in the index; the old pod is still there (rolling).
+    for _ in range(2):
+        status = run_pass(cluster, adapter, [old])
+    assert Vllm.posts == []
+    assert "RuntimeLoadingDisabled" not in cluster.reasons()
+    assert ready(status)[:2] == ("False", "WaitingForRollout")
+    assert status.replicas == 0, "only pods of the current template count"
+
+    # The rollout's new pod has the runtime API and the gate: loaded, gate opened, Ready.
+    Vllm.runtime_api = True
+    new = pod_of(cluster.deployment, "vllm-tiny-new-1", "new")
+    status = run_pass(cluster, adapter, [old, new])
+    assert Vllm.posts == ["/v1/load_lora_adapter"]
+    assert ("vllm-tiny-new-1", "True", "AdaptersLoaded") in cluster.gates
+    assert (status.replicas, status.ready_replicas) == (1, 1)
+    assert "RuntimeLoadingDisabled" not in cluster.reasons()
+
+
+def test_a_server_without_the_runtime_api_and_no_opt_in_is_still_runtime_loading_disabled(
+    cluster: Cluster,
+) -> None:
+    cluster.deployment["metadata"]["annotations"] = {}
+    cluster.deployment["spec"]["template"]["spec"]["containers"][0]["args"].append("--enable-lora")
+    namespace = cluster.deployment["metadata"]["namespace"]
+    status = run_pass(cluster, lora_adapter(namespace), [pod_of(cluster.deployment, "vllm-tiny-p-1", "p")])
+    assert cluster.written == [], "no opt-in: the Deployment is not changed"
+    assert Vllm.posts == ["/v1/load_lora_adapter"]
+    assert ready(status)[:2] == ("False", "RuntimeLoadingDisabled")
+    assert "RuntimeLoadingDisabled" in cluster.reasons()
