@@ -6,6 +6,7 @@ the same objects instead of making second copies.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from functools import cache
@@ -132,6 +133,14 @@ def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     found = api.list_namespaced_pod(namespace, label_selector=label_selector)
     plain = api_client().sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
     return [dict(item) for item in plain.get("items") or []]
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded. Raises ApiException (404, 403) or KeyError (no such key). The
+    value is returned to the caller only: never logged, never written anywhere."""
+    secret = CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+    data = secret.data or {}
+    return base64.b64decode(data[key]).decode()
 
 
 def set_pod_condition(namespace: str, pod: str, condition: dict[str, Any]) -> None:

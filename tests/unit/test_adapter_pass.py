@@ -15,12 +15,13 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
 from loraplane.handlers.adapters.common import now
 from loraplane.handlers.adapters.indexes import Indexes, slim_pod
-from loraplane.handlers.adapters.reconciler import reconcile_deployment
+from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
 from loraplane.status import adapter as status_of
 from manifests import EXAMPLES
 
@@ -110,6 +111,8 @@ class Cluster:
         self.events.append((body["kind"], body["metadata"]["name"], type, reason))
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        if (namespace, name) not in self.secrets:
+            raise ApiException(status=404, reason="Not Found")
         return self.secrets[(namespace, name)][key]
 
     def reasons(self, type_: str = "Warning") -> set[str]:
@@ -198,7 +201,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch, vllm: int, request: pytest.FixtureR
     monkeypatch.setattr(kube, "replace_deployment", recorder.replace_deployment)
     monkeypatch.setattr(kube, "set_pod_condition", recorder.set_pod_condition)
     monkeypatch.setattr(kube, "endpoint_ready", lambda namespace, pod: None)
-    monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key, raising=False)
+    monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key)
     monkeypatch.setattr(kopf, "event", recorder.event)
     return recorder
 
@@ -254,3 +257,98 @@ def test_a_server_without_the_runtime_api_and_no_opt_in_is_still_runtime_loading
     assert Vllm.posts == ["/v1/load_lora_adapter"]
     assert ready(status)[:2] == ("False", "RuntimeLoadingDisabled")
     assert "RuntimeLoadingDisabled" in cluster.reasons()
+
+
+# --- API keys -------------------------------------------------------------------------------------------
+
+KEY = "sk-test-0123456789"
+
+
+def keyed(cluster: Cluster) -> tuple[str, list[dict[str, Any]]]:
+    """A server started with an API key and the runtime API on; one pod of the current template."""
+    Vllm.runtime_api, Vllm.api_key = True, KEY
+    container = cluster.deployment["spec"]["template"]["spec"]["containers"][0]
+    container["args"] += ["--enable-lora"]
+    container["env"] += [RUNTIME_ENV, {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "k"}}}]
+    cluster.deployment["metadata"]["annotations"] = {}
+    namespace = cluster.deployment["metadata"]["namespace"]
+    return namespace, [pod_of(cluster.deployment, "vllm-tiny-k-1", "k")]
+
+
+def everything_said(cluster: Cluster, status: status_of.LoraAdapterStatus) -> str:
+    return json.dumps([cluster.events, cluster.gates, status.to_wire()]) + repr(RECONCILERS)
+
+
+def test_without_a_key_a_server_that_wants_one_is_unauthorized_and_the_message_names_the_field(
+    cluster: Cluster,
+) -> None:
+    namespace, pods = keyed(cluster)
+    status = run_pass(cluster, lora_adapter(namespace), pods)
+    state, reason, message = ready(status)
+    assert (state, reason) == ("False", "Unauthorized")
+    assert "spec.serving.apiKeySecretRef" in message
+    assert "loraplane.io/api-key-secret" in message
+    assert Vllm.posts == []
+    assert set(Vllm.auth) == {None}
+
+
+def test_the_key_from_the_adapters_secret_goes_with_every_call(cluster: Cluster) -> None:
+    namespace, pods = keyed(cluster)
+    cluster.secrets[(namespace, "vllm-key")] = {"api-key": KEY}
+    adapter = lora_adapter(namespace, apiKeySecretRef={"name": "vllm-key", "key": "api-key"})
+    status = run_pass(cluster, adapter, pods)
+    assert ready(status)[:2] == ("True", "Loaded")
+    assert Vllm.posts == ["/v1/load_lora_adapter"]
+    assert set(Vllm.auth) == {f"Bearer {KEY}"}, "models, load and the confirming models call"
+    assert KEY not in everything_said(cluster, status)
+
+
+def test_the_deployments_annotation_names_the_key_for_every_adapter(cluster: Cluster) -> None:
+    namespace, pods = keyed(cluster)
+    cluster.secrets[(namespace, "vllm-key")] = {"token": KEY}
+    cluster.deployment["metadata"]["annotations"] = {"loraplane.io/api-key-secret": "vllm-key"}
+    adapter = lora_adapter(namespace, apiKeySecretRef={"name": "other", "key": "api-key"})
+    assert ready(run_pass(cluster, adapter, pods))[:2] == ("True", "Loaded"), "the annotation wins"
+
+
+@pytest.mark.parametrize(
+    ("secrets", "said"),
+    [
+        ({}, "Secret vllm-key does not exist"),
+        ({"vllm-key": {"other": KEY}}, "Secret vllm-key has no key api-key"),
+        ({"vllm-key": {"api-key": "wrong"}}, "refused the API key from Secret vllm-key key api-key"),
+    ],
+)
+def test_a_key_that_cannot_be_read_or_is_refused_says_so(
+    cluster: Cluster, secrets: dict[str, dict[str, str]], said: str
+) -> None:
+    namespace, pods = keyed(cluster)
+    cluster.secrets = {(namespace, name): data for name, data in secrets.items()}
+    adapter = lora_adapter(namespace, apiKeySecretRef={"name": "vllm-key", "key": "api-key"})
+    state, reason, message = ready(run_pass(cluster, adapter, pods))
+    assert (state, reason) == ("False", "Unauthorized")
+    assert said in message
+    assert "spec.serving.apiKeySecretRef of LoraAdapter quotes" in message
+
+
+def test_a_forbidden_secret_names_the_chart_value(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace, pods = keyed(cluster)
+
+    def forbidden(namespace: str, name: str, key: str) -> str:
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(kube, "read_secret_key", forbidden)
+    adapter = lora_adapter(namespace, apiKeySecretRef={"name": "vllm-key", "key": "api-key"})
+    message = ready(run_pass(cluster, adapter, pods))[2]
+    assert "serving.apiKeySecrets.namespaces" in message
+
+
+def test_a_rotated_key_is_read_again_after_a_401(cluster: Cluster) -> None:
+    namespace, pods = keyed(cluster)
+    cluster.secrets[(namespace, "vllm-key")] = {"api-key": KEY}
+    adapter = lora_adapter(namespace, apiKeySecretRef={"name": "vllm-key", "key": "api-key"})
+    assert ready(run_pass(cluster, adapter, pods))[1] == "Loaded"
+    Vllm.api_key = "sk-rotated"  # the server restarted with a new key, and the Secret holds it
+    cluster.secrets[(namespace, "vllm-key")] = {"api-key": "sk-rotated"}
+    assert ready(run_pass(cluster, adapter, pods))[1] == "Unauthorized", "the cached key is refused once"
+    assert ready(run_pass(cluster, adapter, pods))[1] == "Loaded"

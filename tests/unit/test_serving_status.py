@@ -87,6 +87,22 @@ def test_a_hugging_face_id_is_handed_to_vllm_as_is() -> None:
     assert (found.path, found.rank) == ("org/adapter", 4)
 
 
+def test_the_api_key_is_the_deployments_annotation_else_the_oldest_adapters_reference() -> None:
+    newer = lora_adapter("newer", serving={"deployment": "vllm-tiny", "apiKeySecretRef": {"name": "b"}})
+    newer.metadata["creationTimestamp"] = "2025-02-01T00:00:00Z"
+    older = lora_adapter(serving={"deployment": "vllm-tiny", "apiKeySecretRef": {"name": "a", "key": "k"}})
+    plain = deployment()
+    plain["metadata"]["annotations"] = {}
+    assert status_of.api_key_source(plain, []) is None
+    found = status_of.api_key_source(plain, [newer, older])
+    assert found == status_of.ApiKeySource("a", "k", "spec.serving.apiKeySecretRef of LoraAdapter quotes")
+    plain["metadata"]["annotations"] = {"loraplane.io/api-key-secret": "server-key/api"}
+    found = status_of.api_key_source(plain, [newer, older])
+    assert found is not None
+    assert (found.secret, found.key) == ("server-key", "api")
+    assert "annotation loraplane.io/api-key-secret of Deployment vllm-tiny" in found.named_by
+
+
 def test_the_older_adapter_keeps_a_served_name() -> None:
     first = Wanted("a", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z")
     second = Wanted("b", "same", "/q", "HotLoad", "m", created="2025-01-02T00:00:00Z")

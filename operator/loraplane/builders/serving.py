@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
 # Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
 STATIC_ANNOTATION = f"{GROUP}/static-adapters"
 CONTAINER_ANNOTATION = f"{GROUP}/container"
+# `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
+# with; loraplane sends it on its calls to the server.
+API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
+DEFAULT_SECRET_KEY = "token"  # noqa: S105 - a key name (as in every SecretKeyRef), not a secret
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 ENABLE_LORA = "--enable-lora"
@@ -40,6 +47,22 @@ VLLM_DEFAULT_PORT = 8000
 def is_opted_in(deployment: dict[str, Any]) -> bool:
     annotations = deployment.get("metadata", {}).get("annotations") or {}
     return str(annotations.get(OPT_IN_ANNOTATION, "")).lower() == "true"
+
+
+def api_key_annotation(deployment: dict[str, Any]) -> tuple[str, str] | None:
+    """The (secret, key) the Deployment's API-key annotation names; None without one. Raises
+    ValueError, with the form it wants, when the value is not `<secret>/<key>` or `<secret>`."""
+    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(API_KEY_ANNOTATION)
+    if raw is None:
+        return None
+    secret, _, key = str(raw).strip().partition("/")
+    key = key or DEFAULT_SECRET_KEY
+    if not _SECRET_NAME.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
+        raise ValueError(
+            f"annotation {API_KEY_ANNOTATION} is {raw!r}; it must be <secret>/<key> (or <secret> for key "
+            f"{DEFAULT_SECRET_KEY}), naming a Secret in the Deployment's namespace"
+        )
+    return secret, key
 
 
 def max_lora_rank_for(rank: int) -> int:

@@ -100,6 +100,52 @@ def resolve(
     )
 
 
+@dataclass(frozen=True)
+class ApiKeySource:
+    """Where the API key of a Deployment's server is: a Secret key, and who named it (for messages)."""
+
+    secret: str
+    key: str
+    named_by: str
+
+
+def api_key_source(deployment: dict[str, Any], adapters: list[LoraAdapter]) -> ApiKeySource | None:
+    """The server's API key (one per server): the Deployment's annotation, else the oldest LoraAdapter
+    that names one in `spec.serving.apiKeySecretRef`; None when nobody names one. Raises ValueError for
+    a malformed annotation."""
+    name = deployment.get("metadata", {}).get("name")
+    annotated = serving.api_key_annotation(deployment)
+    if annotated is not None:
+        return ApiKeySource(*annotated, f"annotation {serving.API_KEY_ANNOTATION} of Deployment {name}")
+    by_age = sorted(
+        adapters, key=lambda a: (str(a.metadata.get("creationTimestamp", "")), a.metadata["name"])
+    )
+    for adapter in by_age:
+        ref = adapter.spec.serving.api_key_secret_ref
+        if ref is not None:
+            named_by = f"spec.serving.apiKeySecretRef of LoraAdapter {adapter.metadata['name']}"
+            return ApiKeySource(ref.name, ref.key, named_by)
+    return None
+
+
+def unauthorized_message(deployment: str, source: ApiKeySource | None, unreadable: str | None) -> str:
+    """What to do when the server answers 401: name the field to set, or why the named key failed."""
+    if source is None:
+        return (
+            f"the vLLM server of Deployment {deployment} wants an API key (401 Unauthorized): set "
+            "spec.serving.apiKeySecretRef (name and key of a Secret in this namespace holding the key the "
+            f"server was started with), or annotate the Deployment {serving.API_KEY_ANNOTATION}: "
+            "<secret>/<key>"
+        )
+    where = f"Secret {source.secret} key {source.key} (named by {source.named_by})"
+    if unreadable is not None:
+        return f"the vLLM server wants an API key (401 Unauthorized) and {where} cannot be read: {unreadable}"
+    return (
+        f"the vLLM server refused the API key from {where} (401 Unauthorized): it must be the key the "
+        "server was started with (--api-key or VLLM_API_KEY)"
+    )
+
+
 def _job_state(job: dict[str, Any] | None) -> str:
     if job is None:
         return "does not exist (yet)"

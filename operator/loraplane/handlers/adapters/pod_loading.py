@@ -37,10 +37,13 @@ async def reconcile_pod(
     view = result.view = await prepare_gate(namespace, view, uid)
     if not view.serving_api_up:
         return result
-    server = Server(f"http://{view.ip}:{plan.port}", timeout_s=settings.vllm_timeout_seconds)
+    server = Server(f"http://{view.ip}:{plan.port}", plan.api_key, settings.vllm_timeout_seconds)
     try:
         models = await server.models(client)
-    except VllmError:
+    except VllmError as error:
+        if error.reason == "Unauthorized":
+            rec.api_key_refused = True
+            result.holdings = {w.adapter: unauthorized(plan) for w in plan.wanted}
         return result
     result.reachable = True
     models = await unload_deleted(rec, server, client, view, models, plan.deleting)
@@ -56,7 +59,7 @@ async def reconcile_pod(
             return result  # wait until no Service routes to it any more
     may_swap = swap_now or view.gate_status != "True"
     for want in plan.wanted:
-        holding = await hold(rec, server, client, plan.deployment, view, uid, want, models, may_swap)
+        holding = await hold(rec, server, client, plan, view, uid, want, models, may_swap)
         result.holdings[want.adapter] = holding
     with contextlib.suppress(VllmError):
         models = await server.models(client)
@@ -95,7 +98,7 @@ async def hold(
     rec: Reconciler,
     server: Server,
     client: aiohttp.ClientSession,
-    deployment: dict[str, Any],
+    plan: PodPlan,
     view: PodView,
     uid: str,
     want: Wanted,
@@ -103,7 +106,7 @@ async def hold(
     may_swap: bool,
 ) -> Holding:
     """Make the pod hold `want` (HotLoad), or report whether it does (Static)."""
-    settings = get_settings()
+    settings, deployment = get_settings(), plan.deployment
     if not status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
         return Holding(
             reason="BaseModelMismatch",
@@ -126,12 +129,17 @@ async def hold(
     try:
         await server.load(client, want.served_name, want.path)
     except VllmError as error:
+        if error.reason == "Unauthorized":
+            rec.api_key_refused = True
+            return unauthorized(plan)
         failed_now = load_failed(rec, deployment, view, want, key, error)
         if failed_now is not None:
             return failed_now
     try:
         confirmed = (await server.models(client)).holds(want.served_name, want.path)
     except VllmError as error:
+        if error.reason == "Unauthorized":
+            return unauthorized(plan)
         return Holding(reason="Unreachable", error=error.message)
     if not confirmed:
         message = f"/v1/models does not list {want.served_name} at {want.path} after the load"
@@ -141,6 +149,12 @@ async def hold(
     swapped = f" (replacing {held_path})" if held_path else ""
     announce(rec, want, view, "Normal", "Loaded", f"loaded on pod {view.name} from {want.path}{swapped}")
     return Holding(loaded=True, loaded_at=first_seen(view, want))
+
+
+def unauthorized(plan: PodPlan) -> Holding:
+    """The pod's server wants an API key that loraplane does not have (or has wrong): the message says
+    which field to set. Not a failure for good: the next pass after the fix loads."""
+    return Holding(reason="Unauthorized", error=plan.unauthorized)
 
 
 def load_failed(

@@ -13,6 +13,7 @@ from typing import Any
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
+from loraplane.handlers.adapters.api_keys import server_api_key
 from loraplane.handlers.adapters.common import DeploymentKey
 from loraplane.handlers.adapters.deployment_changes import ensure_hotload, ensure_static
 from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
@@ -116,6 +117,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     views, predating = current_views(pods, container.get("name"), serving.lora_state(deployment))
     hot = [w for w in wanted if w.mode == "HotLoad"]
     plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
+    plan.api_key, plan.unauthorized = await server_api_key(rec, deployment, adapters)
     plan.single = sum(1 for v, _ in views if not v.deleting) == 1
     async with session() as client:
         results = await asyncio.gather(*(reconcile_pod(rec, client, plan, view, uid) for view, uid in views))

@@ -33,6 +33,9 @@ class Reconciler:
     announced: dict[str, str] = field(default_factory=dict)  # last Event reason per (pod, adapter) key
     # The LoraAdapters (plain bodies) that target the Deployment, as of the latest request for a pass.
     adapters: list[dict[str, Any]] = field(default_factory=list)
+    # The server's API key as last read: (secret, key) -> (value, when read); dropped after a 401.
+    api_key: tuple[tuple[str, str], str, float] | None = field(default=None, repr=False)
+    api_key_refused: bool = False  # a pod answered 401 in the last pass: read the Secret again
 
 
 @dataclass
@@ -45,3 +48,5 @@ class PodPlan:
     deleting: set[str]
     swapping: str | None
     single: bool = False
+    api_key: str | None = field(default=None, repr=False)  # sent as `Authorization: Bearer`
+    unauthorized: str = ""  # what a pod's 401 means here, and the fix
