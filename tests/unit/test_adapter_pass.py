@@ -352,3 +352,35 @@ def test_a_rotated_key_is_read_again_after_a_401(cluster: Cluster) -> None:
     cluster.secrets[(namespace, "vllm-key")] = {"api-key": "sk-rotated"}
     assert ready(run_pass(cluster, adapter, pods))[1] == "Unauthorized", "the cached key is refused once"
     assert ready(run_pass(cluster, adapter, pods))[1] == "Loaded"
+
+
+def test_a_deployment_and_pods_the_filtered_indexes_lack_are_read_directly(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LoraAdapter created after its Deployment and pods: kopf has not indexed them (they have not
+    changed since the adapter named them), so the pass reads them."""
+    namespace, pods = keyed(cluster)
+    Vllm.api_key = None
+    read: list[str] = []
+
+    def read_deployment(namespace: str, name: str) -> dict[str, Any]:
+        read.append(f"deployment {name}")
+        return cluster.deployment
+
+    def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+        read.append(f"pods {selector}")
+        return pods
+
+    monkeypatch.setattr(kube, "read_deployment", read_deployment)
+    monkeypatch.setattr(kube, "list_pods", list_pods)
+    adapter = lora_adapter(namespace)
+    empty = Indexes(
+        adapters={(namespace, "vllm-tiny"): [adapter]},  # type: ignore[arg-type]
+        deployments={},  # type: ignore[arg-type]
+        pods={},  # type: ignore[arg-type]
+        training_jobs={},  # type: ignore[arg-type]
+    )
+    outcome = asyncio.run(reconcile_deployment(namespace, "vllm-tiny", empty))
+    status = status_of.observe(LoraAdapter.model_validate(adapter), outcome.passes["quotes"], now())
+    assert read == ["deployment vllm-tiny", "pods app=vllm-tiny"]
+    assert ready(status)[:2] == ("True", "Loaded")

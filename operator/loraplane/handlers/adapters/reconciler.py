@@ -94,8 +94,8 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     namespace = rec.namespace
     deployment = indexes.one(indexes.deployments, (namespace, rec.deployment))
     bodies = list(indexes.adapters.get((namespace, rec.deployment), []))
-    if deployment is None and bodies:
-        # Named by an adapter, but not indexed (yet): it has not changed since it became served.
+    if deployment is None:
+        # Not indexed: it does not exist, or it has not changed since it became served.
         deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
     adapters = [LoraAdapter.model_validate(b) for b in bodies]
     live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
