@@ -18,6 +18,8 @@ Modules, from the outside in:
   read-modify-write against the indexed `resourceVersion`;
 - `pod_loading`: per pod: list, unload, load and confirm adapters;
 - `gate`: the pod readiness gate condition;
+- `api_keys`: the API key of a server started with `--api-key`, from the Secret its annotation or a
+  LoraAdapter names;
 - `events`: Events on adapters, Deployments and pods;
 - `state`: what a Deployment's reconciler remembers between passes.
 """
