@@ -6,6 +6,7 @@ the same objects instead of making second copies.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from functools import cache
@@ -112,6 +113,34 @@ def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     api: Any = AppsV1Api(api_client())
     written = api.replace_namespaced_deployment(body["metadata"]["name"], namespace, body)
     return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
+
+
+def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Deployment read directly (one the operator's filtered index does not hold yet); None if absent."""
+    api: Any = AppsV1Api(api_client())
+    try:
+        found = api.read_namespaced_deployment(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+
+
+def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    """Pods matching a label selector, read directly (pods the operator's filtered index lacks)."""
+    api: Any = CoreV1Api(api_client())
+    found = api.list_namespaced_pod(namespace, label_selector=label_selector)
+    plain = api_client().sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+    return [dict(item) for item in plain.get("items") or []]
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded. Raises ApiException (404, 403) or KeyError (no such key). The
+    value is returned to the caller only: never logged, never written anywhere."""
+    secret = CoreV1Api(api_client()).read_namespaced_secret(name, namespace)
+    data = secret.data or {}
+    return base64.b64decode(data[key]).decode()
 
 
 def set_pod_condition(namespace: str, pod: str, condition: dict[str, Any]) -> None:

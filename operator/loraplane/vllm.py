@@ -7,7 +7,9 @@ The contract this follows (vLLM 0.32, `docs/serving.md`):
   `404 {"detail": "Not Found"}`: that is `RuntimeLoadingDisabled`, never "adapter not found";
 - `400 ... has already been loaded` on load: success only if `/v1/models` lists the name at the path;
 - `500 ... LoRA rank N is greater than max_lora_rank M`: `RankTooHigh` (the server stays healthy);
-- `404 NotFoundError` on load: the path holds no adapter (`LoadFailed`); on unload: not loaded.
+- `404 NotFoundError` on load: the path holds no adapter (`LoadFailed`); on unload: not loaded;
+- `401 {"error": "Unauthorized"}` on any `/v1` route of a server started with `--api-key` (or
+  VLLM_API_KEY) when the `Authorization: Bearer` key is missing or wrong: `Unauthorized`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any, Literal
 import aiohttp
 
 Reason = Literal[
-    "RankTooHigh", "RuntimeLoadingDisabled", "LoadFailed", "NotFound", "AlreadyLoaded", "Unreachable"
+    "RankTooHigh",
+    "RuntimeLoadingDisabled",
+    "LoadFailed",
+    "NotFound",
+    "AlreadyLoaded",
+    "Unreachable",
+    "Unauthorized",
 ]
 
 RANK_TOO_HIGH = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)")
@@ -29,6 +37,9 @@ RUNTIME_DISABLED_FIX = (
     "`--enable-lora` and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or annotate the "
     'Deployment with loraplane.io/manage-lora: "true" so that loraplane enables both'
 )
+
+
+UNAUTHORIZED = "{route} answered 401 Unauthorized: the server was started with an API key"
 
 
 class VllmError(Exception):
@@ -87,6 +98,8 @@ def is_route_missing(status: int, body: str) -> bool:
 def classify(action: Literal["load", "unload"], status: int, body: str) -> VllmError:
     """The reason behind a non-2xx answer to a load or unload call."""
     message = _error_message(body)
+    if status == 401:
+        return VllmError("Unauthorized", UNAUTHORIZED.format(route=f"{action} call"), status)
     if is_route_missing(status, body):
         return VllmError("RuntimeLoadingDisabled", RUNTIME_DISABLED_FIX, status)
     if action == "load":
@@ -122,7 +135,7 @@ class Server:
     """One vLLM pod's API: its address and the key it expects, if started with `--api-key`."""
 
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line or a traceback
     timeout_s: float = 30.0
 
     def _headers(self) -> dict[str, str]:
@@ -147,6 +160,8 @@ class Server:
 
     async def models(self, session: aiohttp.ClientSession) -> Models:
         status, body = await self._call(session, "GET", "/v1/models", None)
+        if status == 401:
+            raise VllmError("Unauthorized", UNAUTHORIZED.format(route="GET /v1/models"), status)
         if status != 200:
             raise VllmError(
                 "Unreachable", f"GET /v1/models answered {status}: {_error_message(body)}", status

@@ -62,6 +62,28 @@ def test_watch_namespaces_narrow_rbac_to_roles(kube: Kube) -> None:
     assert "--all-namespaces" not in args
 
 
+def test_api_key_secrets_are_read_only_through_roles_in_the_listed_namespaces(kube: Kube) -> None:
+    docs = render(kube, "serving.apiKeySecrets.namespaces={team-a}", "serving.apiKeySecrets.names={vllm-key}")
+    for doc in docs:
+        if doc["kind"] == "ClusterRole":
+            assert not [r for r in doc["rules"] if "secrets" in r["resources"]], doc["metadata"]["name"]
+    named = [d for d in docs if d["metadata"]["name"] == "t-loraplane-api-keys"]
+    [role] = [d for d in named if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "team-a"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["vllm-key"]}
+    ]
+    [binding] = [d for d in named if d["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["name"] == "t-loraplane"
+    assert not [d for d in render(kube) if "secrets" in json.dumps(d.get("rules", []))], "none by default"
+    result = kube.helm(
+        "template", "t", str(CHART), "--kube-version", KUBE_VERSION, "--set", "watchNamespaces={team-a}",
+        "--set", "serving.apiKeySecrets.namespaces={team-b}", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "team-b is not in watchNamespaces" in result.stderr
+
+
 def test_uninstall_cleanup_hook_runs_under_its_own_account(kube: Kube) -> None:
     hooks = [d for d in render(kube) if is_hook(d)]
     [job] = [d for d in hooks if d["kind"] == "Job"]
@@ -87,6 +109,7 @@ def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
         ("logLevel=LOUD", "at '/logLevel'"),
         ("trainig.workerImage=x", "additional properties 'trainig' not allowed"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
+        ("serving.apiKeySecrets.namespaces={Team_A}", "at '/serving/apiKeySecrets/namespaces/0'"),
     ],
 )
 def test_wrong_values_fail_at_install_with_a_clear_message(kube: Kube, value: str, message: str) -> None:
@@ -204,3 +227,24 @@ def test_reading_secrets_with_the_operator_token_is_forbidden(
     wait_until("the token to list training jobs", lambda: kube.kubectl(
         "get", "ltj", "-n", namespace, kubeconfig_path=operator_kubeconfig, check=False
     ).returncode == 0, timeout_s=10)  # fmt: skip
+
+
+def test_the_operator_may_get_api_key_secrets_in_a_listed_namespace_and_list_none(
+    kube: Kube, chart_release: Release, operator_kubeconfig: Path, namespace: str
+) -> None:
+    upgrade = ("upgrade", chart_release.name, str(CHART), "--namespace", chart_release.namespace,
+               "--reuse-values", "--wait=false")  # fmt: skip
+    kube.helm(*upgrade, "--set-json", f'serving.apiKeySecrets.namespaces=["{namespace}"]')
+    try:
+        wait_until("get on secrets in the listed namespace", lambda: can_i(
+            kube, operator_kubeconfig, namespace, "get", "secrets", []
+        ), timeout_s=10)  # fmt: skip
+        for verb, where in [("list", namespace), ("watch", namespace), ("get", chart_release.namespace)]:
+            assert not can_i(kube, operator_kubeconfig, where, verb, "secrets", []), (verb, where)
+        assert not can_i(kube, operator_kubeconfig, namespace, "list", "secrets", ["--all-namespaces"])
+        assert not can_i(kube, operator_kubeconfig, namespace, "get", "secrets", ["--all-namespaces"])
+    finally:
+        kube.helm(*upgrade, "--set-json", "serving.apiKeySecrets.namespaces=[]")
+    wait_until("no get on secrets once the namespace is no longer listed", lambda: not can_i(
+        kube, operator_kubeconfig, namespace, "get", "secrets", []
+    ), timeout_s=10)  # fmt: skip

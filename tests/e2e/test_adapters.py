@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from kubernetes.client import CoreV1Api, DiscoveryV1Api
 
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
-from loraplane_fixtures import ChartOperator, Release
+from loraplane_fixtures import CHART, ChartOperator, Release
 from manifests import EXAMPLES
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -105,11 +106,12 @@ def condition(pod: dict[str, Any], type_: str) -> str | None:
     return None if found is None else str(found["status"])
 
 
-def completion(ip: str, model: str) -> tuple[int, dict[str, Any]]:
+def completion(ip: str, model: str, api_key: str | None = None) -> tuple[int, dict[str, Any]]:
     body = json.dumps({"model": model, "prompt": '"', "max_tokens": 4, "temperature": 0}).encode()
-    request = urllib.request.Request(
-        f"http://{ip}:8000/v1/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"http://{ip}:8000/v1/completions", data=body, headers=headers)
     try:
         with _DIRECT.open(request, timeout=60) as response:
             return response.status, dict(json.loads(response.read()))
@@ -216,6 +218,8 @@ def test_a_trained_adapter_is_served_by_every_replica_after_one_announced_restar
     assert deployment["metadata"]["generation"] == 2, "LoRA is enabled in one change: one restart"
     assert "LoraEnabled" in cluster.events(DEPLOYMENT)
     assert {"LoraEnabled", "Loaded", "Ready"} <= set(cluster.events(SERVED))
+    # The replicas from before LoRA was enabled were left to the rollout, not tried and reported.
+    assert "RuntimeLoadingDisabled" not in cluster.events(SERVED)
 
     pods = cluster.ready_pods()
     assert len(pods) == 2
@@ -468,3 +472,50 @@ def test_static_mode_writes_one_merged_lora_modules_and_rolls_the_pods(served: S
         assert completion(pod["status"]["podIP"], "pinned")[0] == 200
         assert completion(pod["status"]["podIP"], SERVED)[0] == 200, "hot-loaded adapters reloaded after roll"
     assert "StaticAdaptersUpdated" in cluster.events(DEPLOYMENT)
+
+
+def test_a_server_started_with_an_api_key_is_served_with_the_key_from_a_secret(
+    served: Served, kube: Kube, chart_release: Release, operator: ChartOperator
+) -> None:
+    """vLLM started with an API key (VLLM_API_KEY from a Secret) answers 401 without it: the adapter
+    says Unauthorized and which field to set; with the reference (and the chart's right to read the
+    Secret in this namespace) it is loaded, and the key is in no status, Event or operator log."""
+    cluster = served.cluster
+    key = f"sk-e2e-{uuid.uuid4().hex}"
+    upgrade = ("upgrade", chart_release.name, str(CHART), "--namespace", chart_release.namespace,
+               "--reuse-values", "--wait=false")  # fmt: skip
+    kube.helm(*upgrade, "--set-json", f'serving.apiKeySecrets.namespaces=["{cluster.namespace}"]')
+    deployment, service = vllm_deployment("vllm-keyed", replicas=1, opt_in=False)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["args"].append("--enable-lora")  # LoRA and the runtime API on already: no restart
+    container["env"] += [
+        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "vllm-key", "key": "api-key"}}},
+    ]
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vllm-key"},
+              "stringData": {"api-key": key}}  # fmt: skip
+    body = adapter("keyed", served.adapter_path)
+    body["spec"]["serving"]["deployment"] = "vllm-keyed"
+    try:
+        cluster.apply([secret, deployment, service, body])
+        refused = cluster.wait_adapter_reason("keyed", "Unauthorized", timeout_s=START_TIMEOUT_S)
+        assert "spec.serving.apiKeySecretRef" in refused["message"]
+
+        reference = {"spec": {"serving": {"apiKeySecretRef": {"name": "vllm-key", "key": "api-key"}}}}
+        cluster.kube.kubectl("patch", "lad", "keyed", "-n", cluster.namespace, "--type=merge", "-p",
+                             json.dumps(reference))  # fmt: skip
+        ready = wait_until("keyed Ready on its pod", lambda: cluster.ready_on("keyed", 1), timeout_s=120)
+        [pod] = cluster.ready_pods("vllm-keyed")
+        ip = pod["status"]["podIP"]
+        status, answer = completion(ip, "keyed", api_key=key)
+        assert status == 200, answer
+        assert answer["model"] == "keyed"
+        assert completion(ip, "keyed")[0] == 401, "the server does want the key"
+        events = cluster.kube.kubectl("get", "events", "-n", cluster.namespace, "-o", "json").stdout
+        assert key not in json.dumps(ready) + events + operator.log_tail(2000)
+    finally:
+        cluster.delete("lad", "keyed")
+        cluster.delete("deployment", "vllm-keyed")
+        cluster.delete("secret", "vllm-key")
+        kube.helm(*upgrade, "--set-json", "serving.apiKeySecrets.namespaces=[]")
+        wait_until("the keyed vLLM pod gone", lambda: not cluster.pods("vllm-keyed"), timeout_s=120)

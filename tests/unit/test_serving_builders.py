@@ -205,3 +205,18 @@ def test_opt_in_is_the_annotation() -> None:
     plain = example()
     plain["metadata"]["annotations"] = {}
     assert not serving.is_opted_in(plain)
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [("vllm-key/api-key", ("vllm-key", "api-key")), ("vllm-key", ("vllm-key", "token")), (None, None)],
+)
+def test_the_api_key_annotation_names_a_secret_and_a_key(value: str | None, named: Any) -> None:
+    annotations = {} if value is None else {"loraplane.io/api-key-secret": value}
+    assert serving.api_key_annotation({"metadata": {"annotations": annotations}}) == named
+
+
+@pytest.mark.parametrize("value", ["", "Vllm_Key/x", "a/b/c", "/key"])
+def test_a_malformed_api_key_annotation_says_the_form_it_wants(value: str) -> None:
+    with pytest.raises(ValueError, match="must be <secret>/<key>"):
+        serving.api_key_annotation({"metadata": {"annotations": {"loraplane.io/api-key-secret": value}}})

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from loraplane.api.adapter import LoraAdapter
+from loraplane.builders import serving
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import Holding, PodResult, PodView, Problem, Wanted
 from manifests import EXAMPLES
@@ -86,6 +87,22 @@ def test_a_hugging_face_id_is_handed_to_vllm_as_is() -> None:
     assert (found.path, found.rank) == ("org/adapter", 4)
 
 
+def test_the_api_key_is_the_deployments_annotation_else_the_oldest_adapters_reference() -> None:
+    newer = lora_adapter("newer", serving={"deployment": "vllm-tiny", "apiKeySecretRef": {"name": "b"}})
+    newer.metadata["creationTimestamp"] = "2025-02-01T00:00:00Z"
+    older = lora_adapter(serving={"deployment": "vllm-tiny", "apiKeySecretRef": {"name": "a", "key": "k"}})
+    plain = deployment()
+    plain["metadata"]["annotations"] = {}
+    assert status_of.api_key_source(plain, []) is None
+    found = status_of.api_key_source(plain, [newer, older])
+    assert found == status_of.ApiKeySource("a", "k", "spec.serving.apiKeySecretRef of LoraAdapter quotes")
+    plain["metadata"]["annotations"] = {"loraplane.io/api-key-secret": "server-key/api"}
+    found = status_of.api_key_source(plain, [newer, older])
+    assert found is not None
+    assert (found.secret, found.key) == ("server-key", "api")
+    assert "annotation loraplane.io/api-key-secret of Deployment vllm-tiny" in found.named_by
+
+
 def test_the_older_adapter_keeps_a_served_name() -> None:
     first = Wanted("a", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z")
     second = Wanted("b", "same", "/q", "HotLoad", "m", created="2025-01-02T00:00:00Z")
@@ -148,6 +165,31 @@ def test_pod_view_reads_the_gate_and_the_vllm_container() -> None:
     assert (view.gate_status, view.restart_count, view.ready) == ("False", 2, False)
 
 
+def test_a_pod_knows_what_its_vllm_container_was_started_with() -> None:
+    raw: dict[str, Any] = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [
+                {"name": "sidecar", "args": []},
+                {
+                    "name": "vllm",
+                    "args": ["--enable-lora", "--max-lora-rank", "8"],
+                    "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
+                },
+            ]
+        },
+        "status": {},
+    }
+    template = serving.LoraState(lora_enabled=True, runtime_api=True, gated=True, max_lora_rank=32)
+    view = PodView.of(raw, "vllm")
+    assert view.lora == serving.LoraState(True, True, False, 8)
+    assert not view.predates(template)
+    assert view.predates_rank(template), "started with a lower --max-lora-rank than the template has"
+    before = PodView.of(raw, "sidecar")
+    assert before.predates(template)
+    assert not pod().predates(template), "a pod whose spec was not seen is not judged"
+
+
 def test_the_gate_opens_when_every_adapter_is_held_or_failed_for_good() -> None:
     wanted = [Wanted("a", "a", "/a", "HotLoad", "m"), Wanted("b", "b", "/b", "HotLoad", "m")]
     result = PodResult(pod(gate="False"), {"a": Holding(loaded=True)}, reachable=True)
@@ -203,6 +245,16 @@ def test_a_terminal_failure_is_the_reason_with_the_pod_and_vllms_message(reason:
     assert (ready.status, ready.reason) == ("False", reason)
     assert ready.message == "pod p1: vLLM said no"
     assert status.pods[0].last_error == "vLLM said no"
+
+
+def test_pods_left_to_the_rollout_are_waiting_for_rollout_not_no_replicas() -> None:
+    adapter = lora_adapter()
+    wanted = Wanted("quotes", "quotes", "/models/adapters/a", "HotLoad", "tiny-llama")
+    status = status_of.observe(adapter, status_of.Pass(None, wanted, [], predating_pods=2), NOW)
+    ready = status.conditions[0]
+    assert (ready.status, ready.reason) == ("False", "WaitingForRollout")
+    assert "2 pod(s) started before LoRA was enabled" in ready.message
+    assert status.replicas == 0
 
 
 def test_a_problem_before_any_pod_is_the_condition() -> None:

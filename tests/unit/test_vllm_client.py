@@ -165,3 +165,10 @@ def test_a_server_that_does_not_answer_is_unreachable_and_transient() -> None:
     error = asyncio.run(scenario())
     assert error.reason == "Unreachable"
     assert error.transient
+
+
+def test_a_server_that_wants_an_api_key_is_unauthorized_and_the_key_stays_out_of_reprs() -> None:
+    error = classify("load", 401, json.dumps({"error": "Unauthorized"}))
+    assert error.reason == "Unauthorized"
+    assert not error.transient
+    assert "sk-secret-value" not in repr(Server("http://127.0.0.1:8000", api_key="sk-secret-value"))

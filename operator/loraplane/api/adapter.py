@@ -7,7 +7,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from loraplane.api.common import ApiModel, ConditionList, Dns1123Label, VolumePath, cel_rules, validation
+from loraplane.api.common import (
+    ApiModel,
+    ConditionList,
+    Dns1123Label,
+    SecretKeyRef,
+    VolumePath,
+    cel_rules,
+    validation,
+)
 
 KIND = "LoraAdapter"
 PLURAL = "loraadapters"
@@ -70,6 +78,16 @@ class ServingTarget(ApiModel):
             "adapters). Static: add to the Deployment's `--lora-modules` and let the rollout restart pods."
         ),
     )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "The Secret (in this namespace) and key holding the API key the vLLM server was started with "
+            "(`--api-key` or VLLM_API_KEY); loraplane sends it as `Authorization: Bearer` on its calls to "
+            "the server. The Deployment's annotation `loraplane.io/api-key-secret: <secret>/<key>` names "
+            "it for every adapter of the Deployment and takes precedence. The operator needs `get` on "
+            "Secrets in this namespace (chart value `serving.apiKeySecrets.namespaces`)."
+        ),
+    )
 
 
 class LoraAdapterSpec(ApiModel):
@@ -110,7 +128,7 @@ class PodAdapterState(ApiModel):
 
 class LoraAdapterStatus(ApiModel):
     """Observed serving state. Condition types: Ready (reason says why not: DeploymentNotFound,
-    RankTooHigh, BaseModelMismatch, LoadFailed, ...)."""
+    RankTooHigh, BaseModelMismatch, LoadFailed, Unauthorized, ...)."""
 
     observed_generation: int | None = Field(
         default=None, description="Generation the status was written for."

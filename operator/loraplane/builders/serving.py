@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
 # Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
 STATIC_ANNOTATION = f"{GROUP}/static-adapters"
 CONTAINER_ANNOTATION = f"{GROUP}/container"
+# `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
+# with; loraplane sends it on its calls to the server.
+API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
+DEFAULT_SECRET_KEY = "token"  # noqa: S105 - a key name (as in every SecretKeyRef), not a secret
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 RUNTIME_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 ENABLE_LORA = "--enable-lora"
@@ -40,6 +47,22 @@ VLLM_DEFAULT_PORT = 8000
 def is_opted_in(deployment: dict[str, Any]) -> bool:
     annotations = deployment.get("metadata", {}).get("annotations") or {}
     return str(annotations.get(OPT_IN_ANNOTATION, "")).lower() == "true"
+
+
+def api_key_annotation(deployment: dict[str, Any]) -> tuple[str, str] | None:
+    """The (secret, key) the Deployment's API-key annotation names; None without one. Raises
+    ValueError, with the form it wants, when the value is not `<secret>/<key>` or `<secret>`."""
+    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(API_KEY_ANNOTATION)
+    if raw is None:
+        return None
+    secret, _, key = str(raw).strip().partition("/")
+    key = key or DEFAULT_SECRET_KEY
+    if not _SECRET_NAME.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
+        raise ValueError(
+            f"annotation {API_KEY_ANNOTATION} is {raw!r}; it must be <secret>/<key> (or <secret> for key "
+            f"{DEFAULT_SECRET_KEY}), naming a Secret in the Deployment's namespace"
+        )
+    return secret, key
 
 
 def max_lora_rank_for(rank: int) -> int:
@@ -174,6 +197,11 @@ class LoraState:
     gated: bool
     max_lora_rank: int
 
+    @property
+    def hot_loadable(self) -> bool:
+        """LoRA and the runtime load/unload API are on: adapters can be loaded without a restart."""
+        return self.lora_enabled and self.runtime_api
+
     def missing(self, needed_rank: int | None) -> list[str]:
         """The additions HotLoad needs that the template lacks, in words for messages."""
         gaps = []
@@ -190,12 +218,17 @@ class LoraState:
 
 def lora_state(deployment: dict[str, Any]) -> LoraState:
     container = serving_container(deployment) or {}
-    args = container.get("args") or []
     gates = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("readinessGates") or []
+    return container_lora_state(container, gated=any(g.get("conditionType") == GATE for g in gates))
+
+
+def container_lora_state(container: dict[str, Any], gated: bool = False) -> LoraState:
+    """What one container's arguments and environment say about LoRA (a template's or a pod's)."""
+    args = container.get("args") or []
     return LoraState(
         lora_enabled=has_flag(args, ENABLE_LORA),
         runtime_api=str(env_value(container, RUNTIME_ENV)).lower() in {"true", "1"},
-        gated=any(g.get("conditionType") == GATE for g in gates),
+        gated=gated,
         max_lora_rank=max_lora_rank_of(args),
     )
 

@@ -100,6 +100,52 @@ def resolve(
     )
 
 
+@dataclass(frozen=True)
+class ApiKeySource:
+    """Where the API key of a Deployment's server is: a Secret key, and who named it (for messages)."""
+
+    secret: str
+    key: str
+    named_by: str
+
+
+def api_key_source(deployment: dict[str, Any], adapters: list[LoraAdapter]) -> ApiKeySource | None:
+    """The server's API key (one per server): the Deployment's annotation, else the oldest LoraAdapter
+    that names one in `spec.serving.apiKeySecretRef`; None when nobody names one. Raises ValueError for
+    a malformed annotation."""
+    name = deployment.get("metadata", {}).get("name")
+    annotated = serving.api_key_annotation(deployment)
+    if annotated is not None:
+        return ApiKeySource(*annotated, f"annotation {serving.API_KEY_ANNOTATION} of Deployment {name}")
+    by_age = sorted(
+        adapters, key=lambda a: (str(a.metadata.get("creationTimestamp", "")), a.metadata["name"])
+    )
+    for adapter in by_age:
+        ref = adapter.spec.serving.api_key_secret_ref
+        if ref is not None:
+            named_by = f"spec.serving.apiKeySecretRef of LoraAdapter {adapter.metadata['name']}"
+            return ApiKeySource(ref.name, ref.key, named_by)
+    return None
+
+
+def unauthorized_message(deployment: str, source: ApiKeySource | None, unreadable: str | None) -> str:
+    """What to do when the server answers 401: name the field to set, or why the named key failed."""
+    if source is None:
+        return (
+            f"the vLLM server of Deployment {deployment} wants an API key (401 Unauthorized): set "
+            "spec.serving.apiKeySecretRef (name and key of a Secret in this namespace holding the key the "
+            f"server was started with), or annotate the Deployment {serving.API_KEY_ANNOTATION}: "
+            "<secret>/<key>"
+        )
+    where = f"Secret {source.secret} key {source.key} (named by {source.named_by})"
+    if unreadable is not None:
+        return f"the vLLM server wants an API key (401 Unauthorized) and {where} cannot be read: {unreadable}"
+    return (
+        f"the vLLM server refused the API key from {where} (401 Unauthorized): it must be the key the "
+        "server was started with (--api-key or VLLM_API_KEY)"
+    )
+
+
 def _job_state(job: dict[str, Any] | None) -> str:
     if job is None:
         return "does not exist (yet)"
@@ -156,6 +202,8 @@ class PodView:
     gate_reason: str | None
     gate_since: str | None  # lastTransitionTime of the gate condition
     template_hash: str = ""
+    # What the vLLM container was started with; None when the pod's spec was not seen.
+    lora: serving.LoraState | None = None
 
     @classmethod
     def of(cls, pod: dict[str, Any], container_name: str | None) -> PodView:
@@ -165,6 +213,10 @@ class PodView:
         statuses = status.get("containerStatuses") or []
         mine = next((c for c in statuses if c.get("name") == container_name), statuses[0] if statuses else {})
         running = (mine.get("state") or {}).get("running") or {}
+        containers = (pod.get("spec") or {}).get("containers") or []
+        spec = next((c for c in containers if c.get("name") == container_name), None)
+        if spec is None and len(containers) == 1:
+            spec = containers[0]
         return cls(
             name=pod["metadata"]["name"],
             ip=status.get("podIP"),
@@ -182,7 +234,17 @@ class PodView:
             gate_reason=gate.get("reason"),
             gate_since=gate.get("lastTransitionTime"),
             template_hash=(pod["metadata"].get("labels") or {}).get("pod-template-hash", ""),
+            lora=None if spec is None else serving.container_lora_state(spec),
         )
+
+    def predates(self, template: serving.LoraState) -> bool:
+        """The pod was started before its Deployment's template turned the runtime LoRA API on (the
+        rollout of that change replaces it): nothing can be loaded into it, and it does not count."""
+        return template.hot_loadable and self.lora is not None and not self.lora.hot_loadable
+
+    def predates_rank(self, template: serving.LoraState) -> bool:
+        """The pod was started with a lower `--max-lora-rank` than its Deployment's template has now."""
+        return self.lora is not None and self.lora.max_lora_rank < template.max_lora_rank
 
     @property
     def serving_api_up(self) -> bool:
@@ -249,6 +311,7 @@ class Pass:
     wanted: Wanted | None
     pods: list[PodResult]
     note: str = ""  # extra words for the Ready message (a restart in progress, a single replica)
+    predating_pods: int = 0  # pods started before LoRA was enabled, left to the rollout (not in `pods`)
 
 
 def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterStatus:
@@ -306,6 +369,12 @@ def _ready(
         errors.sort(key=lambda e: (e[0] not in TERMINAL_REASONS, e[1]))
         reason, pod, message = errors[0]
         return Observed("Ready", "False", reason, f"pod {pod}: {message}")
+    if not live and seen.predating_pods:
+        message = (
+            f"{seen.predating_pods} pod(s) started before LoRA was enabled on the Deployment; "
+            "waiting for the rollout to replace them"
+        )
+        return Observed("Ready", "False", "WaitingForRollout", message)
     if not live:
         return Observed("Ready", "False", "NoReplicas", "the Deployment has no pods")
     waiting = f"{holders}/{len(live)} pods hold it"

@@ -1,0 +1,109 @@
+"""Deployment-level changes a pass makes: enable LoRA for HotLoad (once, under the opt-in: a restart of
+every replica), keep Static adapters in the one merged `--lora-modules` (a rollout). Both are whole-list
+read-modify-writes against the indexed `resourceVersion`; a conflict waits for the next pass."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from loraplane import kube
+from loraplane.builders import serving
+from loraplane.handlers.adapters.events import deployment_ref, event
+from loraplane.handlers.adapters.state import Reconciler
+from loraplane.settings import get_settings
+from loraplane.status.adapter import Problem, Wanted
+
+
+async def write_deployment(
+    namespace: str, deployment: dict[str, Any], patch: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Read-modify-write against the indexed `resourceVersion`: the Deployment as written, or None on a
+    conflict (the next pass retries with what the index has by then)."""
+    body = serving.merged(deployment, patch)
+    body.pop("status", None)
+    try:
+        written = await asyncio.to_thread(kube.replace_deployment, namespace, body)
+    except ApiException as error:
+        if error.status == 409:
+            return None
+        raise
+    # The rest of the pass judges pods against the template as it is now; the status is still the
+    # indexed one (a PUT of the object does not change it).
+    return {**written, "status": deployment.get("status") or {}}
+
+
+def base_model_name(deployment: dict[str, Any]) -> str:
+    """The name the server serves its base model under: `--served-model-name`, else `--model`."""
+    container = serving.serving_container(deployment) or {}
+    args = container.get("args") or []
+    names = serving.flag_values(args, "--served-model-name", multi=True)
+    return names[0] if names else serving.flag_value(args, "--model") or ""
+
+
+async def ensure_hotload(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    resolved: dict[str, Wanted | Problem],
+    bodies: list[dict[str, Any]],
+) -> tuple[str, dict[str, Any]]:
+    """Enable LoRA for HotLoad under the Deployment's opt-in (once: a restart, announced); without the
+    opt-in, an adapter whose known rank is above `--max-lora-rank` is RankTooHigh. Returns a note for
+    the adapters' messages, and the Deployment as the rest of the pass must see it (as written)."""
+    settings = get_settings()
+    hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode == "HotLoad"]
+    if not hot:
+        return "", deployment
+    state = serving.lora_state(deployment)
+    ranks = [w.rank for w in resolved.values() if isinstance(w, Wanted) and w.rank is not None]
+    needed_rank = max(ranks) if ranks else None
+    opted_in = serving.is_opted_in(deployment) or not settings.serving_require_opt_in
+    removed = serving.additions_removed(deployment)
+    key = f"removed:{deployment['metadata'].get('resourceVersion')}"
+    if removed and rec.announced.get("deployment") != key:
+        rec.announced["deployment"] = key
+        message = f"someone else's change removed loraplane's {', '.join(removed)}"
+        message += "; adding them back" if opted_in else ""
+        event(deployment_ref(deployment), "Warning", "LoraSettingsRemoved", message)
+    missing = state.missing(needed_rank)
+    if opted_in and missing:
+        lora = serving.LoraSettings(settings.serving_max_loras, settings.serving_max_cpu_loras)
+        patch = serving.enable_lora_patch(deployment, lora, needed_rank)
+        written = None if patch is None else await write_deployment(rec.namespace, deployment, patch)
+        if written is not None:
+            message = f"enabled LoRA ({', '.join(missing)}): every replica restarts once"
+            event(deployment_ref(deployment), "Normal", "LoraEnabled", message)
+            for adapter in bodies:
+                event(adapter, "Normal", "LoraEnabled", f"Deployment {rec.deployment}: {message}")
+        note = f"LoRA is being enabled on Deployment {rec.deployment} (its pods restart once)"
+        return note, written or deployment
+    if not opted_in:
+        for want in hot:
+            if want.rank is not None and want.rank > state.max_lora_rank:
+                resolved[want.adapter] = Problem(
+                    "RankTooHigh",
+                    f"rank {want.rank} is above Deployment {rec.deployment}'s --max-lora-rank "
+                    f"{state.max_lora_rank}; raise it, or annotate the Deployment "
+                    f'{serving.OPT_IN_ANNOTATION}: "true" to let loraplane raise it (one restart)',
+                )
+    return "", deployment
+
+
+async def ensure_static(rec: Reconciler, deployment: dict[str, Any], wanted: list[Wanted]) -> dict[str, Any]:
+    """Keep the Deployment's one merged `--lora-modules` equal to its Static adapters (a rollout).
+    Returns the Deployment as the rest of the pass must see it."""
+    modules = [
+        serving.StaticModule(w.served_name, w.path, base_model_name(deployment))
+        for w in wanted
+        if w.mode == "Static"
+    ]
+    change = serving.static_patch(deployment, modules)
+    written = None if change is None else await write_deployment(rec.namespace, deployment, change)
+    if written is None:
+        return deployment
+    names = ", ".join(sorted(m.name for m in modules)) or "none"
+    message = f"--lora-modules now holds loraplane's adapters: {names}; the rollout restarts the pods"
+    event(deployment_ref(deployment), "Normal", "StaticAdaptersUpdated", message)
+    return written

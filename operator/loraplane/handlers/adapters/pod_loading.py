@@ -1,0 +1,189 @@
+"""One pod of a pass: list what its server holds, unload what was deleted, load and confirm what is
+missing (swapping versions only when the pass says this pod may), then open its gate if it was closed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from typing import Any
+
+import aiohttp
+
+from loraplane import kube
+from loraplane.builders import serving
+from loraplane.handlers.adapters.common import now
+from loraplane.handlers.adapters.events import adapters_named, announce, event
+from loraplane.handlers.adapters.gate import open_gate_when_settled, prepare_gate, set_gate
+from loraplane.handlers.adapters.state import PodPlan, Reconciler
+from loraplane.metrics import ADAPTER_LOAD_FAILURES, ADAPTER_LOAD_SECONDS, ADAPTERS_LOADED
+from loraplane.settings import get_settings
+from loraplane.status import adapter as status_of
+from loraplane.status.adapter import Holding, PodResult, PodView, Wanted
+from loraplane.vllm import Models, Server, VllmError
+
+# (pod name/run, adapter, path) -> when the pod was first seen holding it.
+LOADED_AT: dict[tuple[str, str, str], dt.datetime] = {}
+
+
+async def reconcile_pod(
+    rec: Reconciler, client: aiohttp.ClientSession, plan: PodPlan, view: PodView, uid: str
+) -> PodResult:
+    namespace, settings = rec.namespace, get_settings()
+    result = PodResult(view=view)
+    if view.deleting:
+        return result
+    view = result.view = await prepare_gate(namespace, view, uid)
+    if not view.serving_api_up:
+        return result
+    server = Server(f"http://{view.ip}:{plan.port}", plan.api_key, settings.vllm_timeout_seconds)
+    try:
+        models = await server.models(client)
+    except VllmError as error:
+        if error.reason == "Unauthorized":
+            rec.api_key_refused = True
+            result.holdings = {w.adapter: unauthorized(plan) for w in plan.wanted}
+        return result
+    result.reachable = True
+    models = await unload_deleted(rec, server, client, view, models, plan.deleting)
+    result.paths = dict(models.adapters)
+    swap_now = view.name == plan.swapping
+    if swap_now and view.gate_status == "True":
+        message = "out of rotation to swap an adapter version"
+        await set_gate(namespace, view, "False", "SwappingVersion", message)
+        return result
+    if swap_now and not plan.single:
+        endpoint = await asyncio.to_thread(kube.endpoint_ready, namespace, view.name)
+        if view.ready or endpoint:
+            return result  # wait until no Service routes to it any more
+    may_swap = swap_now or view.gate_status != "True"
+    for want in plan.wanted:
+        holding = await hold(rec, server, client, plan, view, uid, want, models, may_swap)
+        result.holdings[want.adapter] = holding
+    with contextlib.suppress(VllmError):
+        models = await server.models(client)
+    ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
+    result.paths = dict(models.adapters)
+    if view.gated and view.gate_status != "True":
+        await open_gate_when_settled(rec, view, uid, result, plan.wanted)
+    return result
+
+
+async def unload_deleted(
+    rec: Reconciler,
+    server: Server,
+    client: aiohttp.ClientSession,
+    view: PodView,
+    models: Models,
+    names: set[str],
+) -> Models:
+    for name in sorted(names & set(models.adapters)):
+        if await unload_quietly(server, client, name):
+            for adapter in adapters_named(rec, name):
+                event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
+    return Models(
+        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in names}
+    )
+
+
+async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: str) -> bool:
+    try:
+        return await server.unload(client, name)
+    except VllmError:
+        return False
+
+
+async def hold(
+    rec: Reconciler,
+    server: Server,
+    client: aiohttp.ClientSession,
+    plan: PodPlan,
+    view: PodView,
+    uid: str,
+    want: Wanted,
+    models: Models,
+    may_swap: bool,
+) -> Holding:
+    """Make the pod hold `want` (HotLoad), or report whether it does (Static)."""
+    settings, deployment = get_settings(), plan.deployment
+    if not status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
+        return Holding(
+            reason="BaseModelMismatch",
+            error=f"spec.baseModel is {want.base_model} but the pod serves {models.base_id}",
+        )
+    if models.holds(want.served_name, want.path):
+        return Holding(loaded=True, loaded_at=first_seen(view, want))
+    if want.mode == "Static":
+        return Holding(reason="WaitingForRollout", error="the pod predates the --lora-modules change")
+    held_path = models.adapters.get(want.served_name)
+    if held_path is not None:
+        if not may_swap:
+            return Holding(reason="VersionSwapPending", error=f"holds the previous version ({held_path})")
+        await unload_quietly(server, client, want.served_name)
+    key = (uid, view.restart_count, want.adapter, want.path)
+    failed = rec.failures.get(key)
+    if failed and time.monotonic() - failed[0] < settings.serving_retry_failed_seconds:
+        return Holding(reason=failed[1], error=failed[2])
+    began = time.monotonic()
+    try:
+        await server.load(client, want.served_name, want.path)
+    except VllmError as error:
+        if error.reason == "Unauthorized":
+            rec.api_key_refused = True
+            return unauthorized(plan)
+        failed_now = load_failed(rec, deployment, view, want, key, error)
+        if failed_now is not None:
+            return failed_now
+    try:
+        confirmed = (await server.models(client)).holds(want.served_name, want.path)
+    except VllmError as error:
+        if error.reason == "Unauthorized":
+            return unauthorized(plan)
+        return Holding(reason="Unreachable", error=error.message)
+    if not confirmed:
+        message = f"/v1/models does not list {want.served_name} at {want.path} after the load"
+        return Holding(reason="LoadFailed", error=message)
+    ADAPTER_LOAD_SECONDS.observe(time.monotonic() - began)
+    rec.failures.pop(key, None)
+    swapped = f" (replacing {held_path})" if held_path else ""
+    announce(rec, want, view, "Normal", "Loaded", f"loaded on pod {view.name} from {want.path}{swapped}")
+    return Holding(loaded=True, loaded_at=first_seen(view, want))
+
+
+def unauthorized(plan: PodPlan) -> Holding:
+    """The pod's server wants an API key that loraplane does not have (or has wrong): the message says
+    which field to set. Not a failure for good: the next pass after the fix loads."""
+    return Holding(reason="Unauthorized", error=plan.unauthorized)
+
+
+def load_failed(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    view: PodView,
+    want: Wanted,
+    key: tuple[str, int, str, str],
+    error: VllmError,
+) -> Holding | None:
+    """What a refused load means for the pod; None for `AlreadyLoaded` (the caller confirms it). A
+    failure for good is remembered (retried later) and announced once."""
+    template = serving.lora_state(deployment)
+    if error.reason == "RuntimeLoadingDisabled" and template.runtime_api:
+        # The template has the runtime API on: this pod predates that change and the rollout replaces it.
+        return Holding(reason="WaitingForRollout", error="the pod predates LoRA being enabled")
+    if error.reason == "RankTooHigh" and view.predates_rank(template):
+        # The template's --max-lora-rank was raised: the rollout replaces this pod with one that loads it.
+        return Holding(reason="WaitingForRollout", error="the pod predates the --max-lora-rank change")
+    if error.reason == "AlreadyLoaded":
+        return None
+    if error.transient:
+        return Holding(reason="Unreachable", error=error.message)
+    rec.failures[key] = (time.monotonic(), error.reason, error.message)
+    ADAPTER_LOAD_FAILURES.labels(rec.namespace, error.reason).inc()
+    announce(rec, want, view, "Warning", error.reason, f"pod {view.name}: {error.message}")
+    return Holding(reason=error.reason, error=error.message)
+
+
+def first_seen(view: PodView, want: Wanted) -> dt.datetime:
+    key = (f"{view.name}/{view.started_at}", want.adapter, want.path)
+    return LOADED_AT.setdefault(key, now())

@@ -1,0 +1,183 @@
+"""One reconciler per target Deployment, and its pass: resolve the adapters, make the Deployment-level
+changes, reconcile every pod at once, and hand each adapter what its status is made from.
+
+Passes of one Deployment never overlap (the reconciler's lock); a caller that asked while a pass was
+queued reuses that pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from loraplane import kube
+from loraplane.api.adapter import LoraAdapter
+from loraplane.builders import serving
+from loraplane.handlers.adapters.api_keys import server_api_key
+from loraplane.handlers.adapters.common import DeploymentKey
+from loraplane.handlers.adapters.deployment_changes import ensure_hotload, ensure_static
+from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
+from loraplane.handlers.adapters.pod_loading import reconcile_pod
+from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
+from loraplane.metrics import PODS_WAITING_ON_GATE
+from loraplane.status import adapter as status_of
+from loraplane.status.adapter import PodView, Problem, Wanted
+from loraplane.vllm import session
+
+RECONCILERS: dict[DeploymentKey, Reconciler] = {}
+
+
+def reconciler(namespace: str, deployment: str) -> Reconciler:
+    key = (namespace, deployment)
+    if key not in RECONCILERS:
+        RECONCILERS[key] = Reconciler(namespace, deployment)
+    return RECONCILERS[key]
+
+
+async def reconcile_deployment(namespace: str, deployment: str, indexes: Indexes) -> Outcome:
+    """A pass of the Deployment's reconciler that started after this call."""
+    rec = reconciler(namespace, deployment)
+    rec.adapters = list(indexes.adapters.get((namespace, deployment), []))
+    return await fresh(rec, indexes)
+
+
+async def fresh(rec: Reconciler, indexes: Indexes) -> Outcome:
+    """A pass that started after this call: run one, or reuse the one that queued meanwhile."""
+    asked = time.monotonic()
+    async with rec.lock:
+        if rec.outcome is not None and rec.started >= asked:
+            return rec.outcome
+        rec.started = time.monotonic()
+        rec.outcome = await run_pass(rec, indexes)
+        return rec.outcome
+
+
+def selects(deployment: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """The Deployment's label selector matches the pod (an empty selector matches nothing)."""
+    selector = deployment.get("spec", {}).get("selector", {})
+    labels = pod["metadata"].get("labels") or {}
+    wanted = selector.get("matchLabels") or {}
+    if any(labels.get(k) != v for k, v in wanted.items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return bool(wanted or selector.get("matchExpressions"))
+
+
+def resolve_all(
+    namespace: str, adapters: list[LoraAdapter], deployment: dict[str, Any] | None, indexes: Indexes
+) -> dict[str, Wanted | Problem]:
+    """Each live adapter's path and rank, or why it cannot be served; a served name taken twice goes to
+    the older LoraAdapter."""
+    resolved: dict[str, Wanted | Problem] = {}
+    for adapter in adapters:
+        job = None
+        if adapter.spec.source.training_job is not None:
+            job = indexes.one(indexes.training_jobs, (namespace, adapter.spec.source.training_job.name))
+        resolved[adapter.metadata["name"]] = status_of.resolve(adapter, deployment, job)
+    wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
+    for loser, keeper in status_of.conflicts(wanted).items():
+        name = next(w.served_name for w in wanted if w.adapter == loser)
+        resolved[loser] = Problem("Conflict", f"served name {name} is already taken by LoraAdapter {keeper}")
+    return resolved
+
+
+async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
+    namespace = rec.namespace
+    deployment = indexes.one(indexes.deployments, (namespace, rec.deployment))
+    bodies = list(indexes.adapters.get((namespace, rec.deployment), []))
+    if deployment is None:
+        # Not indexed: it does not exist, or it has not changed since it became served.
+        deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
+    adapters = [LoraAdapter.model_validate(b) for b in bodies]
+    live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
+    resolved = resolve_all(namespace, live, deployment, indexes)
+    outcome = Outcome()
+    if deployment is None:
+        for name, found in resolved.items():
+            outcome.passes[name] = status_of.Pass(found if isinstance(found, Problem) else None, None, [])
+        return outcome
+    note, deployment = await ensure_hotload(rec, deployment, resolved, bodies)
+    wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
+    deployment = await ensure_static(rec, deployment, wanted)
+    deleting = {status_of.served_name(a) for a in adapters if a.metadata.get("deletionTimestamp")}
+    deleting -= {w.served_name for w in wanted}
+
+    container = serving.serving_container(deployment) or {}
+    port = serving.api_port(container)
+    pods = await serving_pods(namespace, deployment, indexes)
+    views, predating = current_views(pods, container.get("name"), serving.lora_state(deployment))
+    hot = [w for w in wanted if w.mode == "HotLoad"]
+    plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
+    plan.api_key, plan.unauthorized = await server_api_key(rec, deployment, adapters)
+    plan.single = sum(1 for v, _ in views if not v.deleting) == 1
+    async with session() as client:
+        results = await asyncio.gather(*(reconcile_pod(rec, client, plan, view, uid) for view, uid in views))
+    for result in results:
+        outcome.holding_anywhere |= set(result.paths)
+    waiting = sum(1 for v, _ in views if v.gated and not v.deleting and v.gate_status != "True")
+    PODS_WAITING_ON_GATE.labels(namespace, rec.deployment).set(waiting)
+    if plan.single and hot and plan.swapping:
+        note = "a single replica cannot swap versions without a gap: it is out of rotation while it swaps"
+    for name, found in resolved.items():
+        if isinstance(found, Problem):
+            outcome.passes[name] = status_of.Pass(found, None, list(results), predating_pods=predating)
+        else:
+            outcome.passes[name] = status_of.Pass(None, found, list(results), note, predating)
+    return outcome
+
+
+def current_views(
+    pods: list[dict[str, Any]], container: str | None, template: serving.LoraState
+) -> tuple[list[tuple[PodView, str]], int]:
+    """The pods a pass reconciles and reports, with their uids, and how many it leaves to the rollout:
+    pods started before the template turned the runtime LoRA API on cannot load anything (trying
+    would only report RuntimeLoadingDisabled), and the rollout that enabled it replaces them."""
+    views = [(PodView.of(p, container), p["metadata"]["uid"]) for p in pods]
+    current = [(v, uid) for v, uid in views if not v.predates(template)]
+    return current, sum(1 for v, _ in views if v.predates(template) and not v.deleting)
+
+
+async def serving_pods(namespace: str, deployment: dict[str, Any], indexes: Indexes) -> list[dict[str, Any]]:
+    """The Deployment's pods from the index; read directly when the index holds fewer than the
+    Deployment counts (pods that have not changed since the Deployment became served)."""
+    pods = [p for p in indexes.pods.get(namespace, []) if selects(deployment, p)]
+    if not pods_missing_from_index(deployment, pods):
+        return pods
+    selector = selector_string(deployment.get("spec", {}).get("selector") or {})
+    if not selector:
+        return pods
+    listed = await asyncio.to_thread(kube.list_pods, namespace, selector)
+    return [slim_pod(p) for p in listed if selects(deployment, p)]
+
+
+def pick_swap(views: list[tuple[PodView, str]], hot: list[Wanted], previous: Outcome | None) -> str | None:
+    """The one pod that may swap versions now: the pod already swapping, else the first Ready pod that
+    holds an old version of some adapter (as the last pass saw), while no other pod is out of rotation."""
+    for view, _ in views:
+        if view.gate_reason == "SwappingVersion" and view.gate_status == "False" and not view.deleting:
+            return view.name
+    if previous is None or any(not v.ready for v, _ in views if not v.deleting):
+        return None
+    stale = previous_stale_pods(previous, hot)
+    return next((v.name for v, _ in views if v.name in stale and v.gate_status == "True"), None)
+
+
+def previous_stale_pods(previous: Outcome, hot: list[Wanted]) -> set[str]:
+    """Pods that, in the last pass, held another path than the wanted one of some HotLoad adapter."""
+    stale: set[str] = set()
+    for want in hot:
+        seen = previous.passes.get(want.adapter)
+        for result in seen.pods if seen else []:
+            held = result.paths.get(want.served_name)
+            if held is not None and held != want.path:
+                stale.add(result.view.name)
+    return stale
