@@ -20,6 +20,9 @@ CHART = ROOT / "charts" / "loraplane"
 RELEASE = "loraplane"
 RELEASE_NAMESPACE = "loraplane-system"
 CRD_NAMES = ("loratrainingjobs.loraplane.io", "loraadapters.loraplane.io")
+# Namespaces of tests that install a release of their own (to uninstall it, say): the session release
+# leaves them alone (the chart's excludeNamespaces), so two operators never act on the same objects.
+OWN_RELEASE_NAMESPACES = "own-release-*"
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,16 @@ def chart_release(kube: Kube) -> Iterator[Release]:
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
         # Tests act on progress every couple of seconds rather than the default five.
         "--set", "training.progressIntervalSeconds=2", "--set", "logLevel=DEBUG", "--wait=false",
+        "--set", f"excludeNamespaces={{{OWN_RELEASE_NAMESPACES}}}",
     )  # fmt: skip
     wait_until("the loraplane CRDs to be established", lambda: crds_established(kube), timeout_s=60)
     yield Release(RELEASE, RELEASE_NAMESPACE, service_account=RELEASE)
     kube.helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, check=False)
+
+
+def own_release_namespace(kube: Kube, hint: str) -> str:
+    """A fresh namespace that the session release does not watch, for a release of the test's own."""
+    return kube.create_namespace(OWN_RELEASE_NAMESPACES.replace("*", hint))
 
 
 @pytest.fixture(scope="session")

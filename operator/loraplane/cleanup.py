@@ -1,10 +1,11 @@
 """`python -m loraplane.cleanup`: undo what loraplane added to serving, so that uninstalling it leaves
 every vLLM Deployment serving (the chart runs this as a pre-delete hook Job).
 
-In order: stop the operator (it would add its settings back), open every pod's readiness gate (pods
-keep the gate in their spec until the rollout replaces them, and nobody else would open it), restore
-the Deployments' pod templates (loraplane's flags, runtime variable, gate and Static entries out; the
-user's own values back), and remove loraplane's finalizer from its objects (nothing would remove it
+In order: stop the operator and wait until its pods are gone (it would add its settings back), open
+every pod's readiness gate (pods keep the gate in their spec until the rollout replaces them, and
+nobody else would open it), restore the Deployments' pod templates (loraplane's flags, runtime
+variable, gate and Static entries out; the user's own values back), open the gates of pods made from
+the old template meanwhile, and remove loraplane's finalizer from its objects (nothing would remove it
 after the operator is gone, and the objects could never be deleted).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import logging
 import time
 from collections.abc import Sequence
@@ -33,20 +35,31 @@ def plain(obj: Any) -> dict[str, Any]:
 
 
 def stop_operator(namespace: str, name: str, timeout_s: float) -> None:
+    """Scale the operator's Deployment to zero and wait until its pods are gone: the Deployment's
+    status stops counting a pod as soon as it is terminating, while kopf still acts until it exits."""
     apps: Any = AppsV1Api(kube.api_client())
+    core: Any = CoreV1Api(kube.api_client())
     try:
         apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 0}})
+        deployment = apps.read_namespaced_deployment(name, namespace)
     except ApiException as error:
         if error.status != 404:
             raise
         return
+    labels = deployment.spec.selector.match_labels or {}
+    selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        # Pods are counted through the Deployment's status: this Job's own pod carries the same labels.
-        if not apps.read_namespaced_deployment(name, namespace).status.replicas:
+        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        if not [pod for pod in pods if not _owned_by_job(pod)]:
             return
         time.sleep(1)
     log.warning("the operator's pods did not stop within %ss; cleaning up anyway", timeout_s)
+
+
+def _owned_by_job(pod: Any) -> bool:
+    """A Job's pod (this cleanup's own, from charts whose hook pod carried the operator's labels)."""
+    return any(owner.kind == "Job" for owner in pod.metadata.owner_references or [])
 
 
 def open_gates(namespaces: Sequence[str]) -> int:
@@ -57,6 +70,9 @@ def open_gates(namespaces: Sequence[str]) -> int:
             gates = [g.condition_type for g in pod.spec.readiness_gates or []]
             if serving.GATE not in gates:
                 continue
+            conditions = (pod.status.conditions if pod.status else None) or []
+            if any(c.type == serving.GATE and c.status == "True" for c in conditions):
+                continue  # open already
             condition = {
                 "type": serving.GATE,
                 "status": "True",
@@ -64,7 +80,12 @@ def open_gates(namespaces: Sequence[str]) -> int:
                 "message": "loraplane was uninstalled; the gate no longer waits for adapters",
                 "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
-            kube.set_pod_condition(namespace, pod.metadata.name, condition)
+            try:
+                kube.set_pod_condition(namespace, pod.metadata.name, condition)
+            except ApiException as error:
+                if error.status == 404:
+                    continue  # gone since the listing: nothing left to open
+                raise
             opened += 1
     return opened
 
@@ -75,7 +96,12 @@ def restore_deployments(namespaces: Sequence[str]) -> int:
     for namespace in namespaces:
         for item in apps.list_namespaced_deployment(namespace).items:
             for _ in range(5):  # read-modify-write: a conflict means someone wrote in between
-                deployment = plain(apps.read_namespaced_deployment(item.metadata.name, namespace))
+                try:
+                    deployment = plain(apps.read_namespaced_deployment(item.metadata.name, namespace))
+                except ApiException as error:
+                    if error.status == 404:
+                        break  # deleted since the listing
+                    raise
                 patch = serving.cleanup_patch(deployment)
                 if patch is None:
                     break
@@ -102,30 +128,55 @@ def remove_finalizers(namespaces: Sequence[str]) -> int:
                     continue  # the CRD is gone already
                 raise
             for item in items:
-                finalizers = item["metadata"].get("finalizers") or []
-                if FINALIZER not in finalizers:
-                    continue
-                kept = [f for f in finalizers if f != FINALIZER]
-                patch = {
-                    "metadata": {"finalizers": kept, "resourceVersion": item["metadata"]["resourceVersion"]}
-                }
-                custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, item["metadata"]["name"], patch
-                )
-                removed += 1
+                removed += _remove_finalizer(custom, namespace, plural, item)
     return removed
 
 
-def namespaces_of(wanted: Sequence[str]) -> list[str]:
+def _remove_finalizer(custom: Any, namespace: str, plural: str, item: dict[str, Any]) -> int:
+    """Remove loraplane's finalizer from one object: 1 if it was there. The patch carries the
+    resourceVersion it was computed from, so a write in between (a 409) means: read again."""
+    name = item["metadata"]["name"]
+    for _ in range(5):
+        finalizers = item["metadata"].get("finalizers") or []
+        if FINALIZER not in finalizers:
+            return 0
+        kept = [f for f in finalizers if f != FINALIZER]
+        patch = {"metadata": {"finalizers": kept, "resourceVersion": item["metadata"]["resourceVersion"]}}
+        try:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, patch)
+            return 1
+        except ApiException as error:
+            if error.status == 404:
+                return 0
+            if error.status != 409:
+                raise
+        try:
+            item = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return 0
+            raise
+    raise RuntimeError(f"{plural} {namespace}/{name} kept changing; its finalizer is still there")
+
+
+def namespaces_of(wanted: Sequence[str], excluded: Sequence[str] = ()) -> list[str]:
+    """The namespaces to clean: the watched ones, else every namespace but the excluded globs."""
     if wanted:
         return list(wanted)
     core: Any = CoreV1Api(kube.api_client())
-    return [ns.metadata.name for ns in core.list_namespace().items]
+    names = [ns.metadata.name for ns in core.list_namespace().items]
+    return [name for name in names if not any(fnmatch.fnmatchcase(name, glob) for glob in excluded)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loraplane.cleanup", description=__doc__.splitlines()[0])
     parser.add_argument("--namespace", action="append", default=[], help="a watched namespace (default: all)")
+    parser.add_argument(
+        "--exclude-namespace",
+        action="append",
+        default=[],
+        help="a namespace glob to leave alone when no --namespace is given (another release serves it)",
+    )
     parser.add_argument("--operator-namespace", help="namespace of the operator Deployment to stop first")
     parser.add_argument("--operator-deployment", help="name of the operator Deployment to stop first")
     parser.add_argument(
@@ -135,9 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.operator_namespace and args.operator_deployment:
         stop_operator(args.operator_namespace, args.operator_deployment, args.timeout)
-    namespaces = namespaces_of(args.namespace)
+    namespaces = namespaces_of(args.namespace, args.exclude_namespace)
     opened = open_gates(namespaces)
     restored = restore_deployments(namespaces)
+    # Pods made from an old template between the first sweep and the restore (a rollout under way).
+    opened += open_gates(namespaces)
     removed = remove_finalizers(namespaces)
     log.info(
         "opened %d readiness gates, restored %d Deployments, removed %d finalizers", opened, restored, removed

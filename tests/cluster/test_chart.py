@@ -84,6 +84,44 @@ def test_api_key_secrets_are_read_only_through_roles_in_the_listed_namespaces(ku
     assert "team-b is not in watchNamespaces" in result.stderr
 
 
+def test_exclude_namespaces_leave_another_releases_namespaces_alone(kube: Kube) -> None:
+    docs = render(kube, "excludeNamespaces={own-*,team-b}")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    # kopf's namespace pattern: every namespace but those globs (watched one by one).
+    assert "--namespace=*,!own-*,!team-b" in args
+    assert "--all-namespaces" not in args
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    job_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in job_args if a.startswith("--exclude-namespace=")] == [
+        "--exclude-namespace=own-*",
+        "--exclude-namespace=team-b",
+    ]
+    # Listed namespaces win: nothing to exclude from.
+    docs = render(kube, "excludeNamespaces={own-*}", "watchNamespaces={team-a}")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            if a.startswith("--namespace")] == ["--namespace=team-a"]  # fmt: skip
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    assert not [a for a in job["spec"]["template"]["spec"]["containers"][0]["args"] if "exclude" in a]
+
+
+def test_the_cleanup_pod_is_not_taken_for_an_operator_pod(kube: Kube) -> None:
+    """The hook waits until the operator's pods are gone, by the operator Deployment's selector."""
+    docs = render(kube)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert any(labels.get(key) != value for key, value in selector.items())
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert any(labels.get(key) != value for key, value in service["spec"]["selector"].items())
+    [role] = [
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "t-loraplane-cleanup-operator"
+    ]
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]} in role["rules"]
+
+
 def test_uninstall_cleanup_hook_runs_under_its_own_account(kube: Kube) -> None:
     hooks = [d for d in render(kube) if is_hook(d)]
     [job] = [d for d in hooks if d["kind"] == "Job"]
@@ -110,6 +148,7 @@ def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
         ("trainig.workerImage=x", "additional properties 'trainig' not allowed"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
         ("serving.apiKeySecrets.namespaces={Team_A}", "at '/serving/apiKeySecrets/namespaces/0'"),
+        ("excludeNamespaces={Team_*}", "at '/excludeNamespaces/0'"),
     ],
 )
 def test_wrong_values_fail_at_install_with_a_clear_message(kube: Kube, value: str, message: str) -> None:

@@ -200,6 +200,46 @@ def test_cleanup_keeps_what_the_user_had_set_already() -> None:
     assert "--enable-lora" in container(merged(after, patch))["args"]
 
 
+def test_cleanup_takes_out_the_enable_lora_that_static_mode_added() -> None:
+    deployment = example()
+    original = copy.deepcopy(container(deployment))
+    static = serving.static_patch(deployment, [serving.StaticModule("s", "/models/s", "tiny-llama")])
+    assert static is not None
+    after = merged(deployment, static)
+    assert "--enable-lora" in container(after)["args"]
+    patch = serving.cleanup_patch(after)
+    assert patch is not None
+    restored = merged(after, patch)
+    assert container(restored) == original
+    assert serving.SETTINGS_ANNOTATION not in restored["metadata"]["annotations"]
+    # HotLoad enabled later on the same Deployment: still the user never had --enable-lora.
+    both = enabled(after)
+    assert "--enable-lora" not in container(merged(both, serving.cleanup_patch(both) or {}))["args"]
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "False"},
+        {
+            "name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+            "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}},
+        },
+    ],
+)
+def test_cleanup_puts_back_the_users_own_runtime_variable_where_it_was(users: dict[str, Any]) -> None:
+    deployment = example()
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"].insert(1, users)
+    original = copy.deepcopy(container(deployment))
+    after = enabled(deployment)
+    env = container(after)["env"]
+    assert env[1] == {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}, "replaced in place"
+    assert len(env) == len(original["env"])
+    raised = enabled(after, rank=64)  # a second change keeps what the user had
+    restored = merged(raised, serving.cleanup_patch(raised) or {})
+    assert container(restored)["env"] == original["env"]
+
+
 def test_opt_in_is_the_annotation() -> None:
     assert serving.is_opted_in(example())
     plain = example()

@@ -291,9 +291,7 @@ def enable_lora_patch(
         set_flag(MAX_LORAS, [str(settings.max_loras)])
     if not has_flag(args, MAX_CPU_LORAS):
         set_flag(MAX_CPU_LORAS, [str(max(settings.max_cpu_loras, _max_loras(args, settings)))])
-    env = [e for e in container.get("env") or [] if e.get("name") != RUNTIME_ENV]
-    env_added = bool(before.get("env")) or env_value(container, RUNTIME_ENV) is None
-    env.append({"name": RUNTIME_ENV, "value": "True"})
+    env, env_added, env_was = _runtime_env_on(container, before)
     gates = [g for g in spec.get("readinessGates") or [] if g.get("conditionType") != GATE]
     gate_added = bool(before.get("gate")) or len(gates) == len(spec.get("readinessGates") or [])
     gates.append({"conditionType": GATE})
@@ -302,7 +300,9 @@ def enable_lora_patch(
     containers[index] = container
     if containers == spec["containers"] and gates == (spec.get("readinessGates") or []):
         return None
-    record = {"flags": flags, "env": env_added, "gate": gate_added}
+    record: dict[str, Any] = {"flags": flags, "env": env_added, "gate": gate_added}
+    if env_was is not None:
+        record["envWas"] = env_was
     return {
         "metadata": {
             "annotations": {SETTINGS_ANNOTATION: json.dumps(record, sort_keys=True)},
@@ -310,6 +310,27 @@ def enable_lora_patch(
         },
         "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},
     }
+
+
+def _runtime_env_on(
+    container: dict[str, Any], before: dict[str, Any]
+) -> tuple[list[dict[str, Any]], bool, dict[str, Any] | None]:
+    """The container's env with the runtime variable True (in place of the user's entry, if any),
+    whether loraplane adds it, and the user's own entry to put back on cleanup when it differed."""
+    env = copy.deepcopy(container.get("env") or [])
+    on = {"name": RUNTIME_ENV, "value": "True"}
+    index = next((i for i, e in enumerate(env) if e.get("name") == RUNTIME_ENV), None)
+    if before.get("env"):
+        added, was = True, None  # recorded when loraplane first enabled LoRA
+    elif isinstance(before.get("envWas"), dict):
+        added, was = False, before["envWas"]
+    else:
+        added, was = index is None, None if index is None or env[index] == on else env[index]
+    if index is None:
+        env.append(on)
+    else:
+        env[index] = on
+    return env, added, was
 
 
 def _max_loras(args: list[str], settings: LoraSettings) -> int:
@@ -392,16 +413,23 @@ def static_patch(deployment: dict[str, Any], modules: list[StaticModule]) -> dic
     previous = managed_static_names(deployment)
     args = list(spec["containers"][index].get("args") or [])
     new_args = static_args(args, modules, previous)
+    annotations: dict[str, str | None] = {}
     if modules and not has_flag(new_args, ENABLE_LORA):
         new_args = with_flag(new_args, ENABLE_LORA, [])
+        # Recorded like HotLoad's additions, so that cleanup takes it out again.
+        record = recorded_settings(deployment) or {"flags": {}, "env": False, "gate": False}
+        flags = {**record.get("flags", {})}
+        flags.setdefault(ENABLE_LORA, None)
+        annotations[SETTINGS_ANNOTATION] = json.dumps({**record, "flags": flags}, sort_keys=True)
     names = sorted(m.name for m in modules)
     if new_args == args and names == sorted(previous):
         return None
     containers = copy.deepcopy(spec["containers"])
     containers[index]["args"] = new_args
+    annotations[STATIC_ANNOTATION] = json.dumps(names) if names else None
     return {
         "metadata": {
-            "annotations": {STATIC_ANNOTATION: json.dumps(names) if names else None},
+            "annotations": annotations,
             "resourceVersion": deployment["metadata"].get("resourceVersion"),
         },
         "spec": {"template": {"spec": {"containers": containers}}},
@@ -439,8 +467,9 @@ def path_in_deployment(deployment: dict[str, Any], claim: str, sub_path: str) ->
 
 def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
     """The patch that restores what loraplane changed in the pod template: its flags back to what the
-    user had, the runtime variable and the gate removed if it added them, its Static entries out of
-    `--lora-modules`. None when loraplane never touched the Deployment."""
+    user had, the runtime variable and the gate removed if it added them (the user's own runtime
+    variable back as it was), its Static entries out of `--lora-modules`. None when loraplane never
+    touched the Deployment."""
     record = recorded_settings(deployment)
     static = managed_static_names(deployment)
     if record is None and not static:
@@ -461,6 +490,11 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
         container["args"] = args
         if (record or {}).get("env"):
             container["env"] = [e for e in container.get("env") or [] if e.get("name") != RUNTIME_ENV]
+        elif isinstance((record or {}).get("envWas"), dict):
+            was = (record or {})["envWas"]
+            container["env"] = [
+                was if e.get("name") == RUNTIME_ENV else e for e in container.get("env") or []
+            ]
     if (record or {}).get("gate"):
         gates = [g for g in gates if g.get("conditionType") != GATE]
     return {

@@ -1,0 +1,134 @@
+"""What the end-to-end serving tests share: kubectl and HTTP helpers for one namespace, a vLLM
+Deployment made from the tiny CPU example, and LoraAdapter manifests on the staged `loraplane-tiny`
+volume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loraplane_devcluster.testing import Kube, wait_until
+from manifests import EXAMPLES
+
+CLAIM = "loraplane-tiny"
+DEPLOYMENT = "vllm-tiny"
+GATE = "loraplane.io/adapters-loaded"
+START_TIMEOUT_S = 420
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Cluster:
+    """kubectl and HTTP helpers for one namespace."""
+
+    def __init__(self, kube: Kube, namespace: str, volume: Path) -> None:
+        self.kube, self.namespace, self.volume = kube, namespace, volume
+
+    def apply(self, body: dict[str, Any] | list[dict[str, Any]]) -> None:
+        docs = body if isinstance(body, list) else [body]
+        self.kube.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self.kube.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    def delete(self, kind: str, name: str, wait: bool = True) -> None:
+        self.kube.kubectl("delete", kind, name, "-n", self.namespace, f"--wait={str(wait).lower()}",
+                          "--ignore-not-found", timeout_s=180)  # fmt: skip
+
+    def pods(self, app: str = DEPLOYMENT) -> list[dict[str, Any]]:
+        out = self.kube.kubectl("get", "pods", "-n", self.namespace, "-l", f"app={app}", "-o", "json")
+        return [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def ready_pods(self, app: str = DEPLOYMENT) -> list[dict[str, Any]]:
+        return [p for p in self.pods(app) if condition(p, "Ready") == "True"]
+
+    def adapter_ready(self, name: str) -> dict[str, Any] | None:
+        adapter = self.get("lad", name) or {}
+        ready = next((c for c in adapter.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+        return adapter if ready.get("status") == "True" else None
+
+    def ready_on(self, name: str, pods: int) -> dict[str, Any] | None:
+        """The adapter when it is Ready and held by `pods` pods."""
+        found = self.adapter_ready(name)
+        return found if found and found["status"]["readyReplicas"] == pods else None
+
+    def wait_adapter_reason(self, name: str, reason: str, timeout_s: float = 120) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            adapter = self.get("lad", name) or {}
+            for c in adapter.get("status", {}).get("conditions", []):
+                if c["type"] == "Ready" and c["reason"] == reason:
+                    return dict(c)
+            return None
+
+        return wait_until(f"LoraAdapter {name}: Ready reason {reason}", reached, timeout_s=timeout_s)
+
+    def events(self, name: str) -> list[str]:
+        out = self.kube.kubectl("get", "events", "-n", self.namespace, "--field-selector",
+                                f"involvedObject.name={name}", "-o", "json")  # fmt: skip
+        return [e["reason"] for e in json.loads(out.stdout)["items"]]
+
+    def copy_adapter(self, source: str, target: str, **config: Any) -> str:
+        """A copy of an adapter folder in the volume (another version, or a doctored config)."""
+        shutil.copytree(self.volume / source, self.volume / target, dirs_exist_ok=True)
+        if config:
+            path = self.volume / target / "adapter_config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+        return target
+
+
+def condition(pod: dict[str, Any], type_: str) -> str | None:
+    found = next((c for c in pod.get("status", {}).get("conditions", []) if c["type"] == type_), None)
+    return None if found is None else str(found["status"])
+
+
+def completion(ip: str, model: str, api_key: str | None = None) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"model": model, "prompt": '"', "max_tokens": 4, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"http://{ip}:8000/v1/completions", data=body, headers=headers)
+    try:
+        with DIRECT.open(request, timeout=60) as response:
+            return response.status, dict(json.loads(response.read()))
+    except urllib.error.HTTPError as error:
+        return error.code, dict(json.loads(error.read() or b"{}"))
+
+
+def models_on(ip: str) -> dict[str, str]:
+    with DIRECT.open(f"http://{ip}:8000/v1/models", timeout=30) as response:
+        cards = json.loads(response.read())["data"]
+    return {c["id"]: c["root"] for c in cards if c.get("parent")}
+
+
+def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text()) if d]
+    deployment, service = docs
+    for doc in docs:
+        doc["metadata"]["name"] = name
+    deployment["spec"]["replicas"] = replicas
+    deployment["spec"]["selector"]["matchLabels"] = {"app": name}
+    deployment["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    service["spec"]["selector"] = {"app": name}
+    if not opt_in:
+        deployment["metadata"]["annotations"] = {}
+    return [deployment, service]
+
+
+def adapter(name: str, path: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "loraplane.io/v1alpha1",
+        "kind": "LoraAdapter",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": "tiny-llama",
+            "source": {"volume": {"claimName": CLAIM, "path": path}},
+            "serving": {"deployment": DEPLOYMENT},
+            **spec,
+        },
+    }
