@@ -43,12 +43,13 @@ def adapters_named(rec: Reconciler, served: str) -> list[dict[str, Any]]:
     ]
 
 
-def announce(rec: Reconciler, want: Wanted, view: PodView, type_: str, reason: str, message: str) -> None:
-    """An Event on the adapter, once per (pod run, path, reason)."""
+def announce(rec: Reconciler, want: Wanted, view: PodView, type_: str, reason: str, message: str) -> bool:
+    """An Event on the adapter, once per (pod run, path, reason); False when it was already posted."""
     key = f"{view.name}/{view.started_at}/{want.adapter}/{want.path}"
     if rec.announced.get(key) == reason:
-        return
+        return False
     rec.announced[key] = reason
     for adapter in rec.adapters:
         if adapter["metadata"]["name"] == want.adapter:
             event(adapter, type_, reason, message)
+    return True

@@ -94,6 +94,19 @@ async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: st
         return False
 
 
+def base_model_mismatch(
+    rec: Reconciler, want: Wanted, view: PodView, models: Models, deployment: dict[str, Any]
+) -> Holding | None:
+    """`BaseModelMismatch` (a Warning and a counted failure, once per pod run) when the pod serves
+    another base model than the adapter's spec.baseModel; None when they match."""
+    if status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
+        return None
+    mismatch = f"spec.baseModel is {want.base_model} but the pod serves {models.base_id}"
+    if announce(rec, want, view, "Warning", "BaseModelMismatch", f"pod {view.name}: {mismatch}"):
+        ADAPTER_LOAD_FAILURES.labels(rec.namespace, "BaseModelMismatch").inc()
+    return Holding(reason="BaseModelMismatch", error=mismatch)
+
+
 async def hold(
     rec: Reconciler,
     server: Server,
@@ -107,11 +120,9 @@ async def hold(
 ) -> Holding:
     """Make the pod hold `want` (HotLoad), or report whether it does (Static)."""
     settings, deployment = get_settings(), plan.deployment
-    if not status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
-        return Holding(
-            reason="BaseModelMismatch",
-            error=f"spec.baseModel is {want.base_model} but the pod serves {models.base_id}",
-        )
+    mismatch = base_model_mismatch(rec, want, view, models, deployment)
+    if mismatch is not None:
+        return mismatch
     if models.holds(want.served_name, want.path):
         return Holding(loaded=True, loaded_at=first_seen(view, want))
     if want.mode == "Static":
