@@ -4,6 +4,7 @@ by, a pod's Deployment, the base model name, the gate condition, and which pod m
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import kopf
@@ -32,7 +33,7 @@ from loraplane.handlers.adapters.reconciler import (
     selects,
     serving_pods,
 )
-from loraplane.handlers.adapters.state import Outcome
+from loraplane.handlers.adapters.state import Outcome, Reconciler
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import PodResult, PodView, Wanted
 from manifests import EXAMPLES
@@ -274,3 +275,21 @@ def test_pods_started_before_the_runtime_api_was_enabled_are_left_to_the_rollout
     off = serving.LoraState(lora_enabled=False, runtime_api=False, gated=False, max_lora_rank=16)
     current, predating = current_views(pods, "vllm", off)
     assert (len(current), predating) == (3, 0), "nothing to wait for when the template has no runtime API"
+
+
+def test_what_a_reconciler_remembers_about_a_pod_goes_with_the_pod() -> None:
+    rec = Reconciler("ns", "vllm")
+    for pod, uid in (("vllm-a", "uid-a"), ("vllm-b", "uid-b")):
+        rec.failures[(uid, 0, "quotes", "/models/v1")] = (1.0, "LoadFailed", "no such file")
+        rec.announced[f"{pod}/2026-11-28T10:00:00Z/quotes//models/v1"] = "Loaded"
+        rec.loaded_at[(f"{pod}/2026-11-28T10:00:00Z", "quotes", "/models/v1")] = dt.datetime(2026, 11, 28)
+        rec.reported_pods.add(pod)
+    rec.announced["deployment"] = "args-removed"
+
+    gone = rec.forget_pods_except({"uid-b"}, {"vllm-b"})
+
+    assert gone == {"vllm-a"}  # its adapters-loaded gauge is removed by the caller
+    assert list(rec.failures) == [("uid-b", 0, "quotes", "/models/v1")]
+    assert set(rec.announced) == {"vllm-b/2026-11-28T10:00:00Z/quotes//models/v1", "deployment"}
+    assert [k[0] for k in rec.loaded_at] == ["vllm-b/2026-11-28T10:00:00Z"]
+    assert rec.reported_pods == {"vllm-b"}

@@ -24,7 +24,6 @@ from loraplane.status.adapter import Holding, PodResult, PodView, Wanted
 from loraplane.vllm import Models, Server, VllmError
 
 # (pod name/run, adapter, path) -> when the pod was first seen holding it.
-LOADED_AT: dict[tuple[str, str, str], dt.datetime] = {}
 
 
 async def reconcile_pod(
@@ -64,6 +63,7 @@ async def reconcile_pod(
     with contextlib.suppress(VllmError):
         models = await server.models(client)
     ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
+    rec.reported_pods.add(view.name)
     result.paths = dict(models.adapters)
     if view.gated and view.gate_status != "True":
         await open_gate_when_settled(rec, view, uid, result, plan.wanted)
@@ -124,7 +124,7 @@ async def hold(
     if mismatch is not None:
         return mismatch
     if models.holds(want.served_name, want.path):
-        return Holding(loaded=True, loaded_at=first_seen(view, want))
+        return Holding(loaded=True, loaded_at=first_seen(rec, view, want))
     if want.mode == "Static":
         return Holding(reason="WaitingForRollout", error="the pod predates the --lora-modules change")
     held_path = models.adapters.get(want.served_name)
@@ -159,7 +159,7 @@ async def hold(
     rec.failures.pop(key, None)
     swapped = f" (replacing {held_path})" if held_path else ""
     announce(rec, want, view, "Normal", "Loaded", f"loaded on pod {view.name} from {want.path}{swapped}")
-    return Holding(loaded=True, loaded_at=first_seen(view, want))
+    return Holding(loaded=True, loaded_at=first_seen(rec, view, want))
 
 
 def unauthorized(plan: PodPlan) -> Holding:
@@ -195,6 +195,6 @@ def load_failed(
     return Holding(reason=error.reason, error=error.message)
 
 
-def first_seen(view: PodView, want: Wanted) -> dt.datetime:
+def first_seen(rec: Reconciler, view: PodView, want: Wanted) -> dt.datetime:
     key = (f"{view.name}/{view.started_at}", want.adapter, want.path)
-    return LOADED_AT.setdefault(key, now())
+    return rec.loaded_at.setdefault(key, now())

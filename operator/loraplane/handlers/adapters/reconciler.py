@@ -7,6 +7,7 @@ queued reuses that pass."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from loraplane.handlers.adapters.deployment_changes import ensure_hotload, ensur
 from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
-from loraplane.metrics import PODS_WAITING_ON_GATE
+from loraplane.metrics import ADAPTERS_LOADED, PODS_WAITING_ON_GATE
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import PodView, Problem, Wanted
 from loraplane.vllm import session
@@ -115,6 +116,10 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     port = serving.api_port(container)
     pods = await serving_pods(namespace, deployment, indexes)
     views, predating = current_views(pods, container.get("name"), serving.lora_state(deployment))
+    present = ({p["metadata"]["uid"] for p in pods}, {p["metadata"]["name"] for p in pods})
+    for gone in rec.forget_pods_except(*present):
+        with contextlib.suppress(KeyError):
+            ADAPTERS_LOADED.remove(namespace, gone)
     hot = [w for w in wanted if w.mode == "HotLoad"]
     plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
     plan.api_key, plan.unauthorized = await server_api_key(rec, deployment, adapters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,21 @@ class Reconciler:
     # The server's API key as last read: (secret, key) -> (value, when read); dropped after a 401.
     api_key: tuple[tuple[str, str], str, float] | None = field(default=None, repr=False)
     api_key_refused: bool = False  # a pod answered 401 in the last pass: read the Secret again
+    # ("pod/startedAt", adapter, path) -> when a pass first saw it loaded there (status.pods[].loadedAt).
+    loaded_at: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
+    reported_pods: set[str] = field(default_factory=set)  # pods with an adapters-loaded gauge
+
+    def forget_pods_except(self, uids: set[str], names: set[str]) -> set[str]:
+        """Drop what is remembered about pods that are gone (the Deployment's pods are ``uids`` and
+        ``names``); returns the gone pods whose gauge must be removed."""
+        self.failures = {k: v for k, v in self.failures.items() if k[0] in uids}
+        self.announced = {
+            k: v for k, v in self.announced.items() if k == "deployment" or k.split("/", 1)[0] in names
+        }
+        self.loaded_at = {k: v for k, v in self.loaded_at.items() if k[0].split("/", 1)[0] in names}
+        gone = self.reported_pods - names
+        self.reported_pods &= names
+        return gone
 
 
 @dataclass
