@@ -22,3 +22,20 @@ def test_demo_trains_serves_and_answers_through_the_adapter(kube: Kube) -> None:
         assert answer != result.base_answer, "the adapter changes what the model says"
     assert any(line.lstrip().startswith("[") and "step" in line for line in lines), "a progress bar was shown"
     assert set(result.timings) >= {"install loraplane with Helm", "train LoraTrainingJob tiny-quotes"}
+
+    # What a user looks at afterwards: kubectl describe tells every step, kubectl wait works on both kinds.
+    job = kube.kubectl("describe", "ltj", "tiny-quotes", "-n", "demo-e2e").stdout
+    for reason in ("JobCreated", "Running", "Succeeded", "AdapterPublished"):
+        assert reason in job.split("Events:", 1)[1], f"{reason} missing from kubectl describe ltj:\n{job}"
+    adapter = kube.kubectl("describe", "lad", "tiny-quotes", "-n", "demo-e2e").stdout
+    for reason in ("LoraEnabled", "Loaded"):
+        assert reason in adapter.split("Events:", 1)[1], (
+            f"{reason} missing from kubectl describe lad:\n{adapter}"
+        )
+    for kind, condition in (("ltj", "Succeeded"), ("lad", "Ready")):
+        kube.kubectl(
+            "wait", f"--for=condition={condition}", f"{kind}/tiny-quotes", "-n", "demo-e2e", "--timeout=60s"
+        )
+    listing = kube.kubectl("get", "lora", "-n", "demo-e2e").stdout
+    assert "loratrainingjob.loraplane.io/tiny-quotes" in listing
+    assert "loraadapter.loraplane.io/tiny-quotes" in listing
