@@ -163,8 +163,10 @@ def _pod_logs(kube: Kube, namespace: str, selector: str) -> Callable[[], str]:
 
 def _install(kube: Kube, values: Sequence[str]) -> None:
     settings = [arg for value in values for arg in ("--set", value)]
+    # An existing release keeps the values it was installed with (a second demo run, or a cluster
+    # where loraplane is installed already): the new chart's defaults, then those values, then ours.
     kube.helm("upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace",
-              *settings)  # fmt: skip
+              "--reset-then-reuse-values", *settings)  # fmt: skip
     kube.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", RELEASE_NAMESPACE, "--timeout=180s",
                  timeout_s=200)  # fmt: skip
 
