@@ -212,8 +212,9 @@ def test_status_patch_holds_only_what_the_node_owns() -> None:
     )
     status = patch["status"]
     assert status["podIP"] == "127.0.1.9"
-    assert status["podIPs"] == [{"ip": "127.0.1.9"}]
-    assert status["hostIPs"] == [{"ip": "127.0.0.1"}]
+    # replaced, not merged by ip: an adopted pod whose address changed must not end up with two
+    assert status["podIPs"] == [{"ip": "127.0.1.9"}, {"$patch": "replace"}]
+    assert status["hostIPs"] == [{"ip": "127.0.0.1"}, {"$patch": "replace"}]
     assert "initContainerStatuses" not in status
     assert "observedGeneration" not in status
     assert [c["type"] for c in status["conditions"]] == ["Ready"]

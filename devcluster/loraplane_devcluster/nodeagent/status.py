@@ -263,6 +263,9 @@ def conditions_json(
     return out, remembered
 
 
+REPLACE_LIST: JsonObject = {"$patch": "replace"}  # strategic merge patch: this list replaces the old one
+
+
 def status_patch(
     *,
     phase: str,
@@ -276,14 +279,18 @@ def status_patch(
     reason: str = "",
     message: str = "",
 ) -> JsonObject:
-    """The strategic merge patch body for ``pods/status``."""
+    """The strategic merge patch body for ``pods/status``.
+
+    The address lists are replaced, not merged by ``ip``: a pod adopted from an earlier agent (or
+    made before pods had addresses of their own) may come back with another address, and a merged
+    list would then hold two of one family, which the API server refuses."""
     status: JsonObject = {
         "phase": phase,
         "conditions": conditions,
         "hostIP": host_ip,
-        "hostIPs": [{"ip": host_ip}],
+        "hostIPs": [{"ip": host_ip}, REPLACE_LIST],
         "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
+        "podIPs": [{"ip": pod_ip}, REPLACE_LIST],
         "startTime": start_time,
         "containerStatuses": [container_status_json(v) for v in containers],
     }
