@@ -308,7 +308,9 @@ def test_a_new_version_is_swapped_pod_by_pod_while_the_other_replica_keeps_servi
                 models_on(p["status"]["podIP"]).get("versioned") == f"/models/{new_path}" for p in pods
             )
 
-        wait_until("both pods on the new version", swapped, timeout_s=180, interval_s=0.5)
+        # Each swap waits for the Service to stop routing to the pod: several passes per pod, slow on a
+        # loaded 2-core machine (one pass took 18 s while the clients below kept both servers busy).
+        wait_until("both pods on the new version", swapped, timeout_s=START_TIMEOUT_S, interval_s=0.5)
     finally:
         stop.set()
         for thread in threads:
