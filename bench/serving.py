@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
+import vllm_e2e
+
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-CLAIM, DEPLOYMENT = "loraplane-tiny", "vllm-tiny"
+CLAIM, DEPLOYMENT = vllm_e2e.CLAIM, vllm_e2e.DEPLOYMENT
 OPERATOR_SELECTOR, OPERATOR_NAMESPACE = "app.kubernetes.io/instance=loraplane", "loraplane-system"
 
 
@@ -93,16 +95,7 @@ def pods_rss_mib(kubectl: Kubectl, selector: str, namespace: str | None = None) 
 
 
 def adapter(name: str, path: str, mode: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "loraplane.io/v1alpha1",
-        "kind": "LoraAdapter",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": "tiny-llama",
-            "source": {"volume": {"claimName": CLAIM, "path": path}},
-            "serving": {"deployment": DEPLOYMENT, "mode": mode},
-        },
-    }
+    return vllm_e2e.adapter(name, path, serving={"deployment": DEPLOYMENT, "mode": mode})
 
 
 def served_everywhere(kubectl: Kubectl, names: list[str], replicas: int, timeout_s: float) -> float:

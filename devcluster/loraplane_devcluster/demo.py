@@ -128,28 +128,35 @@ def pod_proxy_path(namespace: str, pod: str, path: str, port: int = VLLM_PORT) -
     return f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}"
 
 
+def through_proxy(
+    kube: Kube, namespace: str, pod: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """GET (or POST ``body`` as JSON to) one pod's vLLM through the API server's pod proxy.
+
+    The client, not `kubectl create --raw`: that sends no JSON content type, which vLLM refuses."""
+    method, url, headers, payload, _ = kube.api.param_serialize(
+        "POST" if body is not None else "GET",
+        pod_proxy_path(namespace, pod, path),
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = kube.api.call_api(method, url, headers, payload, _request_timeout=120)
+    text = response.read()  # type: ignore[no-untyped-call]
+    if response.status != 200:
+        raise DemoError(f"{pod} answered {response.status} on {path}: {text[:300]!r}")
+    answer: dict[str, Any] = json.loads(text)
+    return answer
+
+
 def complete(kube: Kube, namespace: str, pod: str, model: str, prompt: str) -> dict[str, Any]:
     """One completion through vLLM's OpenAI API on one pod (greedy, so answers are comparable)."""
     request = {"model": model, "prompt": prompt, "max_tokens": 24, "temperature": 0}
-    # `kubectl create --raw` would send no JSON content type, which vLLM refuses; the client can.
-    method, url, headers, body, _ = kube.api.param_serialize(
-        "POST",
-        pod_proxy_path(namespace, pod, "/v1/completions"),
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
-        body=request,
-        auth_settings=["BearerToken"],
-    )
-    response = kube.api.call_api(method, url, headers, body, _request_timeout=120)
-    text = response.read()  # type: ignore[no-untyped-call]
-    if response.status != 200:
-        raise DemoError(f"{pod} answered {response.status}: {text[:300]!r}")
-    reply: dict[str, Any] = json.loads(text)
-    return reply
+    return through_proxy(kube, namespace, pod, "/v1/completions", request)
 
 
 def models(kube: Kube, namespace: str, pod: str) -> list[dict[str, Any]]:
-    listing = kube.kubectl("get", "--raw", pod_proxy_path(namespace, pod, "/v1/models"), timeout_s=60)
-    cards: list[dict[str, Any]] = json.loads(listing.stdout)["data"]
+    cards: list[dict[str, Any]] = through_proxy(kube, namespace, pod, "/v1/models")["data"]
     return cards
 
 

@@ -128,8 +128,8 @@ class Agent:
         self.log_server = self._log_server() if config.log_server else None
         self.heartbeat = NodeHeartbeat(config, self.log_server.port if self.log_server else 0)
         host_env = {name: os.environ[name] for name in config.pass_env if name in os.environ}
-        self.network, self.api_relay = self._pod_network()
         api_host, api_port = apiserver_address(config.kubeconfig)
+        self.network, self.api_relay = self._pod_network(api_host, api_port)
         self.services = NodeServices(
             config=config,
             api=KubeApi(config.kubeconfig),
@@ -144,7 +144,7 @@ class Agent:
             host_env=host_env,
         )
 
-    def _pod_network(self) -> tuple[NodeNetwork, ApiRelay]:
+    def _pod_network(self, api_host: str, api_port: int) -> tuple[NodeNetwork, ApiRelay]:
         """This node's pod subnet and bridge, and the relay behind the ``kubernetes`` Service address."""
         locks = pod_network_locks()
         index = claim_node_index(locks)
@@ -156,7 +156,7 @@ class Agent:
         listener = listen_in_namespace(
             f"/run/netns/{network.subnet.node_namespace}", KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT
         )
-        relay = ApiRelay(listener, *apiserver_address(self.config.kubeconfig))
+        relay = ApiRelay(listener, api_host, api_port)
         relay.start()
         return network, relay
 
