@@ -14,13 +14,15 @@ import json
 import logging
 import secrets
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client import CoreV1Api
 
-from loraplane.api.storage import S3Connection, S3Path
+from loraplane import crdgen
+from loraplane.api.storage import S3Connection, S3Location, S3Path
 from loraplane_devcluster import objectstore
 from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.testing import Kube, wait_until
@@ -78,6 +80,15 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 # ---- round trips -----------------------------------------------------------------------------------
+
+
+def test_the_store_listens_on_loopback_only(object_store: ObjectStore) -> None:
+    host = object_store.endpoint.removeprefix("http://").rsplit(":", 1)[0]
+    assert host.startswith("127.0.0.")
+    assert object_store.pod_endpoint is None
+    argv = Path(f"/proc/{object_store.pid}/cmdline").read_bytes().split(b"\0")
+    ports = [argv[i + 1].decode() for i, part in enumerate(argv) if part == b"--port"]
+    assert ports == [object_store.endpoint.removeprefix("http://")]
 
 
 def test_a_prefix_round_trips_with_its_layout(
@@ -285,6 +296,9 @@ def test_credentials_stay_out_of_logs_errors_and_reprs(
     fetcher.sync(Wanted(connection=connection(object_store),
                         adapters=[WantedAdapter(name="a", uri=bucket.child("nope").uri)]))  # fmt: skip
     texts.append((tmp_path / "cache" / ".status.json").read_text())
+    # the store process itself: credentials in its environment, not its command line or PID record
+    texts.append(Path(f"/proc/{object_store.pid}/cmdline").read_bytes().decode(errors="replace"))
+    texts += [p.read_text() for p in (object_store.run_dir / "pids").glob("*.json")]
     logged = caplog.text + "\n".join(texts) + object_store.log.read_text(errors="replace")
     assert "NoSuchKey" in logged  # the failures were logged, so the check below looked at something
     for secret in (object_store.secret_access_key, wrong_secret):
@@ -424,3 +438,67 @@ def test_a_pod_fetches_an_adapter_from_the_store_with_a_secret(
     assert core.read_namespaced_pod_log("fetch", namespace, container="main").strip() == digest
     assert "sql: ready" in fetch_log
     assert store.secret_access_key not in fetch_log
+
+
+# ---- the schema on a real API server ---------------------------------------------------------------
+
+PROBE_GROUP = "storage-probe.test.loraplane.io"
+
+
+@pytest.fixture
+def s3_probe_crd(kube: Kube) -> Iterator[str]:
+    """A throwaway namespaced kind whose spec is an S3Location, so the API server judges the
+    generated pattern and CEL rule before any real kind carries them."""
+    schema = S3Location.model_json_schema(by_alias=True, mode="validation")
+    spec = crdgen.to_structural(schema, schema.get("$defs", {}))
+    name = f"s3probes{secrets.token_hex(3)}"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{name}.{PROBE_GROUP}"},
+        "spec": {
+            "group": PROBE_GROUP,
+            "names": {"kind": name.capitalize(), "plural": name, "singular": name},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec}}},
+            }],
+        },
+    }  # fmt: skip
+    kube.kubectl("apply", "-f", "-", input=json.dumps(crd))
+
+    def established() -> bool:
+        found = json.loads(kube.kubectl("get", "crd", f"{name}.{PROBE_GROUP}", "-o", "json").stdout)
+        return any(
+            c["type"] == "Established" and c["status"] == "True" for c in found["status"]["conditions"]
+        )
+
+    wait_until("the probe CRD to be established", established, timeout_s=30)
+    yield name
+    kube.kubectl("delete", "crd", f"{name}.{PROBE_GROUP}", "--wait=false", check=False)
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("s3://adapters/jobs/sql/adapter", True),
+        ("s3://my.bucket-2", True),
+        ("s3://Adapters/x", False),
+        ("gs://adapters/x", False),
+        ("s3://adapters/../secrets", False),
+    ],
+)
+def test_the_api_server_enforces_the_uri_rules(
+    kube: Kube, namespace: str, s3_probe_crd: str, uri: str, accepted: bool
+) -> None:
+    body = {
+        "apiVersion": f"{PROBE_GROUP}/v1",
+        "kind": s3_probe_crd.capitalize(),
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {"uri": uri, "connection": {"endpoint": "http://10.250.1.1:9000", "pathStyle": True}},
+    }
+    result = kube.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body), check=False)
+    assert (result.returncode == 0) == accepted, result.stderr
+    if not accepted:
+        assert "spec.uri" in result.stderr
