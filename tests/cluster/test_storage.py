@@ -29,6 +29,7 @@ from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_worker import resume
 from loraplane_worker.errors import EXIT_INPUT_ERROR, exit_code_for
 from loraplane_worker.fetch import Fetcher, Wanted, WantedAdapter
+from loraplane_worker.fetch import main as fetch_main
 from loraplane_worker.storage import (
     ADAPTER_WEIGHTS,
     MANIFEST,
@@ -502,3 +503,48 @@ def test_the_api_server_enforces_the_uri_rules(
     assert (result.returncode == 0) == accepted, result.stderr
     if not accepted:
         assert "spec.uri" in result.stderr
+
+
+def test_a_restarted_fetcher_keeps_a_pinned_cache_without_asking_the_store(
+    object_store: ObjectStore, bucket: S3Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in credentials_env(object_store).items():
+        monkeypatch.setenv(key, value)
+    store = client(object_store)
+    digest = store.upload_adapter(make_adapter(tmp_path / "sql"), bucket.child("adapters/sql")).sha256
+    pinned = WantedAdapter(name="sql", uri=bucket.child("adapters/sql").uri, sha256=digest)
+    unpinned = WantedAdapter(name="chat", uri=bucket.child("adapters/sql").uri)
+    first = Fetcher(tmp_path / "cache", options=QUICK)
+    assert (
+        first.sync(Wanted(connection=connection(object_store), adapters=[pinned, unpinned]))["chat"].state
+        == "Ready"
+    )
+    # an unpinned entry is not fetched again while its URI stays the same
+    again = first.sync(Wanted(connection=connection(object_store), adapters=[pinned, unpinned]))
+    assert (again["chat"].attempts, again["sql"].attempts) == (0, 0)
+
+    # the sidecar after the init container, or a restarted one: a store it cannot even reach
+    unreachable = Wanted(
+        connection=S3Connection(endpoint=closed_endpoint(), path_style=True), adapters=[pinned]
+    )
+    states = Fetcher(tmp_path / "cache", options=QUICK).sync(unreachable)
+    assert (states["sql"].state, states["sql"].sha256) == ("Ready", digest)
+
+
+def test_the_fetch_command_exit_codes(object_store: ObjectStore, bucket: S3Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    for key, value in credentials_env(object_store).items():
+        monkeypatch.setenv(key, value)
+    client(object_store).upload_adapter(make_adapter(tmp_path / "sql"), bucket.child("adapters/sql"))
+    wanted_file = tmp_path / "wanted.json"
+    args = ["--once", "--wanted", str(wanted_file), "--cache-dir", str(tmp_path / "cache")]
+
+    def run(adapters: list[dict[str, str]]) -> int:
+        wanted_file.write_text(
+            json.dumps({"connection": connection(object_store).to_wire(), "adapters": adapters})
+        )
+        return fetch_main(args)
+
+    assert run([{"name": "sql", "uri": bucket.child("adapters/sql").uri}]) == 0
+    assert run([{"name": "sql", "uri": bucket.child("adapters/none").uri}]) == 1
+    assert run([{"name": "Not A Name", "uri": "s3://x"}]) == 65  # a wanted list that does not parse

@@ -78,7 +78,8 @@ class Wanted(_Model):
 class EntryState:
     state: str  # Ready, Failed, Pending
     uri: str
-    sha256: str | None = None
+    pin: str | None  # the wanted entry's sha256, to notice when the entry changes
+    sha256: str | None = None  # what the cache holds for it
     code: str | None = None
     message: str | None = None
     permanent: bool = False
@@ -182,19 +183,20 @@ class Fetcher:
         store = self._store_for(wanted.connection)
         for adapter in wanted.adapters:
             previous = self.states.get(adapter.name)
-            changed = previous is None or (previous.uri, previous.sha256) != (adapter.uri, adapter.sha256)
+            changed = previous is None or (previous.uri, previous.pin) != (adapter.uri, adapter.sha256)
             held = self.cache.held(adapter.name)
-            if held is not None and (adapter.sha256 is None or held == adapter.sha256) and not changed:
+            # A pinned digest names the content, so a restarted fetcher (or the sidecar after the
+            # init container) keeps what the cache holds without asking the store; an unpinned
+            # entry is kept while its URI stays the same.
+            if held is not None and (held == adapter.sha256 or (adapter.sha256 is None and not changed)):
+                if previous is None or previous.state != "Ready":
+                    self.states[adapter.name] = EntryState("Ready", adapter.uri, adapter.sha256, held)
                 continue
             failed_before = previous is not None and not changed and previous.state == "Failed"
             if failed_before and previous is not None and (previous.permanent or now < previous.next_try):
                 continue  # a permanent error waits for the wanted entry to change; a transient one, its turn
-            state = EntryState(
-                "Pending",
-                adapter.uri,
-                adapter.sha256,
-                attempts=previous.attempts if previous and not changed else 0,
-            )
+            attempts = previous.attempts if previous and not changed else 0
+            state = EntryState("Pending", adapter.uri, adapter.sha256, adapter.sha256, attempts=attempts)
             try:
                 digest = self.cache.fetch(store, adapter)
             except StoreError as error:

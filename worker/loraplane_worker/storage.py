@@ -31,6 +31,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import ssl
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -144,8 +146,15 @@ def _translated(uri: str) -> Iterator[None]:
         raise store_error(uri, "InternalError", f"HTTP {error.status_code}", error.status_code) from None
     except InvalidResponseError as error:
         raise store_error(uri, "InvalidResponse", "the endpoint did not answer as an S3 store") from error
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        # Connection refused, DNS, TLS, timeouts, after urllib3's own retries.
+    except (
+        urllib3.exceptions.HTTPError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        ssl.SSLError,
+    ) as error:
+        # Connection refused, DNS, TLS, timeouts, after urllib3's own retries. Not OSError as a
+        # whole: a full local disk while downloading is the pod's trouble, not the store's.
         reason = getattr(error, "reason", None) or error
         raise TransientStoreError(uri, "EndpointUnreachable", _one_line(reason)) from None
 
