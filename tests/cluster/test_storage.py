@@ -158,6 +158,30 @@ def test_a_folder_without_its_manifest_is_not_taken_for_a_finished_upload(
     assert not (tmp_path / "out" / ADAPTER_WEIGHTS).exists()
 
 
+def test_an_upload_cut_short_leaves_no_manifest(
+    object_store: ObjectStore, bucket: S3Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest goes last: a pod killed after some files (here: the third upload fails) has
+    written none, so the folder reads as absent."""
+    folder = make_checkpoint(tmp_path, 3)
+    store = client(object_store)
+    real_upload, calls = store.upload_file, []
+
+    def dies_on_the_third(path: Path, location: S3Path) -> None:
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the pod is killed")
+        real_upload(path, location)
+
+    monkeypatch.setattr(store, "upload_file", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        store.upload_checkpoint(folder, bucket.child("ck"))
+    written = [o.key for o in store.list_objects(bucket.child("ck"))]
+    assert len(written) == 2
+    assert not any(key.endswith(MANIFEST) for key in written)
+    assert store.newest_complete_checkpoint(bucket.child("ck")) is None
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------
 
 
