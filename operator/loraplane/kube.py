@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kubernetes
 from kubernetes.client import ApiClient, AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
-from kubernetes.client.exceptions import ApiException as ApiException  # re-exported for callers
+from kubernetes.client.exceptions import ApiException as ApiException  # noqa: PLC0414 - re-exported (mypy strict)
 
 from loraplane import GROUP, VERSION
 from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL

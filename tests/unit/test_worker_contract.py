@@ -129,9 +129,9 @@ def test_every_shape_the_worker_refuses_the_api_server_refuses_first(
         job(**changes)
     assert words in CRD.read_text(), "the CRD has the CEL rule with the same message"
     document = rendered(job())
-    for section, values in changes.items():
+    for section, wanted in changes.items():
         # What a worker would get if the operator rendered it anyway (files become dataset.path).
-        values = dict(values)
+        values = dict(wanted)
         if "volume" in values:
             values.pop("volume")
             values["path"] = "/mnt/claims/data"
@@ -157,7 +157,7 @@ def test_an_invalid_spec_gets_its_condition_and_no_pod(monkeypatch: pytest.Monke
     assert conditions["Succeeded"]["reason"] == "InvalidSpec"
     assert "chat_template_path: not allowed here" in conditions["Succeeded"]["message"]
     assert "vLLM cannot serve adapters with added tokens" in conditions["Succeeded"]["message"]
-    assert warned and warned[0][0] == "InvalidSpec"
+    assert [reason for reason, _ in warned] == ["InvalidSpec"]
 
 
 def test_the_worker_input_schema_has_no_field_the_spec_does_not_define() -> None:
