@@ -136,6 +136,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{location}: required"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] != "value_error" and isinstance(error.get("input"), str | int | float | bool):
+        message += f", got {error['input']!r}"
     # Messages from the models' validators already start with the key they judge.
     return message if not location or message.startswith(location.split(".")[0]) else f"{location}: {message}"
 

@@ -77,9 +77,16 @@ HUB_NOT_FOUND = (
 )
 
 
+def process_state() -> PartialState:
+    """accelerate's view of the processes, the one the Trainer then shares (a singleton). The first
+    call decides it: without a GPU it must say CPU, or torchrun's processes would each be a world of
+    one (what SFTConfig(use_cpu=True) would have set up)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def is_main_process() -> bool:
     """accelerate's answer, the one the Trainer uses (it also knows launchers other than torchrun)."""
-    return bool(PartialState().is_main_process)
+    return bool(process_state().is_main_process)
 
 
 def metrics_host() -> str:
@@ -194,7 +201,7 @@ def load_model(config: WorkerInput, precision: str) -> PreTrainedModel:
         kwargs["quantization_config"] = quantization
         # Each process holds a whole quantized copy on its own GPU (data parallel). TRL 1.16 no longer
         # has get_kbit_device_map; this is what it returned.
-        kwargs["device_map"] = {"": PartialState().local_process_index}
+        kwargs["device_map"] = {"": process_state().local_process_index}
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             config.model.name_or_path, revision=config.model.revision, **kwargs
@@ -267,9 +274,8 @@ def special_token_overhead(tokenizer: PreTrainedTokenizerBase, chat: bool) -> in
     the EOS SFTTrainer appends), or the chat template around an empty exchange."""
     if chat:
         empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
-        rendered = tokenizer.apply_chat_template(empty, tokenize=True)
-        ids = rendered["input_ids"] if isinstance(rendered, dict) else rendered
-        return len(ids)
+        text = tokenizer.apply_chat_template(empty, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     ids = tokenizer("")["input_ids"]
     eos = tokenizer.eos_token_id
     return len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0)
@@ -292,7 +298,7 @@ def check_max_length(config: WorkerInput, tokenizer: PreTrainedTokenizerBase) ->
 def examples_per_step(config: WorkerInput) -> tuple[int, str]:
     """Examples one optimizer step takes across all processes, and how that number comes about."""
     training = config.training
-    processes = PartialState().num_processes
+    processes = process_state().num_processes
     count = training.per_device_train_batch_size * training.gradient_accumulation_steps * processes
     how = (
         f"training.perDeviceTrainBatchSize {training.per_device_train_batch_size} x "
