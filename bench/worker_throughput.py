@@ -10,8 +10,8 @@ rounds and the best wall time of each is kept, which is what survives a busy mac
 CPU time is printed too, as it moves less than wall time when other work shares the cores
 (`--threads 1` steadies it further).
 
-    PYTHONPATH=operator:worker python bench/worker_throughput.py                 # tiny model, CPU
-    PYTHONPATH=operator:worker python bench/worker_throughput.py --model llama-1b  # ~1.1B random Llama, bf16, CUDA
+    PYTHONPATH=operator:worker python bench/worker_throughput.py  # tiny model, CPU
+    PYTHONPATH=operator:worker python bench/worker_throughput.py --model llama-1b  # ~1.1B Llama, bf16, CUDA
 
 Imports only the standard library, torch, transformers, peft, trl, datasets, tokenizers and the
 worker package (which needs pydantic, pyyaml and prometheus_client), and makes its model and data

@@ -158,8 +158,8 @@ def scale_deployment(namespace: str, name: str, replicas: int) -> dict[str, Any]
 
 
 def namespace_names() -> list[str]:
-    namespaces = CoreV1Api(api_client()).list_namespace().items
-    return [namespace.metadata.name for namespace in namespaces]
+    namespaces = _plain(CoreV1Api(api_client()).list_namespace()).get("items") or []
+    return [str(namespace["metadata"]["name"]) for namespace in namespaces]
 
 
 def list_custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | None:
@@ -172,7 +172,7 @@ def list_custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | N
         if error.status == 404:
             return None
         raise
-    return list(found["items"])
+    return list(cast(dict[str, Any], found)["items"])
 
 
 def get_custom_object(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
