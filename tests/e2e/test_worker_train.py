@@ -230,6 +230,8 @@ def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: 
     )
     one = jsonl(tmp_path / "one.jsonl", [{"text": "just one example"}])
     five = jsonl(tmp_path / "five.jsonl", [{"text": f"example {i}"} for i in range(5)])
+    blank_csv = tmp_path / "blank.csv"
+    blank_csv.write_text("text,author\n" + ",someone\n" * 8)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     chat = {"path": str(tiny.chat_dataset), "text_field": None, "messages_field": "messages"}
@@ -254,6 +256,11 @@ def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: 
         ({"dataset": {"path": str(empty)}}, errors.EmptyDatasetError, "empty"),
         ({"dataset": {"path": str(blank)}}, errors.EmptyDatasetError, "column 'text' of the training data"),
         ({"dataset": {"path": str(blank)}}, errors.EmptyDatasetError, "holds only empty strings (50 rows"),
+        (
+            {"dataset": {"path": str(blank_csv)}},
+            errors.EmptyDatasetError,
+            "column 'text' of the training data",
+        ),
         ({"dataset": {"path": str(few)}}, errors.TooFewExamplesError, "3 non-empty examples"),
         ({"dataset": {"path": str(few)}}, errors.TooFewExamplesError, "one optimizer step takes 4"),
         ({"dataset": {"path": str(numbers)}}, errors.DatasetFieldError, "does not hold text; it holds int64"),

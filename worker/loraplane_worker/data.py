@@ -11,6 +11,7 @@ recognises as conversational.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,14 @@ def _is_chat_feature(feature: Any) -> bool:
     return isinstance(turn, dict) and "role" in turn and "content" in turn
 
 
+def _all_missing(dataset: Dataset, column: str, feature: Any) -> bool:
+    """A column of nothing but nulls (or NaN, as pandas reads a blank CSV column); read only when the
+    schema says the column is not text, i.e. on the way to an error."""
+    if not isinstance(feature, datasets.Value) or feature.dtype in TEXT_TYPES:
+        return False
+    return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in dataset[column])
+
+
 def _key(section: DatasetInput) -> str:
     return "dataset.messagesField" if section.is_chat else "dataset.textField"
 
@@ -133,6 +142,11 @@ def prepare(dataset: Dataset, section: DatasetInput, what: str) -> Dataset:
         raise errors.DatasetFieldError(
             f"{key}: column {column!r} does not hold chat messages (a list of {{role, content}} turns); "
             f"it holds {_describe_feature(feature)}"
+        )
+    if _all_missing(dataset, column, feature):  # e.g. a CSV column left blank (read as NaN)
+        raise errors.EmptyDatasetError(
+            f"{key}: column {column!r} of the {what} data ({source}) holds no values ({len(dataset)} rows, "
+            f"all empty); point {key} at the column with the training data"
         )
     if not section.is_chat and not (isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES):
         hint = "; for chat turns set dataset.messagesField instead" if _is_chat_feature(feature) else ""
