@@ -28,7 +28,7 @@ binaries:
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check operator worker
+	$(VENV)/bin/ruff format --check .
 
 types: venv
 	$(VENV)/bin/mypy operator/loraplane worker/loraplane_worker devcluster/loraplane_devcluster

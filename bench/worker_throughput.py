@@ -10,8 +10,8 @@ rounds and the best wall time of each is kept, which is what survives a busy mac
 CPU time is printed too, as it moves less than wall time when other work shares the cores
 (`--threads 1` steadies it further).
 
-    PYTHONPATH=worker python bench/worker_throughput.py                 # tiny model, CPU
-    PYTHONPATH=worker python bench/worker_throughput.py --model llama-1b  # ~1.1B random Llama, bf16, CUDA
+    PYTHONPATH=operator:worker python bench/worker_throughput.py  # tiny model, CPU
+    PYTHONPATH=operator:worker python bench/worker_throughput.py --model llama-1b  # ~1.1B Llama, bf16, CUDA
 
 Imports only the standard library, torch, transformers, peft, trl, datasets, tokenizers and the
 worker package (which needs pydantic, pyyaml and prometheus_client), and makes its model and data
@@ -201,13 +201,19 @@ def run_baseline(args: argparse.Namespace, model_dir: Path, data: Path, out: Pat
 
 
 def run_worker(args: argparse.Namespace, model_dir: Path, data: Path, out: Path, timing: Any) -> None:
+    # The worker's input is the API's TrainingSettings: its own fields, the rest under sftArgs.
+    from loraplane.api.training_job import TrainingSettings  # noqa: PLC0415
+
+    shared = training_settings(args)
+    training = {k: v for k, v in shared.items() if k in TrainingSettings.model_fields}
+    training["sft_args"] = {k: v for k, v in shared.items() if k not in TrainingSettings.model_fields}
+    training["precision"] = "auto" if args.device == "cuda" else "fp32"
     config = parse_config(
         {
             "model": {"name_or_path": str(model_dir)},
             "dataset": {"path": str(data)},
             "lora": LORA,
-            "precision": "auto" if args.device == "cuda" else "fp32",
-            "training": training_settings(args),
+            "training": training,
             "output": {"dir": str(out)},
             "metrics": {"port": 0},
         }

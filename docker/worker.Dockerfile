@@ -1,4 +1,5 @@
-# The training worker: TRL + PEFT on CUDA torch. No kopf, no Kubernetes client.
+# The training worker: TRL + PEFT on CUDA torch. No kopf, no Kubernetes client, and of the operator's
+# code only the API models it shares with the worker (loraplane.api: pydantic only).
 # Build from the repository root:  docker build -f docker/worker.Dockerfile -t loraplane-worker .
 # The PyPI torch wheel brings its own CUDA libraries; the CUDA base image supplies the rest of the
 # user-space stack and the conventions (NVIDIA_* variables) the device plugin expects.
@@ -28,11 +29,14 @@ RUN pip install -r requirements/worker.txt \
  # QLoRA (quantization: 4bit|8bit) loads the base model through bitsandbytes.
  && pip install "bitsandbytes>=0.46"
 
-COPY pyproject.toml README.md* ./
-COPY operator operator
-COPY worker worker
-COPY devcluster devcluster
-RUN pip install -c requirements/worker.txt ".[worker]" && rm -rf /src
+# Only the shared API package (with the root package it lives in, which holds constants only) and the
+# worker: the image must not carry the operator's handlers or the dev cluster (ruff's banned-api rules
+# in worker/loraplane_worker/ruff.toml keep the worker from needing them).
+ENV PYTHONPATH=/opt/loraplane
+COPY operator/loraplane/__init__.py /opt/loraplane/loraplane/__init__.py
+COPY operator/loraplane/api /opt/loraplane/loraplane/api
+COPY worker/loraplane_worker /opt/loraplane/loraplane_worker
+RUN python -c "import loraplane.api.worker, loraplane_worker.config" && rm -rf /src
 
 # Non-root; the output volume and HF_HOME must be writable by this uid (fsGroup in the pod spec).
 RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin worker \

@@ -27,6 +27,7 @@ run_phase "python environment" scripts/setup-venv.sh
 venv_ok=$status
 if [ "$venv_ok" -eq 0 ]; then
   run_phase "lint (ruff)" .venv/bin/ruff check .
+  run_phase "format (ruff)" .venv/bin/ruff format --check .
   run_phase "types (mypy)" .venv/bin/mypy operator/loraplane worker/loraplane_worker devcluster/loraplane_devcluster
   run_phase "unit tests" .venv/bin/python -m pytest -q -m "not cluster and not e2e and not torch" -p no:cacheprovider
 fi

@@ -183,9 +183,7 @@ def build_model(directory: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     )
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(str(directory))
 
 

@@ -17,61 +17,48 @@ import fnmatch
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
-
-from loraplane import GROUP, VERSION, kube
+from loraplane import GROUP, kube
 from loraplane.builders import serving
+from loraplane.kube import ApiException
 
 FINALIZER = f"{GROUP}/cleanup"
 PLURALS = ("loraadapters", "loratrainingjobs")
 log = logging.getLogger("loraplane.cleanup")
 
 
-def plain(obj: Any) -> dict[str, Any]:
-    return cast(dict[str, Any], kube.api_client().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
-
-
 def stop_operator(namespace: str, name: str, timeout_s: float) -> None:
     """Scale the operator's Deployment to zero and wait until its pods are gone: the Deployment's
     status stops counting a pod as soon as it is terminating, while kopf still acts until it exits."""
-    apps: Any = AppsV1Api(kube.api_client())
-    core: Any = CoreV1Api(kube.api_client())
-    try:
-        apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 0}})
-        deployment = apps.read_namespaced_deployment(name, namespace)
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    deployment = kube.scale_deployment(namespace, name, 0)
+    if deployment is None:
         return
-    labels = deployment.spec.selector.match_labels or {}
+    labels = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
     selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        pods = kube.list_pods(namespace, selector)
         if not [pod for pod in pods if not _owned_by_job(pod)]:
             return
         time.sleep(1)
     log.warning("the operator's pods did not stop within %ss; cleaning up anyway", timeout_s)
 
 
-def _owned_by_job(pod: Any) -> bool:
+def _owned_by_job(pod: dict[str, Any]) -> bool:
     """A Job's pod (this cleanup's own, from charts whose hook pod carried the operator's labels)."""
-    return any(owner.kind == "Job" for owner in pod.metadata.owner_references or [])
+    return any(owner.get("kind") == "Job" for owner in pod["metadata"].get("ownerReferences") or [])
 
 
 def open_gates(namespaces: Sequence[str]) -> int:
-    core: Any = CoreV1Api(kube.api_client())
     opened = 0
     for namespace in namespaces:
-        for pod in core.list_namespaced_pod(namespace).items:
-            gates = [g.condition_type for g in pod.spec.readiness_gates or []]
+        for pod in kube.list_pods(namespace):
+            gates = [g.get("conditionType") for g in pod.get("spec", {}).get("readinessGates") or []]
             if serving.GATE not in gates:
                 continue
-            conditions = (pod.status.conditions if pod.status else None) or []
-            if any(c.type == serving.GATE and c.status == "True" for c in conditions):
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == serving.GATE and c.get("status") == "True" for c in conditions):
                 continue  # open already
             condition = {
                 "type": serving.GATE,
@@ -81,7 +68,7 @@ def open_gates(namespaces: Sequence[str]) -> int:
                 "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
             try:
-                kube.set_pod_condition(namespace, pod.metadata.name, condition)
+                kube.set_pod_condition(namespace, pod["metadata"]["name"], condition)
             except ApiException as error:
                 if error.status == 404:
                     continue  # gone since the listing: nothing left to open
@@ -91,17 +78,13 @@ def open_gates(namespaces: Sequence[str]) -> int:
 
 
 def restore_deployments(namespaces: Sequence[str]) -> int:
-    apps: Any = AppsV1Api(kube.api_client())
     restored = 0
     for namespace in namespaces:
-        for item in apps.list_namespaced_deployment(namespace).items:
+        for item in kube.list_deployments(namespace):
             for _ in range(5):  # read-modify-write: a conflict means someone wrote in between
-                try:
-                    deployment = plain(apps.read_namespaced_deployment(item.metadata.name, namespace))
-                except ApiException as error:
-                    if error.status == 404:
-                        break  # deleted since the listing
-                    raise
+                deployment = kube.read_deployment(namespace, item["metadata"]["name"])
+                if deployment is None:
+                    break  # deleted since the listing
                 patch = serving.cleanup_patch(deployment)
                 if patch is None:
                     break
@@ -117,22 +100,16 @@ def restore_deployments(namespaces: Sequence[str]) -> int:
 
 
 def remove_finalizers(namespaces: Sequence[str]) -> int:
-    custom: Any = CustomObjectsApi(kube.api_client())
     removed = 0
     for namespace in namespaces:
         for plural in PLURALS:
-            try:
-                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
-            except ApiException as error:
-                if error.status == 404:
-                    continue  # the CRD is gone already
-                raise
-            for item in items:
-                removed += _remove_finalizer(custom, namespace, plural, item)
+            items = kube.list_custom_objects(namespace, plural)
+            for item in items or []:  # None: the CRD is gone already
+                removed += _remove_finalizer(namespace, plural, item)
     return removed
 
 
-def _remove_finalizer(custom: Any, namespace: str, plural: str, item: dict[str, Any]) -> int:
+def _remove_finalizer(namespace: str, plural: str, item: dict[str, Any]) -> int:
     """Remove loraplane's finalizer from one object: 1 if it was there. The patch carries the
     resourceVersion it was computed from, so a write in between (a 409) means: read again."""
     name = item["metadata"]["name"]
@@ -143,19 +120,14 @@ def _remove_finalizer(custom: Any, namespace: str, plural: str, item: dict[str, 
         kept = [f for f in finalizers if f != FINALIZER]
         patch = {"metadata": {"finalizers": kept, "resourceVersion": item["metadata"]["resourceVersion"]}}
         try:
-            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, patch)
-            return 1
+            return 1 if kube.patch_custom_object(namespace, plural, name, patch) else 0
         except ApiException as error:
-            if error.status == 404:
-                return 0
             if error.status != 409:
                 raise
-        try:
-            item = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-        except ApiException as error:
-            if error.status == 404:
-                return 0
-            raise
+        found = kube.get_custom_object(namespace, plural, name)
+        if found is None:
+            return 0
+        item = found
     raise RuntimeError(f"{plural} {namespace}/{name} kept changing; its finalizer is still there")
 
 
@@ -163,8 +135,7 @@ def namespaces_of(wanted: Sequence[str], excluded: Sequence[str] = ()) -> list[s
     """The namespaces to clean: the watched ones, else every namespace but the excluded globs."""
     if wanted:
         return list(wanted)
-    core: Any = CoreV1Api(kube.api_client())
-    names = [ns.metadata.name for ns in core.list_namespace().items]
+    names = kube.namespace_names()
     return [name for name in names if not any(fnmatch.fnmatchcase(name, glob) for glob in excluded)]
 
 

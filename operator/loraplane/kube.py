@@ -1,7 +1,9 @@
-"""The operator's few direct API calls (kopf does the watching and status patches).
+"""The operator's few direct API calls (kopf does the watching and status patches), and the cleanup
+hook's: the one module besides the handlers that talks to the API server (a ruff rule enforces it).
 
-Everything here is create-if-absent or a read: a replayed event or a restarted operator converges on
-the same objects instead of making second copies.
+Everything here is create-if-absent, a read, or a write guarded by a resourceVersion: a replayed event
+or a restarted operator converges on the same objects instead of making second copies. Objects come
+back as plain dicts (camelCase, as the API server writes them).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, cast
 
 import kubernetes
 from kubernetes.client import ApiClient, AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.exceptions import ApiException as ApiException  # noqa: PLC0414 - re-exported (mypy strict)
 
 from loraplane import GROUP, VERSION
 from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL
@@ -127,12 +129,76 @@ def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:
     return cast(dict[str, Any], api_client().sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
 
 
-def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+def _plain(obj: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
+
+
+def list_pods(namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
     """Pods matching a label selector, read directly (pods the operator's filtered index lacks)."""
     api: Any = CoreV1Api(api_client())
     found = api.list_namespaced_pod(namespace, label_selector=label_selector)
-    plain = api_client().sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
-    return [dict(item) for item in plain.get("items") or []]
+    return [dict(item) for item in _plain(found).get("items") or []]
+
+
+def list_deployments(namespace: str) -> list[dict[str, Any]]:
+    api: Any = AppsV1Api(api_client())
+    return [dict(item) for item in _plain(api.list_namespaced_deployment(namespace)).get("items") or []]
+
+
+def scale_deployment(namespace: str, name: str, replicas: int) -> dict[str, Any] | None:
+    """Set a Deployment's replicas; the Deployment as it is then, or None when there is none."""
+    api: Any = AppsV1Api(api_client())
+    try:
+        api.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+        return _plain(api.read_namespaced_deployment(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def namespace_names() -> list[str]:
+    namespaces = _plain(CoreV1Api(api_client()).list_namespace()).get("items") or []
+    return [str(namespace["metadata"]["name"]) for namespace in namespaces]
+
+
+def list_custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | None:
+    """loraplane objects of one kind in a namespace; None when the CRD is gone."""
+    try:
+        found = CustomObjectsApi(api_client()).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return list(cast(dict[str, Any], found)["items"])
+
+
+def get_custom_object(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+    try:
+        found = CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], found)
+
+
+def patch_custom_object(namespace: str, plural: str, name: str, patch: dict[str, Any]) -> bool:
+    """A merge patch; False when the object is gone. A patch carrying a stale resourceVersion raises
+    ApiException 409."""
+    try:
+        CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, patch
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
 
 
 def read_secret_key(namespace: str, name: str, key: str) -> str:

@@ -6,9 +6,9 @@ import math
 from datetime import datetime
 
 from loraplane.api.training_job import Progress
+from loraplane.api.worker import METRIC_PREFIX as PREFIX
+from loraplane.api.worker import WorkerGauge as G
 from loraplane.status.training import format_eta
-
-PREFIX = "loraplane_worker_"
 
 
 def parse_gauges(text: str) -> dict[str, float]:
@@ -33,19 +33,19 @@ def _rounded(value: float | None) -> float | None:
 
 
 def to_progress(gauges: dict[str, float], now: datetime) -> Progress | None:
-    if "step" not in gauges:
+    if G.STEP not in gauges:
         return None
-    step, total = int(gauges["step"]), int(gauges.get("total_steps", 0))
-    ratio = gauges.get("progress_ratio", step / total if total else 0.0)
+    step, total = int(gauges[G.STEP]), int(gauges.get(G.TOTAL_STEPS, 0))
+    ratio = gauges.get(G.PROGRESS_RATIO, step / total if total else 0.0)
     return Progress(
         step=step,
         total_steps=total,
-        epoch=gauges.get("epoch"),
+        epoch=gauges.get(G.EPOCH),
         percent=round(max(0.0, min(100.0, 100 * ratio)), 1),
-        loss=_rounded(gauges.get("loss")),
-        eval_loss=_rounded(gauges.get("eval_loss")),
-        learning_rate=gauges.get("learning_rate"),
-        tokens_per_second=gauges.get("tokens_per_second"),
-        eta=format_eta(gauges.get("eta_seconds")),
+        loss=_rounded(gauges.get(G.LOSS)),
+        eval_loss=_rounded(gauges.get(G.EVAL_LOSS)),
+        learning_rate=gauges.get(G.LEARNING_RATE),
+        tokens_per_second=gauges.get(G.TOKENS_PER_SECOND),
+        eta=format_eta(gauges.get(G.ETA_SECONDS)),
         updated_at=now,
     )

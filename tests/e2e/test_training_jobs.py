@@ -176,6 +176,58 @@ def test_a_bad_dataset_field_fails_at_once_with_the_workers_message(jobs: Jobs, 
     assert batch["status"].get("failed") == 1, "an input error must not be retried"
 
 
+def test_a_dataset_of_empty_texts_fails_as_an_input_error_and_publishes_nothing(
+    jobs: Jobs, volume: Path
+) -> None:
+    """50 rows of `{"text": ""}` used to train, succeed and publish: now the worker refuses them,
+    naming the column and what it found, and no LoraAdapter appears."""
+    (volume / "data" / "blank.jsonl").write_text('{"text": ""}\n' * 50)
+    body = tiny_job("blank")
+    body["spec"]["dataset"]["volume"]["path"] = "data/blank.jsonl"
+    body["spec"]["adapter"] = {"name": "blank-quotes", "deployment": "vllm-tiny"}
+    uid = jobs.create(body)["metadata"]["uid"]
+    failed = wait_until(
+        "the Failed condition",
+        lambda: (c := jobs.condition("blank", "Failed")).get("status") == "True" and c,
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    assert failed["reason"] == "InputError"
+    assert "EmptyDatasetError" in failed["message"]
+    assert "column 'text'" in failed["message"]
+    assert "only empty strings (50 rows" in failed["message"]
+    assert jobs.get("job", "blank-train")["status"].get("failed") == 1, "an input error is not retried"
+    assert jobs.get("ltj", "blank")["status"].get("adapter") is None
+    assert jobs.get("lad", "blank-quotes") is None
+    assert not (volume / "adapters" / uid / "adapter_config.json").exists()
+    assert "InputError" in jobs.events("blank")
+
+
+def test_a_missing_token_secret_waits_in_the_kubelets_words_and_runs_once_created(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    """The kubelet holds the container in CreateContainerConfigError; the condition says so (not
+    "Pending" forever), with a Warning, and stays retryable: create the Secret and the job trains."""
+    jobs.create(tiny_job("token", max_steps=4, save_steps=100, hfTokenSecretRef={"name": "hf-token"}))
+    waiting = jobs.wait_reason("token", "CreateContainerConfigError", timeout_s=120)
+    assert 'secret "hf-token" not found' in waiting["message"]
+    assert "create or fix the Secret" in waiting["message"]
+    assert waiting["status"] == "Unknown", "not terminal: fixing the cause lets the run go on"
+    assert "CreateContainerConfigError" in jobs.events("token")
+
+    secret_value = "hf_not_a_real_token_0123456789"
+    kube.kubectl(
+        "create", "secret", "generic", "hf-token", "-n", namespace, f"--from-literal=token={secret_value}"
+    )
+    waited = kube.kubectl(
+        "wait", "--for=condition=Succeeded", "ltj/token", "-n", namespace, f"--timeout={RUN_TIMEOUT_S}s",
+        timeout_s=RUN_TIMEOUT_S + 30,
+    )  # fmt: skip
+    assert "condition met" in waited.stdout
+    finished = jobs.get("ltj", "token")
+    assert finished["status"]["adapter"]["sha256"]
+    assert secret_value not in json.dumps(finished), "the token never reaches the status"
+
+
 def test_more_gpus_than_any_node_has_waits_with_the_schedulers_reason(jobs: Jobs, volume: Path) -> None:
     jobs.create(tiny_job("greedy", resources={"gpus": 64}))
     waiting = jobs.wait_reason("greedy", "Unschedulable", timeout_s=60)

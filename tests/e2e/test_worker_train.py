@@ -31,10 +31,11 @@ from peft import PeftModel  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
+from loraplane.api.worker import WorkerInput  # noqa: E402
 from loraplane_devcluster.testing import wait_until  # noqa: E402
 from loraplane_devcluster.tinymodel import TinyModel, ensure_tiny_model  # noqa: E402
 from loraplane_worker import errors  # noqa: E402
-from loraplane_worker.config import WorkerConfig, parse_config  # noqa: E402
+from loraplane_worker.config import parse_config  # noqa: E402
 from loraplane_worker.progress import parse_metrics  # noqa: E402
 from loraplane_worker.result import success_message  # noqa: E402
 from loraplane_worker.train import run  # noqa: E402
@@ -78,7 +79,7 @@ def document(tiny: TinyModel, out_dir: Path, **sections: Any) -> dict[str, Any]:
     return base
 
 
-def config(tiny: TinyModel, out_dir: Path, **sections: Any) -> WorkerConfig:
+def config(tiny: TinyModel, out_dir: Path, **sections: Any) -> WorkerInput:
     return parse_config(document(tiny, out_dir, **sections))
 
 
@@ -159,7 +160,7 @@ def test_text_adapter_is_vllm_ready_merges_and_reports_progress(tiny: TinyModel,
     assert message["sizeBytes"] == len(weights)
     assert message["steps"] == 4
     assert message["evalLoss"] is not None
-    assert message["resumedFromStep"] is None
+    assert "resumedFromStep" not in message, "a fresh run: absent, not null"
     assert message["mergedDir"] == str(out / "merged")
 
     # The adapter loads with PEFT and changes the model; the merged model equals base + adapter.
@@ -195,27 +196,84 @@ def test_a_crashed_run_resumes_from_its_newest_complete_checkpoint(tiny: TinyMod
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: Path) -> None:
-    """Each bad input fails before training with its own error; the output folder gets no adapter."""
+    """Each bad input fails before training with its own error, at the earliest point it can be known;
+    the output folder gets no adapter."""
     no_template = tmp_path / "no-chat-template"
     shutil.copytree(tiny.model_dir, no_template)
     (no_template / "chat_template.jinja").unlink()
-    not_chat = tmp_path / "not-chat.jsonl"
-    not_chat.write_text('{"messages": "hello"}\n')
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny.model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny.model_dir, no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    # A chat template that spends more tokens around every exchange than maxLength allows (plain
+    # text: it adds no tokens to the vocabulary).
+    wordy = tmp_path / "wordy-template"
+    shutil.copytree(tiny.model_dir, wordy)
+    (wordy / "chat_template.jinja").write_text(
+        "{% for m in messages %}the quiet river said this to the brave bridge: "
+        "{{ m['content'] }}\n{% endfor %}"
+    )
+    not_chat = jsonl(tmp_path / "not-chat.jsonl", [{"messages": "hello"}])
+    no_roles = jsonl(tmp_path / "no-roles.jsonl", [{"messages": [{"speaker": "a", "text": "hi"}]}] * 8)
+    numbers = jsonl(tmp_path / "numbers.jsonl", [{"text": i} for i in range(8)])
+    blank = jsonl(tmp_path / "blank.jsonl", [{"text": ""}] * 50)
+    few = jsonl(
+        tmp_path / "few.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "three"}] + [{"text": " "}] * 9
+    )
+    one = jsonl(tmp_path / "one.jsonl", [{"text": "just one example"}])
+    five = jsonl(tmp_path / "five.jsonl", [{"text": f"example {i}"} for i in range(5)])
+    blank_csv = tmp_path / "blank.csv"
+    blank_csv.write_text("text,author\n" + ",someone\n" * 8)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
+    chat = {"path": str(tiny.chat_dataset), "text_field": None, "messages_field": "messages"}
     cases: list[tuple[dict[str, Any], type[errors.InputError], str]] = [
         ({"lora": {"target_modules": ["query_key_value"]}}, errors.TargetModuleError, "q_proj"),
         ({"training": {"learnig_rate": 1e-3}}, errors.ConfigError, "did you mean 'learning_rate'"),
-        ({"lora": {"lora_rank": 4}}, errors.ConfigError, "lora.lora_rank: unknown option"),
+        ({"lora": {"lora_rank": 4}}, errors.ConfigError, "lora.lora_rank: unknown key"),
         ({"training": {"lr_scheduler_type": "sideways"}}, errors.ConfigError, "sideways"),
+        ({"training": {"sft_args": {"chat_template_path": "/t.jinja"}}}, errors.ConfigError, "added tokens"),
         (
             {"model": {"name_or_path": str(tmp_path / "absent")}},
             errors.ModelNotFoundError,
             "no such directory",
         ),
+        ({"model": {"name_or_path": str(no_weights)}}, errors.ModelFilesError, "no weights in the directory"),
+        (
+            {"model": {"name_or_path": str(no_tokenizer)}},
+            errors.ModelFilesError,
+            "no tokenizer in the directory",
+        ),
         ({"dataset": {"path": str(tmp_path / "absent.jsonl")}}, errors.DatasetNotFoundError, "absent.jsonl"),
         ({"dataset": {"path": str(empty)}}, errors.EmptyDatasetError, "empty"),
+        ({"dataset": {"path": str(blank)}}, errors.EmptyDatasetError, "column 'text' of the training data"),
+        ({"dataset": {"path": str(blank)}}, errors.EmptyDatasetError, "holds only empty strings (50 rows"),
+        (
+            {"dataset": {"path": str(blank_csv)}},
+            errors.EmptyDatasetError,
+            "column 'text' of the training data",
+        ),
+        ({"dataset": {"path": str(few)}}, errors.TooFewExamplesError, "3 non-empty examples"),
+        ({"dataset": {"path": str(few)}}, errors.TooFewExamplesError, "one optimizer step takes 4"),
+        ({"dataset": {"path": str(numbers)}}, errors.DatasetFieldError, "does not hold text; it holds int64"),
+        (
+            {"dataset": {"path": str(one), "eval_fraction": 0.5}},
+            errors.TooFewExamplesError,
+            "evalFraction 0.5",
+        ),
+        (
+            {"dataset": {"path": str(five), "eval_fraction": 0.5}},
+            errors.TooFewExamplesError,
+            "after dataset.evalFraction 0.5 held out 3",
+        ),
         ({"model": {"name_or_path": "no-such-org/no-model"}}, errors.ModelNotFoundError, "HF_HUB_OFFLINE"),
         (
             {"dataset": {"path": None, "name": "no-such-org/no-dataset"}},
@@ -229,16 +287,25 @@ def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: 
             "does not hold chat messages",
         ),
         (
-            {
-                "model": {"name_or_path": str(no_template)},
-                "dataset": {"path": str(tiny.chat_dataset), "text_field": None, "messages_field": "messages"},
-            },
+            {"dataset": {"path": str(no_roles), "text_field": None, "messages_field": "messages"}},
+            errors.DatasetFieldError,
+            "it holds lists of records with keys speaker, text",
+        ),
+        (
+            {"model": {"name_or_path": str(no_template)}, "dataset": chat},
             errors.ChatTemplateError,
             "no chat template",
         ),
+        (
+            {"model": {"name_or_path": str(wordy)}, "dataset": chat, "training": {"max_length": 8}},
+            errors.MaxLengthError,
+            "training.maxLength 8 leaves no room for content",
+        ),
     ]
     if not torch.cuda.is_available():
-        cases.append(({"quantization": "4bit"}, errors.QuantizationUnavailableError, "needs a CUDA GPU"))
+        cases.append(
+            ({"lora": {"quantization": "4bit"}}, errors.QuantizationUnavailableError, "needs a CUDA GPU")
+        )
     for index, (sections, error_class, expected) in enumerate(cases):
         out = tmp_path / f"out-{index}"
         with pytest.raises(error_class) as caught:
@@ -247,10 +314,18 @@ def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: 
         assert not (out / "adapter_config.json").exists()
 
 
+def test_empty_examples_are_dropped_and_the_rest_trains(tiny: TinyModel, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in tiny.text_dataset.read_text().splitlines()][:16]
+    mixed = jsonl(tmp_path / "mixed.jsonl", [*rows, *([{"text": "", "author": "", "topic": ""}] * 10)])
+    result = run(config(tiny, tmp_path / "out", dataset={"path": str(mixed)}, training={"max_steps": 1}))
+    assert result is not None
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
 def run_entry_point(args: list[str], message: Path) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(REPO / part) for part in ("worker", "devcluster")),
+        "PYTHONPATH": os.pathsep.join(str(REPO / part) for part in ("operator", "worker", "devcluster")),
         "HF_HUB_OFFLINE": "1",
         "TERMINATION_MESSAGE_PATH": str(message),
     }
@@ -396,7 +471,7 @@ def test_vllm_serves_the_adapters_the_worker_writes(tiny: TinyModel, tmp_path: P
             tiny,
             chat_dir,
             dataset={"path": str(tiny.chat_dataset), "text_field": None, "messages_field": "messages"},
-            lora={"r": 16, "target_modules": "all-linear"},
+            lora={"r": 16, "target_modules": ["all-linear"]},
             training={"save_steps": 100},
         )
     )

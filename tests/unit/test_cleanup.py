@@ -1,31 +1,29 @@
-"""`python -m loraplane.cleanup` against fake API clients: the order of its steps, waiting for the
+"""`python -m loraplane.cleanup` against a fake client module: the order of its steps, waiting for the
 operator's pods to be gone, gates, finalizers, and the namespaces it leaves alone."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace as Obj
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from loraplane import cleanup
 from loraplane.builders import serving
+from loraplane.kube import ApiException
 
 
 @pytest.fixture(autouse=True)
 def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cleanup.kube, "api_client", lambda: None)
     monkeypatch.setattr(cleanup.time, "sleep", lambda _s: None)
 
 
-def pod(name: str, owner: str = "ReplicaSet", gate: str | None = None, gated: bool = True) -> Obj:
-    conditions = [Obj(type=serving.GATE, status=gate)] if gate else []
-    return Obj(
-        metadata=Obj(name=name, owner_references=[Obj(kind=owner)]),
-        spec=Obj(readiness_gates=[Obj(condition_type=serving.GATE)] if gated else []),
-        status=Obj(conditions=conditions),
-    )
+def pod(name: str, owner: str = "ReplicaSet", gate: str | None = None, gated: bool = True) -> dict[str, Any]:
+    conditions = [{"type": serving.GATE, "status": gate}] if gate else []
+    return {
+        "metadata": {"name": name, "ownerReferences": [{"kind": owner}]},
+        "spec": {"readinessGates": [{"conditionType": serving.GATE}] if gated else []},
+        "status": {"conditions": conditions},
+    }
 
 
 def test_the_operator_counts_as_stopped_only_once_its_pods_are_gone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,29 +31,17 @@ def test_the_operator_counts_as_stopped_only_once_its_pods_are_gone(monkeypatch:
     listings = [[pod("op-1"), pod("cleanup-x", owner="Job")], [pod("op-1")], [pod("cleanup-x", owner="Job")]]
     calls: list[str] = []
 
-    class Apps:
-        def __init__(self, _client: Any) -> None:
-            pass
+    def scale(namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        calls.append(f"scale {namespace}/{name} {replicas}")
+        labels = {"app.kubernetes.io/name": "loraplane", "app.kubernetes.io/instance": "r"}
+        return {"spec": {"selector": {"matchLabels": labels}}, "status": {"replicas": 0}}
 
-        def patch_namespaced_deployment_scale(self, name: str, namespace: str, body: Any) -> None:
-            calls.append(f"scale {namespace}/{name} {body['spec']['replicas']}")
+    def list_pods(namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        calls.append(f"list {namespace} {label_selector}")
+        return listings.pop(0)
 
-        def read_namespaced_deployment(self, name: str, namespace: str) -> Obj:
-            selector = Obj(
-                match_labels={"app.kubernetes.io/name": "loraplane", "app.kubernetes.io/instance": "r"}
-            )
-            return Obj(spec=Obj(selector=selector), status=Obj(replicas=0))
-
-    class Core:
-        def __init__(self, _client: Any) -> None:
-            pass
-
-        def list_namespaced_pod(self, namespace: str, label_selector: str) -> Obj:
-            calls.append(f"list {namespace} {label_selector}")
-            return Obj(items=listings.pop(0))
-
-    monkeypatch.setattr(cleanup, "AppsV1Api", Apps)
-    monkeypatch.setattr(cleanup, "CoreV1Api", Core)
+    monkeypatch.setattr(cleanup.kube, "scale_deployment", scale)
+    monkeypatch.setattr(cleanup.kube, "list_pods", list_pods)
     cleanup.stop_operator("lp", "r-loraplane", timeout_s=60)
     selector = "app.kubernetes.io/instance=r,app.kubernetes.io/name=loraplane"
     assert calls == ["scale lp/r-loraplane 0"] + [f"list lp {selector}"] * 3
@@ -63,14 +49,8 @@ def test_the_operator_counts_as_stopped_only_once_its_pods_are_gone(monkeypatch:
 
 
 def test_a_missing_operator_deployment_is_already_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Apps:
-        def __init__(self, _client: Any) -> None:
-            pass
-
-        def patch_namespaced_deployment_scale(self, *_: Any) -> None:
-            raise ApiException(status=404)
-
-    monkeypatch.setattr(cleanup, "AppsV1Api", Apps)
+    monkeypatch.setattr(cleanup.kube, "scale_deployment", lambda *_: None)
+    monkeypatch.setattr(cleanup.kube, "list_pods", lambda *_: pytest.fail("nothing to wait for"))
     cleanup.stop_operator("lp", "r-loraplane", timeout_s=60)
 
 
@@ -79,19 +59,12 @@ def test_gates_open_once_and_a_pod_gone_meanwhile_is_skipped(monkeypatch: pytest
             pod("gone", gate="False")]  # fmt: skip
     written: list[tuple[str, str, str]] = []
 
-    class Core:
-        def __init__(self, _client: Any) -> None:
-            pass
-
-        def list_namespaced_pod(self, namespace: str) -> Obj:
-            return Obj(items=pods)
-
     def set_condition(namespace: str, name: str, condition: dict[str, Any]) -> None:
         if name == "gone":
             raise ApiException(status=404)
         written.append((name, condition["type"], condition["status"]))
 
-    monkeypatch.setattr(cleanup, "CoreV1Api", Core)
+    monkeypatch.setattr(cleanup.kube, "list_pods", lambda namespace, label_selector=None: pods)
     monkeypatch.setattr(cleanup.kube, "set_pod_condition", set_condition)
     assert cleanup.open_gates(["serving"]) == 2
     assert written == [("closed", serving.GATE, "True"), ("new", serving.GATE, "True")]
@@ -124,27 +97,21 @@ def test_finalizers_are_removed_again_after_a_conflict(monkeypatch: pytest.Monke
     listed = [adapter("raced", "1", [ours, theirs]), stored["gone"], stored["plain"]]
     patches: list[tuple[str, dict[str, Any]]] = []
 
-    class Custom:
-        def __init__(self, _client: Any) -> None:
-            pass
+    def patch_object(namespace: str, plural: str, name: str, patch: dict[str, Any]) -> bool:
+        patches.append((name, patch))
+        if name == "gone":
+            return False
+        if patch["metadata"]["resourceVersion"] != stored[name]["metadata"]["resourceVersion"]:
+            raise ApiException(status=409)
+        return True
 
-        def list_namespaced_custom_object(
-            self, group: str, version: str, namespace: str, plural: str
-        ) -> dict:
-            return {"items": listed if plural == "loraadapters" else []}
-
-        def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
-            return stored[args[-1]]
-
-        def patch_namespaced_custom_object(self, *args: Any) -> None:
-            name, patch = args[-2], args[-1]
-            patches.append((name, patch))
-            if name == "gone":
-                raise ApiException(status=404)
-            if patch["metadata"]["resourceVersion"] != stored[name]["metadata"]["resourceVersion"]:
-                raise ApiException(status=409)
-
-    monkeypatch.setattr(cleanup, "CustomObjectsApi", Custom)
+    monkeypatch.setattr(
+        cleanup.kube,
+        "list_custom_objects",
+        lambda namespace, plural: listed if plural == "loraadapters" else None,
+    )
+    monkeypatch.setattr(cleanup.kube, "get_custom_object", lambda namespace, plural, name: stored[name])
+    monkeypatch.setattr(cleanup.kube, "patch_custom_object", patch_object)
     assert cleanup.remove_finalizers(["serving"]) == 1
     assert patches == [
         ("raced", {"metadata": {"finalizers": [theirs], "resourceVersion": "1"}}),
@@ -156,15 +123,8 @@ def test_finalizers_are_removed_again_after_a_conflict(monkeypatch: pytest.Monke
 def test_excluded_namespaces_are_left_to_the_release_that_serves_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Core:
-        def __init__(self, _client: Any) -> None:
-            pass
-
-        def list_namespace(self) -> Obj:
-            names = ["default", "team-a", "own-release-x-1", "own-release-y-2", "lp"]
-            return Obj(items=[Obj(metadata=Obj(name=n)) for n in names])
-
-    monkeypatch.setattr(cleanup, "CoreV1Api", Core)
+    names = ["default", "team-a", "own-release-x-1", "own-release-y-2", "lp"]
+    monkeypatch.setattr(cleanup.kube, "namespace_names", lambda: names)
     assert cleanup.namespaces_of([], ["own-release-*"]) == ["default", "team-a", "lp"]
     assert cleanup.namespaces_of([], []) == ["default", "team-a", "own-release-x-1", "own-release-y-2", "lp"]
     assert cleanup.namespaces_of(["team-a"], ["team-*"]) == ["team-a"], "watched namespaces are explicit"

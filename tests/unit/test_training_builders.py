@@ -10,7 +10,6 @@ import yaml
 from loraplane.api.training_job import LoraTrainingJob
 from loraplane.builders import training as build
 from loraplane.settings import Settings
-from loraplane_worker.config import parse_config
 from manifests import example_training_job
 
 SETTINGS = Settings(worker_image="registry.example/worker:1", gpu_resource_name="nvidia.com/gpu")
@@ -25,41 +24,33 @@ def job(**changes: object) -> LoraTrainingJob:
     return LoraTrainingJob.model_validate(body)
 
 
-def test_worker_config_uses_trl_and_peft_names_and_the_run_folder() -> None:
-    config = build.worker_config(job(), SETTINGS)
-    assert config["model"]["name_or_path"] == "facebook/opt-350m"
-    assert config["dataset"]["text_field"] == "quote"
-    assert config["lora"] == {
-        "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
-        "bias": "none", "task_type": "CAUSAL_LM", "use_rslora": False,
-    }  # fmt: skip
-    assert config["training"]["per_device_train_batch_size"] == 4
-    assert config["training"]["num_train_epochs"] == 3
-    assert config["output"]["dir"] == f"/mnt/claims/loraplane-adapters/opt-350m/{UID}"
+def test_worker_input_carries_the_spec_groups_and_the_run_folder() -> None:
+    spec = job()
+    config = build.worker_input(spec, SETTINGS)
+    assert config.model.name_or_path == "facebook/opt-350m"
+    assert config.dataset.text_field == "quote"
+    assert config.lora == spec.spec.lora, "the spec's own model, not a copy of its fields"
+    assert config.training == spec.spec.training
+    assert config.output.dir == f"/mnt/claims/loraplane-adapters/opt-350m/{UID}"
 
 
-def test_the_config_the_operator_writes_is_what_the_worker_reads() -> None:
-    """The contract between the two images, checked without either's heavy dependencies."""
+def test_the_config_map_holds_the_inputs_wire_form() -> None:
     body = build.config_map(job(training={"sftArgs": {"weight_decay": 0.01}, "maxSteps": 5}), SETTINGS)
-    parsed = parse_config(yaml.safe_load(body["data"]["config.yaml"]))
-    assert parsed.training["weight_decay"] == 0.01
-    assert parsed.training["max_steps"] == 5
-    assert parsed.dataset.column == "quote"
-    assert parsed.served_base_model == "facebook/opt-350m"
-
-
-def test_all_linear_is_passed_to_peft_as_the_bare_string() -> None:
-    config = build.worker_config(job(lora={"targetModules": ["all-linear"]}), SETTINGS)
-    assert config["lora"]["target_modules"] == "all-linear"
+    document = yaml.safe_load(body["data"]["config.yaml"])
+    assert document["model"] == {"nameOrPath": "facebook/opt-350m"}
+    assert document["training"]["maxSteps"] == 5
+    assert document["training"]["sftArgs"] == {"weight_decay": 0.01}
+    assert "volume" not in document["dataset"]
 
 
 def test_volume_sources_resolve_to_claim_mounts() -> None:
     spec = {"volume": {"claimName": "models", "path": "tiny/model"}}
     data = {"volume": {"claimName": "data", "path": "quotes.jsonl"}, "textField": "text"}
-    config = build.worker_config(job(baseModel=spec, dataset=data), SETTINGS)
-    assert config["model"]["name_or_path"] == "/mnt/claims/models/tiny/model"
-    assert config["output"]["base_model_name"] == "/mnt/claims/models/tiny/model"
-    assert config["dataset"]["path"] == "/mnt/claims/data/quotes.jsonl"
+    config = build.worker_input(job(baseModel=spec, dataset=data), SETTINGS)
+    assert config.model.name_or_path == "/mnt/claims/models/tiny/model"
+    assert config.output.base_model_name == "/mnt/claims/models/tiny/model"
+    assert config.dataset.path == "/mnt/claims/data/quotes.jsonl"
+    assert config.dataset.volume is None
     pod = build.pod_spec(job(baseModel=spec, dataset=data), SETTINGS)
     claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
               for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
@@ -119,6 +110,6 @@ def test_published_adapter_is_labelled_not_owned() -> None:
 def test_publication_names_the_base_model_as_the_deployment_serves_it() -> None:
     spec = {"volume": {"claimName": "models", "path": "tiny/model"}}
     served = job(baseModel=spec, adapter={"deployment": "vllm", "baseModel": "tiny-llama"})
-    assert build.worker_config(served, SETTINGS)["model"]["name_or_path"] == "/mnt/claims/models/tiny/model"
-    assert build.worker_config(served, SETTINGS)["output"]["base_model_name"] == "tiny-llama"
+    assert build.worker_input(served, SETTINGS).model.name_or_path == "/mnt/claims/models/tiny/model"
+    assert build.worker_input(served, SETTINGS).served_base_model == "tiny-llama"
     assert build.published_adapter(served)["spec"]["baseModel"] == "tiny-llama"

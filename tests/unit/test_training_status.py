@@ -6,6 +6,8 @@ import copy
 import datetime as dt
 import json
 
+import pytest
+
 from loraplane import progress
 from loraplane.api.training_job import LoraTrainingJob
 from loraplane.status import training as status_of
@@ -60,13 +62,68 @@ def test_unschedulable_carries_the_schedulers_message() -> None:
                                        "message": message}])  # fmt: skip
     status = status_of.observe(job(), batch(active=1), [unscheduled], None, NOW)
     assert summary(status) == ("Unknown", "Unschedulable")
-    assert find(status.conditions, "Succeeded").message == message
+    assert find(status.conditions, "Succeeded").message.startswith(message)
+    assert "retries" in find(status.conditions, "Succeeded").message
 
 
-def test_image_pull_failure_is_surfaced() -> None:
-    waiting = pod({"waiting": {"reason": "ErrImagePull", "message": "image not found"}})
+@pytest.mark.parametrize(
+    ("kubelet_reason", "kubelet_message", "reason", "fix"),
+    [
+        ("CreateContainerConfigError", 'secret "hf-token" not found', "CreateContainerConfigError", "Secret"),
+        (
+            "CreateContainerConfigError",
+            "couldn't find key token in Secret team/hf-token",
+            "CreateContainerConfigError",
+            "Secret",
+        ),
+        ("CreateContainerConfigError", 'configmap "x" not found', "CreateContainerConfigError", "ConfigMap"),
+        (
+            "CreateContainerError",
+            "container name already in use",
+            "CreateContainerError",
+            "fix what it names",
+        ),
+        ("RunContainerError", "exec format error", "RunContainerError", "fix what it names"),
+        ("ErrImagePull", "image not found", "ImagePullFailed", "image name"),
+        ("ImagePullBackOff", 'Back-off pulling image "w:1"', "ImagePullFailed", "pull secret"),
+        ("InvalidImageName", 'invalid image name "W:"', "ImagePullFailed", "image name"),
+        ("CrashLoopBackOff", "back-off 10s restarting failed container", "CrashLoopBackOff", "logs"),
+        (
+            "ContainerCreating",
+            'MountVolume.SetUp failed for volume "config": configmap "j-config" not found',
+            "VolumeNotReady",
+            "ConfigMap",
+        ),
+    ],
+)
+def test_every_waiting_reason_reaches_the_condition_in_the_kubelets_words(
+    kubelet_reason: str, kubelet_message: str, reason: str, fix: str
+) -> None:
+    """Not terminal (the kubelet retries, so fixing the cause lets the run go on), a Warning, and the
+    message is what the kubelet said plus what to do."""
+    waiting = pod({"waiting": {"reason": kubelet_reason, "message": kubelet_message}})
     status = status_of.observe(job(), batch(active=1), [waiting], None, NOW)
-    assert summary(status) == ("Unknown", "ImagePullFailed")
+    assert summary(status) == ("Unknown", reason)
+    message = find(status.conditions, "Succeeded").message
+    assert kubelet_message in message
+    assert fix in message
+    assert not status_of.is_terminal(status)
+    assert status_of.Phase(reason, message).stuck
+
+
+def test_a_missing_claim_is_the_schedulers_words() -> None:
+    said = '0/1 nodes are available: persistentvolumeclaim "models" not found.'
+    unscheduled = pod({}, conditions=[{"type": "PodScheduled", "status": "False", "message": said}])
+    status = status_of.observe(job(), batch(active=1), [unscheduled], None, NOW)
+    assert summary(status) == ("Unknown", "Unschedulable")
+    assert said in find(status.conditions, "Succeeded").message
+
+
+def test_container_creating_without_a_reason_given_is_plain_pending() -> None:
+    status = status_of.observe(
+        job(), batch(active=1), [pod({"waiting": {"reason": "ContainerCreating"}})], None, NOW
+    )
+    assert summary(status) == ("Unknown", "Pending")
 
 
 def test_success_records_the_adapter_as_claim_and_path() -> None:
@@ -87,6 +144,14 @@ def test_success_records_the_adapter_as_claim_and_path() -> None:
         status.trainable_parameters == "trainable params: 1,000 || all params: 100,000 || trainable%: 1.0000"
     )
     assert status_of.is_terminal(status)
+
+
+def test_a_termination_message_that_is_not_json_is_the_logs_last_line() -> None:
+    crashed = pod({"terminated": {"exitCode": 1, "reason": "Error", "message": "Traceback\nKilled\n"}})
+    failed = batch([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=4)
+    status = status_of.observe(job(), failed, [crashed], None, NOW)
+    assert summary(status) == ("False", "Failed")
+    assert find(status.conditions, "Failed").message == "Error: Killed"
 
 
 def test_input_error_fails_with_the_workers_line() -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from loraplane.api.training_job import ALL_LINEAR
 from loraplane_worker.config import (
-    ALL_LINEAR,
     check_known_keys,
     check_target_modules,
+    checkpoints_dir,
     dataset_file_format,
     load_config,
     parse_config,
@@ -22,7 +23,7 @@ from loraplane_worker.config import (
 from loraplane_worker.errors import ConfigError, TargetModuleError
 
 MINIMAL = {
-    "model": {"name_or_path": "facebook/opt-350m"},
+    "model": {"nameOrPath": "facebook/opt-350m"},
     "dataset": {"name": "Abirate/english_quotes"},
     "output": {"dir": "/output/uid-1"},
 }
@@ -35,22 +36,30 @@ def with_(**sections: Any) -> dict[str, Any]:
     return document
 
 
-def test_the_documented_example_parses_with_its_defaults() -> None:
+def test_the_defaults_are_the_apis() -> None:
     config = parse_config(MINIMAL)
     assert config.lora.r == 16
     assert config.lora.lora_alpha == 32
-    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.lora.target_modules == [ALL_LINEAR], "one default, the API's"
     assert config.dataset.column == "text"
-    assert config.quantization == "none"
-    assert config.precision == "auto"
+    assert config.lora.quantization == "none"
+    assert config.training.precision == "auto"
     assert config.metrics.port == 9400
     assert config.served_base_model == "facebook/opt-350m"
-    assert str(config.checkpoints_dir) == "/output/uid-1/checkpoints"
+    assert str(checkpoints_dir(config)) == "/output/uid-1/checkpoints"
 
 
 def test_base_model_name_is_what_the_adapter_records() -> None:
-    config = parse_config(with_(output={"base_model_name": "served-name"}))
+    config = parse_config(with_(output={"baseModelName": "served-name"}))
     assert config.served_base_model == "served-name"
+
+
+def test_snake_case_names_are_accepted_for_local_runs() -> None:
+    document = {"model": {"name_or_path": "m"}, "dataset": {"path": "/d.jsonl", "text_field": "t"},
+                "output": {"dir": "/o", "base_model_name": "b"}, "training": {"max_steps": 5}}  # fmt: skip
+    config = parse_config(document)
+    assert config.model.name_or_path == "m"
+    assert config.training.max_steps == 5
 
 
 @pytest.mark.parametrize(
@@ -60,18 +69,24 @@ def test_base_model_name_is_what_the_adapter_records() -> None:
         (with_(lora={"r": 513}), "lora.r"),
         (with_(lora={"r": "eight"}), "lora.r"),
         (with_(surprise={"a": 1}), "surprise: unknown key"),
-        (with_(output={"dirr": "/x"}), "output.dirr: unknown key"),
+        (with_(output={"dirr": "/x"}), "output.dirr: unknown key; did you mean 'dir'?"),
+        (with_(lora={"lora_rank": 4}), "lora.lora_rank: unknown key"),
+        (with_(training={"learnig_rate": 1e-3}), "did you mean 'learning_rate'?"),
+        (with_(training={"weight_decay": 0.1}), "go under training.sftArgs"),
         ({"dataset": {"name": "d"}, "output": {"dir": "/o"}}, "model: required"),
         (with_(dataset={"path": "/data.jsonl"}), "exactly one of dataset.name"),
-        (with_(dataset={"eval_split": "test", "eval_fraction": 0.1}), "at most one of dataset.eval_split"),
-        (with_(dataset={"eval_fraction": 1.5}), "dataset.eval_fraction"),
+        (with_(dataset={"evalSplit": "test", "evalFraction": 0.1}), "at most one of dataset.evalSplit"),
+        (with_(dataset={"evalFraction": 1.5}), "dataset.evalFraction"),
         (
-            with_(dataset={"text_field": "quote", "messages_field": "messages"}),
-            "at most one of dataset.text_field",
+            with_(dataset={"textField": "quote", "messagesField": "messages"}),
+            "at most one of dataset.textField",
         ),
-        (with_(quantization="2bit"), "quantization"),
-        (with_(precision="fp8"), "precision"),
+        (with_(lora={"quantization": "2bit"}), "lora.quantization"),
+        (with_(training={"precision": "fp8"}), "training.precision"),
+        (with_(training={"maxLength": 4}), "training.maxLength"),
         (with_(metrics={"port": 70000}), "metrics.port"),
+        (with_(lora={"use_dora": True}), "lora.use_dora: unknown key"),
+        (with_(lora={"targetModules": ["all-linear", "q_proj"]}), "all-linear"),
     ],
 )
 def test_errors_name_the_key(document: dict[str, Any], expected: str) -> None:
@@ -80,53 +95,23 @@ def test_errors_name_the_key(document: dict[str, Any], expected: str) -> None:
     assert expected in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "why"),
-    [
-        ("use_dora", True, "DoRA"),
-        ("modules_to_save", ["lm_head"], "modules_to_save"),
-        ("trainable_token_indices", [5], "token embeddings"),
-    ],
-)
-def test_lora_options_vllm_refuses_are_errors(key: str, value: object, why: str) -> None:
-    with pytest.raises(ConfigError, match=f"lora.{key}: .*{why}"):
-        parse_config(with_(lora={key: value}))
-
-
-def test_further_lora_options_pass_through_and_vllm_needs_are_forced() -> None:
-    config = parse_config(with_(lora={"init_lora_weights": "gaussian", "use_dora": False}))
-    kwargs = config.lora.peft_kwargs()
-    assert kwargs["init_lora_weights"] == "gaussian"
-    assert kwargs["use_dora"] is False
-    assert kwargs["modules_to_save"] is None
-
-
-@pytest.mark.parametrize("value", [["all-linear"], "all-linear"])
-def test_all_linear_becomes_the_string_peft_expects(value: object) -> None:
-    assert parse_config(with_(lora={"target_modules": value})).lora.target_modules == ALL_LINEAR
-
-
-def test_all_linear_stands_alone() -> None:
-    with pytest.raises(ConfigError, match="all-linear"):
-        parse_config(with_(lora={"target_modules": ["all-linear", "q_proj"]}))
+def test_all_linear_becomes_the_string_peft_expects() -> None:
+    config = parse_config(with_(lora={"targetModules": ["all-linear"]}))
+    assert config.lora.peft_kwargs()["target_modules"] == ALL_LINEAR
+    assert "quantization" not in config.lora.peft_kwargs()
 
 
 @pytest.mark.parametrize(
-    "key", ["output_dir", "report_to", "resume_from_checkpoint", "dataset_text_field", "bf16"]
+    "key",
+    ["output_dir", "report_to", "resume_from_checkpoint", "dataset_text_field", "bf16", "chat_template_path"],
 )
-def test_training_keys_the_worker_owns_are_refused(key: str) -> None:
-    with pytest.raises(ConfigError, match=f"training.{key} is set by the worker"):
-        parse_config(with_(training={key: "x"}))
-
-
-@pytest.mark.parametrize("value", [0, -3, True, "64"])
-def test_max_length_below_one_is_refused(value: object) -> None:
-    with pytest.raises(ConfigError, match=r"training\.max_length"):
-        parse_config(with_(training={"max_length": value}))
+def test_training_keys_the_worker_owns_are_refused_with_the_operators_words(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"training.sftArgs.{key}: not allowed here"):
+        parse_config(with_(training={"sftArgs": {key: "x"}}))
 
 
 def test_chat_column_replaces_the_text_default() -> None:
-    config = parse_config(with_(dataset={"messages_field": "conversation"}))
+    config = parse_config(with_(dataset={"messagesField": "conversation"}))
     assert config.dataset.is_chat
     assert config.dataset.column == "conversation"
 
@@ -184,7 +169,7 @@ def test_file_and_overrides_combine(tmp_path: Path) -> None:
     )
     config = load_config(path, ["lora.r=8", "training.max_steps=5", "lora.target_modules=[q_proj, k_proj]"])
     assert config.lora.r == 8
-    assert config.training["max_steps"] == 5
+    assert config.training.max_steps == 5
     assert config.lora.target_modules == ["q_proj", "k_proj"]
 
 
@@ -209,17 +194,21 @@ def test_unreadable_or_non_mapping_files_are_config_errors(tmp_path: Path) -> No
 
 
 def test_the_config_module_does_not_import_torch() -> None:
-    """The operator's tests import the worker's config; torch must stay out of that path."""
+    """The operator's tests import the worker's config; torch must stay out of that path, and the
+    worker needs only the API package of the operator's (what its image installs)."""
     code = (
         "import sys, loraplane_worker.config, loraplane_worker.result, loraplane_worker.resume, "
-        "loraplane_worker.progress, loraplane_worker.errors; print('torch' in sys.modules)"
+        "loraplane_worker.progress, loraplane_worker.errors; "
+        "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('loraplane.')))"
     )
-    worker_dir = Path(__file__).resolve().parents[2] / "worker"
+    root = Path(__file__).resolve().parents[2]
     output = subprocess.run(
         [sys.executable, "-c", code],
         check=True,
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(worker_dir)},
+        env={"PYTHONPATH": f"{root / 'worker'}:{root / 'operator'}"},
     ).stdout
-    assert output.strip() == "False"
+    torch_loaded, operator_modules = output.strip().split(" ", 1)
+    assert torch_loaded == "False"
+    assert all(name.startswith("loraplane.api") for name in eval(operator_modules)), operator_modules

@@ -33,7 +33,7 @@ def test_a_bad_config_exits_65_with_a_termination_message(
 
 def test_shorthands_stay_strings_and_come_before_set() -> None:
     args = parse_args(["--model", "123", "--output-dir", "/o", "--set", "lora.r=8"])
-    assert overrides_of(args) == ['model.name_or_path="123"', 'output.dir="/o"', "lora.r=8"]
+    assert overrides_of(args) == ['model.nameOrPath="123"', 'output.dir="/o"', "lora.r=8"]
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from loraplane.api.worker import TrainingReport, read_report
 from loraplane_worker import errors
 from loraplane_worker.result import (
     MAX_MESSAGE_BYTES,
-    TrainingResult,
     failure_message,
     fit_message,
     module_leaf_names,
@@ -19,7 +19,7 @@ from loraplane_worker.result import (
 )
 
 
-def result(**changes: object) -> TrainingResult:
+def result(**changes: object) -> TrainingReport:
     values: dict[str, object] = {
         "adapter_dir": "/output/uid-1",
         "sha256": "ab" * 32,
@@ -37,11 +37,13 @@ def result(**changes: object) -> TrainingResult:
         "merged_dir": None,
     }
     values.update(changes)
-    return TrainingResult(**values)  # type: ignore[arg-type]
+    return TrainingReport.model_validate(values)
 
 
-def test_success_message_has_the_camel_case_fields() -> None:
-    message = json.loads(success_message(result()))
+def test_success_message_is_the_shared_models_wire_form() -> None:
+    text = success_message(result())
+    assert read_report(text) == result(train_loss=2.345679), "what the operator reads back"
+    message = json.loads(text)
     assert message == {
         "adapterDir": "/output/uid-1",
         "sha256": "ab" * 32,
@@ -56,14 +58,13 @@ def test_success_message_has_the_camel_case_fields() -> None:
         "trainableParameters": 786432,
         "allParameters": 331982848,
         "resumedFromStep": 40,
-        "mergedDir": None,
-    }
+    }, "camelCase, absent fields left out"
 
 
 def test_a_diverged_loss_is_reported_as_absent_not_as_invalid_json() -> None:
     message = json.loads(success_message(result(train_loss=float("nan"), eval_loss=float("inf"))))
-    assert message["trainLoss"] is None
-    assert message["evalLoss"] is None
+    assert "trainLoss" not in message
+    assert "evalLoss" not in message
 
 
 def test_optional_fields_are_dropped_first_to_fit() -> None:

@@ -6,6 +6,15 @@ as YAML: `8`, `true`, `[q_proj, v_proj]`), and three shorthands: `--model`, `--d
 
 With several GPUs visible the worker starts itself once per GPU under torchrun (data parallel, the
 same config); the launching process collects the main process's result and exit code.
+
+Why not TRL's `TrlParser`: it fills flat dataclasses (`SFTConfig`, `ModelConfig`, script arguments)
+from flags and a flat YAML file. The worker's input is the nested `WorkerInput` model the operator
+renders from the LoraTrainingJob spec; parsing it with the same pydantic models is what keeps one
+contract, and their errors name the key as the spec spells it (`lora.r: Input should be less than or
+equal to 512`, `training.learnigRate: unknown key; did you mean 'learning_rate'?`), where TrlParser
+would stop at argparse's "unrecognized arguments" or pass a wrong type on to TRL. TRL's own names
+still reach `SFTConfig` and `LoraConfig` unchanged, and `sftArgs` is checked against the real
+`SFTConfig` in `train`.
 """
 
 from __future__ import annotations
@@ -20,15 +29,13 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from loraplane.api.worker import TERMINATION_MESSAGE_PATH_ENV, FailureReport
 from loraplane_worker.config import load_config
 from loraplane_worker.errors import EXIT_FAILURE, EXIT_INPUT_ERROR, EXIT_SUCCESS, exit_code_for
 from loraplane_worker.progress import emit
-from loraplane_worker.result import (
-    TERMINATION_MESSAGE_PATH_ENV,
-    failure_message,
-    success_message,
-    write_termination_message,
-)
+from loraplane_worker.result import failure_message, success_message, write_termination_message
 
 # Processes per pod; default: one per visible CUDA GPU. Set it to run data parallel on CPUs (tests).
 NPROC_ENV = "LORAPLANE_NPROC"
@@ -48,7 +55,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="set or override one key, e.g. --set lora.r=8 --set training.max_steps=5 (value read as YAML)",
     )
-    parser.add_argument("--model", help="shorthand for --set model.name_or_path=MODEL")
+    parser.add_argument("--model", help="shorthand for --set model.nameOrPath=MODEL")
     parser.add_argument("--dataset-path", help="shorthand for --set dataset.path=PATH")
     parser.add_argument("--output-dir", help="shorthand for --set output.dir=DIR")
     return parser.parse_args(argv)
@@ -57,7 +64,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def overrides_of(args: argparse.Namespace) -> list[str]:
     """Shorthands first, then `--set` in order; shorthand values stay strings (JSON-quoted YAML)."""
     shorthands = {
-        "model.name_or_path": args.model,
+        "model.nameOrPath": args.model,
         "dataset.path": args.dataset_path,
         "output.dir": args.output_dir,
     }
@@ -66,7 +73,10 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """accelerate's notion (`train.is_main_process`) once training code is loaded; before that (a
+    config error, a launcher about to start torchrun) there is only this one process."""
+    train = sys.modules.get("loraplane_worker.train")
+    return True if train is None else bool(train.is_main_process())
 
 
 def process_count() -> int:
@@ -111,8 +121,8 @@ def launch_data_parallel(argv: Sequence[str], processes: int) -> int:
         write_termination_message(message)
         return EXIT_SUCCESS
     try:
-        input_error = bool(json.loads(message).get("inputError"))
-    except ValueError:
+        input_error = FailureReport.model_validate_json(message).input_error
+    except ValidationError:
         message = failure_message(RuntimeError(f"torchrun exited with {returncode} and no result"))
         input_error = False
     write_termination_message(message)

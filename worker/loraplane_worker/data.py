@@ -1,13 +1,17 @@
 """Loading the training (and eval) data with the `datasets` library, the way TRL's SFT script does.
 
 What this adds is the checks a pod needs before it spends GPU time: the source exists, the split
-exists, the configured column is there (naming the columns that are), the data is not empty. The
-dataset handed to SFTTrainer holds only the one column it trains on; a chat column is renamed to
-`messages`, the name TRL recognises as conversational.
+exists, the configured column is there (naming the columns that are) and holds text or chat turns
+(judged from the Arrow schema, so a large dataset is not read twice), and enough non-empty examples
+remain for one optimizer step in the training split and one in the eval split. Empty texts and empty
+conversations teach nothing and are dropped (the count is logged). The dataset handed to SFTTrainer
+holds only the one column it trains on; a chat column is renamed to `messages`, the name TRL
+recognises as conversational.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,10 @@ import datasets
 from datasets import Dataset
 from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
 
+from loraplane.api.worker import DatasetInput
 from loraplane_worker import errors
-from loraplane_worker.config import FILE_FORMATS, DatasetSection, dataset_file_format
+from loraplane_worker.config import FILE_FORMATS, dataset_file_format
+from loraplane_worker.progress import emit
 
 CHAT_COLUMN = "messages"
 
@@ -47,7 +53,7 @@ def _local_files(path: Path, format_override: str | None) -> tuple[str, list[str
     return file_format, [str(p) for p in files if FILE_FORMATS.get(p.suffix.lower()) == file_format]
 
 
-def _load(section: DatasetSection, split: str) -> Dataset:
+def _load(section: DatasetInput, split: str) -> Dataset:
     try:
         if section.path is not None:
             file_format, files = _local_files(Path(section.path), section.format)
@@ -81,46 +87,127 @@ def _load(section: DatasetSection, split: str) -> Dataset:
     return loaded
 
 
-def _looks_like_chat(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(turn, dict) and "role" in turn and "content" in turn for turn in value)
-    )
+TEXT_TYPES = {"string", "large_string"}
 
 
-def prepare(dataset: Dataset, section: DatasetSection, what: str) -> Dataset:
-    """Check the configured column, keep only it, and name a chat column `messages`."""
-    column = section.column
-    key = "dataset.messages_field" if section.is_chat else "dataset.text_field"
+def _describe_feature(feature: Any) -> str:
+    if isinstance(feature, datasets.Value):
+        return f"{feature.dtype} values"
+    if isinstance(feature, dict):
+        return f"records with keys {', '.join(sorted(feature))}"
+    inner = _list_item(feature)
+    return f"lists of {_describe_feature(inner)}" if inner is not None else type(feature).__name__
+
+
+def _list_item(feature: Any) -> Any:
+    """The item feature of a list column (`[x]`, `List(x)`, `Sequence(x)`), else None."""
+    if isinstance(feature, list) and len(feature) == 1:
+        return feature[0]
+    if type(feature).__name__ in ("List", "LargeList", "Sequence"):
+        return getattr(feature, "feature", None)
+    return None
+
+
+def _is_chat_feature(feature: Any) -> bool:
+    turn = _list_item(feature)
+    return isinstance(turn, dict) and "role" in turn and "content" in turn
+
+
+def _all_missing(dataset: Dataset, column: str, feature: Any) -> bool:
+    """A column of nothing but nulls (or NaN, as pandas reads a blank CSV column); read only when the
+    schema says the column is not text, i.e. on the way to an error."""
+    if not isinstance(feature, datasets.Value) or feature.dtype in TEXT_TYPES:
+        return False
+    return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in dataset[column])
+
+
+def _key(section: DatasetInput) -> str:
+    return "dataset.messagesField" if section.is_chat else "dataset.textField"
+
+
+def prepare(dataset: Dataset, section: DatasetInput, what: str) -> Dataset:
+    """Check the configured column, keep only it with its non-empty examples, name a chat column
+    `messages`."""
+    column, key = section.column, _key(section)
     if column not in dataset.column_names:
         raise errors.DatasetFieldError(
             f"{key}: the {what} data has no column {column!r}; "
             f"its columns are {', '.join(dataset.column_names)}"
         )
+    source = section.path or section.name
     if len(dataset) == 0:
-        raise errors.EmptyDatasetError(f"the {what} data ({section.path or section.name}) has no rows")
+        raise errors.EmptyDatasetError(f"the {what} data ({source}) has no rows")
+    feature = dataset.features[column]
+    if section.is_chat and not _is_chat_feature(feature):
+        raise errors.DatasetFieldError(
+            f"{key}: column {column!r} does not hold chat messages (a list of {{role, content}} turns); "
+            f"it holds {_describe_feature(feature)}"
+        )
+    if _all_missing(dataset, column, feature):  # e.g. a CSV column left blank (read as NaN)
+        raise errors.EmptyDatasetError(
+            f"{key}: column {column!r} of the {what} data ({source}) holds no values ({len(dataset)} rows, "
+            f"all empty); point {key} at the column with the training data"
+        )
+    if not section.is_chat and not (isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES):
+        hint = "; for chat turns set dataset.messagesField instead" if _is_chat_feature(feature) else ""
+        raise errors.DatasetFieldError(
+            f"{key}: column {column!r} does not hold text; it holds {_describe_feature(feature)}{hint}"
+        )
     dataset = dataset.select_columns([column])
+    rows = len(dataset)
     if section.is_chat:
-        if not _looks_like_chat(dataset[0][column]):
-            raise errors.DatasetFieldError(
-                f"{key}: column {column!r} does not hold chat messages (a list of {{role, content}} turns)"
-            )
-        if column != CHAT_COLUMN:
-            dataset = dataset.rename_column(column, CHAT_COLUMN)
-    return dataset
+        kept = dataset.filter(lambda batch: [bool(turns) for turns in batch[column]], batched=True)
+        nothing = "empty conversations"
+    else:
+        kept = dataset.filter(lambda batch: [bool(t and t.strip()) for t in batch[column]], batched=True)
+        nothing = "empty strings"
+    if len(kept) == 0:
+        raise errors.EmptyDatasetError(
+            f"{key}: column {column!r} of the {what} data ({source}) holds only {nothing} "
+            f"({rows} rows, none with content); point {key} at the column with the training text"
+        )
+    if len(kept) < rows:
+        emit(
+            {"event": "dataset", "split": what, "rows": rows, "dropped": rows - len(kept), "reason": nothing}
+        )
+    if section.is_chat and column != CHAT_COLUMN:
+        kept = kept.rename_column(column, CHAT_COLUMN)
+    return kept
 
 
-def load_training_data(section: DatasetSection, seed: int) -> tuple[Dataset, Dataset | None]:
-    """The train split and, when configured, an eval split (a named split, or a seeded fraction)."""
+def _enough_for_one_step(data: Dataset, section: DatasetInput, what: str, per_step: int, how: str) -> None:
+    if len(data) < per_step:
+        raise errors.TooFewExamplesError(
+            f"{_key(section)}: {len(data)} non-empty examples in the {what} data "
+            f"({section.path or section.name}), "
+            f"but one optimizer step takes {per_step} ({how}); add data or lower "
+            "training.perDeviceTrainBatchSize / training.gradientAccumulationSteps"
+        )
+
+
+def load_training_data(
+    section: DatasetInput, seed: int, per_step: int = 1, how: str = ""
+) -> tuple[Dataset, Dataset | None]:
+    """The train split and, when configured, an eval split (a named split, or a seeded fraction).
+    `per_step`: examples one optimizer step takes (`how` says why, for the message)."""
     train = prepare(_load(section, section.split), section, "training")
     evaluation = None
     if section.eval_split is not None:
         evaluation = prepare(_load(section, section.eval_split), section, "eval")
     elif section.eval_fraction is not None:
+        fraction = section.eval_fraction
         try:
-            parts = train.train_test_split(test_size=section.eval_fraction, seed=seed)
+            parts = train.train_test_split(test_size=fraction, seed=seed)
         except ValueError as error:
-            raise errors.ConfigError(f"dataset.eval_fraction {section.eval_fraction}: {error}") from error
+            raise errors.TooFewExamplesError(
+                f"dataset.evalFraction {fraction}: {len(train)} non-empty examples cannot be split into a "
+                f"training and an eval part ({error}); lower dataset.evalFraction or add data"
+            ) from error
         train, evaluation = parts["train"], parts["test"]
+        if len(evaluation) == 0:
+            raise errors.TooFewExamplesError(
+                f"dataset.evalFraction {fraction} of {len(train)} examples leaves the eval split empty"
+            )
+        how = f"{how}, after dataset.evalFraction {fraction} held out {len(evaluation)}".lstrip(", ")
+    _enough_for_one_step(train, section, "training", per_step, how or "one batch")
     return train, evaluation

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 
+from loraplane.api.worker import INPUT_ERROR_EXIT_CODE
+
 EXIT_SUCCESS = 0
 # Any failure that a retry may cure: out of memory, a lost node, a network error, a bug.
 EXIT_FAILURE = 1
 # EX_DATAERR from sysexits.h: the config, the model or the dataset is wrong; retrying cannot help.
-EXIT_INPUT_ERROR = 65
+EXIT_INPUT_ERROR = INPUT_ERROR_EXIT_CODE
 
 
 class InputError(Exception):
@@ -27,6 +29,10 @@ class ModelNotFoundError(InputError):
     """The base model is not a readable local directory and not a Hugging Face model id."""
 
 
+class ModelFilesError(ModelNotFoundError):
+    """A local model folder lacks its weights or its tokenizer."""
+
+
 class DatasetNotFoundError(InputError):
     """The dataset file or folder does not exist, or the Hugging Face dataset (or split) is unknown."""
 
@@ -36,7 +42,15 @@ class DatasetFieldError(InputError):
 
 
 class EmptyDatasetError(InputError):
-    """The dataset (or the split used) has no rows."""
+    """The dataset (or the split used) has no rows, or only empty texts or conversations."""
+
+
+class TooFewExamplesError(InputError):
+    """Fewer usable examples than one optimizer step takes, or an evaluation split left empty."""
+
+
+class MaxLengthError(InputError):
+    """training.maxLength leaves no room for content after the tokens the tokenizer adds itself."""
 
 
 class TargetModuleError(InputError):

@@ -15,26 +15,27 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from loraplane_worker.config import WorkerConfig
+from loraplane.api.worker import WorkerInput
+from loraplane_worker.config import merged_dir
 
 STAGING_MERGED = ".merged.partial"
 
 
 def write_merged_model(
-    config: WorkerConfig, adapter_dir: Path, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase
+    config: WorkerInput, adapter_dir: Path, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase
 ) -> Path:
     base = AutoModelForCausalLM.from_pretrained(
         config.model.name_or_path,
         revision=config.model.revision,
         dtype=dtype,
-        trust_remote_code=bool(config.training.get("trust_remote_code", False)),
+        trust_remote_code=bool(config.training.sft_args.get("trust_remote_code", False)),
     )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     staging = adapter_dir / STAGING_MERGED
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
-    target = config.merged_dir
+    target = merged_dir(config)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target

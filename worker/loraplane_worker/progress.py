@@ -25,24 +25,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 
+from loraplane.api.worker import GAUGE_HELP, METRIC_PREFIX, WorkerGauge
+from loraplane.api.worker import WorkerGauge as G
+
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 NAN = float("nan")
-METRIC_PREFIX = "loraplane_worker_"
-GAUGES: dict[str, str] = {
-    "step": "Optimizer steps done.",
-    "total_steps": "Optimizer steps planned (the trainer's max_steps).",
-    "epoch": "Epochs done, fractional.",
-    "loss": "Latest training loss.",
-    "eval_loss": "Latest evaluation loss; NaN before the first evaluation.",
-    "learning_rate": "Current learning rate.",
-    "tokens_per_second": "Non-padding training tokens per second between the last two logging steps.",
-    "progress_ratio": "step / total_steps, 0 to 1.",
-    "eta_seconds": "Estimated seconds left, from the step rate of this run.",
-    "resumed_from_step": "Step of the checkpoint this run resumed from; 0 when it started fresh.",
-    "trainable_parameters": "Parameters the LoRA adapter trains.",
-}
+# One definition of the gauges, shared with the operator that scrapes them.
+GAUGES: dict[WorkerGauge, str] = GAUGE_HELP
+_UNKNOWN_AT_START = (G.LOSS, G.EVAL_LOSS, G.LEARNING_RATE, G.TOKENS_PER_SECOND, G.ETA_SECONDS)
 
 
 class ProgressMetrics:
@@ -54,11 +46,11 @@ class ProgressMetrics:
             name: Gauge(METRIC_PREFIX + name, help_text, registry=self.registry)
             for name, help_text in GAUGES.items()
         }
-        for name in ("loss", "eval_loss", "learning_rate", "tokens_per_second", "eta_seconds"):
+        for name in _UNKNOWN_AT_START:
             self.gauges[name].set(NAN)
         self._server: Any = None
 
-    def set(self, name: str, value: float | None) -> None:
+    def set(self, name: WorkerGauge, value: float | None) -> None:
         self.gauges[name].set(NAN if value is None else value)
 
     def text(self) -> str:
@@ -136,10 +128,10 @@ class ProgressReporter:
         self._begin_step = 0
         self._begin_time = clock()
         self._tokens_mark: tuple[float, float] | None = None  # (time, num_tokens) at the previous log
-        metrics.set("resumed_from_step", resumed_from_step or 0)
+        metrics.set(G.RESUMED_FROM_STEP, resumed_from_step or 0)
 
     def set_trainable_parameters(self, count: int) -> None:
-        self.metrics.set("trainable_parameters", count)
+        self.metrics.set(G.TRAINABLE_PARAMETERS, count)
 
     def train_begin(self, step: int, total_steps: int) -> None:
         self._begin_step = step
@@ -163,20 +155,20 @@ class ProgressReporter:
         snapshot = self.snapshot
         if "loss" in logs:
             snapshot.loss = float(logs["loss"])
-            self.metrics.set("loss", snapshot.loss)
+            self.metrics.set(G.LOSS, snapshot.loss)
         if "learning_rate" in logs:
             snapshot.learning_rate = float(logs["learning_rate"])
-            self.metrics.set("learning_rate", snapshot.learning_rate)
+            self.metrics.set(G.LEARNING_RATE, snapshot.learning_rate)
         if "eval_loss" in logs:
             snapshot.eval_loss = float(logs["eval_loss"])
-            self.metrics.set("eval_loss", snapshot.eval_loss)
+            self.metrics.set(G.EVAL_LOSS, snapshot.eval_loss)
         if "num_tokens" in logs:
             now, tokens = self.clock(), float(logs["num_tokens"])
             if self._tokens_mark is not None:
                 since, tokens_then = self._tokens_mark
                 if now > since and tokens >= tokens_then:
                     snapshot.tokens_per_second = (tokens - tokens_then) / (now - since)
-                    self.metrics.set("tokens_per_second", snapshot.tokens_per_second)
+                    self.metrics.set(G.TOKENS_PER_SECOND, snapshot.tokens_per_second)
             self._tokens_mark = (now, tokens)
         self._advance(step, total_steps, epoch)
         emit(snapshot.log_line(), self.stream)
@@ -190,11 +182,11 @@ class ProgressReporter:
         elapsed = self.clock() - self._begin_time
         if done_here > 0 and elapsed > 0 and total_steps > 0:
             snapshot.eta_seconds = max(0, total_steps - step) * elapsed / done_here
-        self.metrics.set("step", step)
-        self.metrics.set("total_steps", total_steps)
-        self.metrics.set("epoch", snapshot.epoch or 0.0)
-        self.metrics.set("progress_ratio", snapshot.progress_ratio)
-        self.metrics.set("eta_seconds", snapshot.eta_seconds)
+        self.metrics.set(G.STEP, step)
+        self.metrics.set(G.TOTAL_STEPS, total_steps)
+        self.metrics.set(G.EPOCH, snapshot.epoch or 0.0)
+        self.metrics.set(G.PROGRESS_RATIO, snapshot.progress_ratio)
+        self.metrics.set(G.ETA_SECONDS, snapshot.eta_seconds)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -10,62 +10,22 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraplane.api.worker import (
+    MAX_TERMINATION_MESSAGE_BYTES,
+    TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_PATH_ENV,
+    FailureReport,
+    TrainingReport,
+)
 from loraplane_worker.errors import InputError
 
-TERMINATION_MESSAGE_PATH_ENV = "TERMINATION_MESSAGE_PATH"
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-MAX_MESSAGE_BYTES = 4096
+DEFAULT_TERMINATION_MESSAGE_PATH = TERMINATION_MESSAGE_PATH
+MAX_MESSAGE_BYTES = MAX_TERMINATION_MESSAGE_BYTES
 # Dropped in this order when the message is too long; the rest is what the operator needs to publish.
-OPTIONAL_FIELDS = (
-    "targetModules",
-    "allParameters",
-    "trainableParameters",
-    "resumedFromStep",
-    "evalLoss",
-    "trainLoss",
-    "mergedDir",
-)
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    adapter_dir: str
-    sha256: str
-    size_bytes: int
-    r: int
-    lora_alpha: int
-    target_modules: list[str]
-    base_model: str
-    train_loss: float | None
-    eval_loss: float | None
-    steps: int
-    trainable_parameters: int
-    all_parameters: int
-    resumed_from_step: int | None
-    merged_dir: str | None
-
-    def to_wire(self) -> dict[str, Any]:
-        """camelCase keys, as every other loraplane wire format."""
-        return {
-            "adapterDir": self.adapter_dir,
-            "sha256": self.sha256,
-            "sizeBytes": self.size_bytes,
-            "r": self.r,
-            "loraAlpha": self.lora_alpha,
-            "targetModules": self.target_modules,
-            "baseModel": self.base_model,
-            "trainLoss": self.train_loss,
-            "evalLoss": self.eval_loss,
-            "steps": self.steps,
-            "trainableParameters": self.trainable_parameters,
-            "allParameters": self.all_parameters,
-            "resumedFromStep": self.resumed_from_step,
-            "mergedDir": self.merged_dir,
-        }
+OPTIONAL_FIELDS = tuple(TrainingReport.model_fields[name].alias or name for name in TrainingReport.OPTIONAL)
 
 
 def module_leaf_names(target_modules: Iterable[str] | str) -> list[str]:
@@ -108,18 +68,20 @@ def _finite(value: float | None) -> float | None:
     return round(float(value), 6)
 
 
-def success_message(result: TrainingResult) -> str:
-    payload = result.to_wire()
-    payload["trainLoss"] = _finite(result.train_loss)
-    payload["evalLoss"] = _finite(result.eval_loss)
-    return fit_message(payload, OPTIONAL_FIELDS)
+def success_message(result: TrainingReport) -> str:
+    finite = result.model_copy(
+        update={"train_loss": _finite(result.train_loss), "eval_loss": _finite(result.eval_loss)}
+    )
+    return fit_message(finite.to_wire(), OPTIONAL_FIELDS)
 
 
 def failure_message(error: BaseException) -> str:
     """`{"error": class, "message": one line, "inputError": bool}`."""
     text = " ".join(str(error).split()) or repr(error)
-    payload = {"error": type(error).__name__, "message": text, "inputError": isinstance(error, InputError)}
-    return fit_message(payload)
+    report = FailureReport(
+        error=type(error).__name__, message=text, input_error=isinstance(error, InputError)
+    )
+    return fit_message(report.model_dump(by_alias=True, mode="json"))
 
 
 def termination_message_path() -> Path | None:

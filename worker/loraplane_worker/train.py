@@ -40,18 +40,30 @@ from transformers import (
     PrinterCallback,
     TrainerCallback,
 )
+from trl import ModelConfig, get_quantization_config
 from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
+from loraplane.api.worker import TrainingReport, WorkerInput
 from loraplane_worker import errors
-from loraplane_worker.config import WorkerConfig, check_known_keys, check_target_modules, resolve_precision
+from loraplane_worker.config import (
+    check_known_keys,
+    check_target_modules,
+    checkpoints_dir,
+    resolve_precision,
+)
 from loraplane_worker.data import load_training_data
 from loraplane_worker.merge import write_merged_model
 from loraplane_worker.progress import ProgressMetrics, ProgressReporter, emit, trainer_callback
-from loraplane_worker.result import TrainingResult, module_leaf_names
+from loraplane_worker.result import module_leaf_names
 from loraplane_worker.resume import newest_complete_checkpoint
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# TRL's ModelConfig names for the same dtypes (what get_quantization_config computes in).
+TRL_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# A local model folder needs one of each: weights, and a tokenizer (AutoTokenizer reads the folder).
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # The final adapter is saved here first, then its files are renamed into the output folder.
@@ -65,8 +77,16 @@ HUB_NOT_FOUND = (
 )
 
 
+def process_state() -> PartialState:
+    """accelerate's view of the processes, the one the Trainer then shares (a singleton). The first
+    call decides it: without a GPU it must say CPU, or torchrun's processes would each be a world of
+    one (what SFTConfig(use_cpu=True) would have set up)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """accelerate's answer, the one the Trainer uses (it also knows launchers other than torchrun)."""
+    return bool(process_state().is_main_process)
 
 
 def metrics_host() -> str:
@@ -108,27 +128,37 @@ def check_model_location(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     if not (name_or_path.startswith(("/", "./", "../", "~")) or path.exists()):
         return
-    where = f"model.name_or_path {name_or_path!r}"
+    where = f"model.nameOrPath {name_or_path!r}"
     if not path.is_dir():
         raise errors.ModelNotFoundError(f"{where}: no such directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise errors.ModelNotFoundError(f"{where}: directory is not readable")
+    names = sorted(p.name for p in path.iterdir())
+    found = f"it holds {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}" if names else "it is empty"
     if not (path / "config.json").is_file():
-        raise errors.ModelNotFoundError(f"{where}: no config.json in the directory")
+        raise errors.ModelFilesError(f"{where}: no config.json in the directory; {found}")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise errors.ModelFilesError(
+            f"{where}: no weights in the directory (model.safetensors or pytorch_model.bin); {found}"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise errors.ModelFilesError(
+            f"{where}: no tokenizer in the directory ({' or '.join(TOKENIZER_FILES[:3])}); {found}. "
+            "Save the tokenizer beside the model (tokenizer.save_pretrained)"
+        )
 
 
-def load_tokenizer(config: WorkerConfig) -> PreTrainedTokenizerBase:
-    check_model_location(config.model.name_or_path)
+def load_tokenizer(config: WorkerInput) -> PreTrainedTokenizerBase:
     try:
         tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
             config.model.name_or_path,
             revision=config.model.revision,
-            trust_remote_code=bool(config.training.get("trust_remote_code", False)),
+            trust_remote_code=bool(config.training.sft_args.get("trust_remote_code", False)),
         )
     except (OSError, ValueError) as error:
         if isinstance(error, ValueError) or hub_input_error(error):
             raise errors.ModelNotFoundError(
-                f"model.name_or_path {config.model.name_or_path!r}: cannot load its tokenizer: "
+                f"model.nameOrPath {config.model.name_or_path!r}: cannot load its tokenizer: "
                 f"{_first_line(error)}"
             ) from error
         raise
@@ -136,39 +166,42 @@ def load_tokenizer(config: WorkerConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def quantization_config(config: WorkerConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    if config.quantization == "none":
+def quantization_config(config: WorkerInput, precision: str) -> BitsAndBytesConfig | None:
+    quantization = config.lora.quantization
+    if quantization == "none":
         return None
     if not torch.cuda.is_available():
         raise errors.QuantizationUnavailableError(
-            f"quantization {config.quantization!r} (QLoRA, bitsandbytes) needs a CUDA GPU and none is "
-            "visible; set quantization: none or give the pod a GPU"
+            f"lora.quantization {quantization!r} (QLoRA, bitsandbytes) needs a CUDA GPU and none is "
+            "visible; set lora.quantization: none or give the pod a GPU"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise errors.QuantizationUnavailableError(
-            f"quantization {config.quantization!r} needs the bitsandbytes package, which this image lacks"
+            f"lora.quantization {quantization!r} needs the bitsandbytes package, which this image lacks"
         )
-    if config.quantization == "4bit":
-        # QLoRA's recipe: NF4 with double quantization, computing in the training dtype.
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    # TRL's own recipe (what `trl sft --load_in_4bit` does); QLoRA's NF4 with double quantization,
+    # computing in the training dtype.
+    model_args = ModelConfig(
+        load_in_4bit=quantization == "4bit",
+        load_in_8bit=quantization == "8bit",
+        bnb_4bit_quant_type="nf4",
+        use_bnb_nested_quant=True,
+        dtype=TRL_DTYPES[precision],
+    )
+    found: BitsAndBytesConfig | None = get_quantization_config(model_args)
+    return found
 
 
-def load_model(config: WorkerConfig, dtype: torch.dtype) -> PreTrainedModel:
-    check_model_location(config.model.name_or_path)
-    kwargs: dict[str, Any] = dict(config.training.get("model_init_kwargs") or {})
-    kwargs.setdefault("dtype", dtype)
-    kwargs.setdefault("trust_remote_code", bool(config.training.get("trust_remote_code", False)))
-    quantization = quantization_config(config, dtype)
+def load_model(config: WorkerInput, precision: str) -> PreTrainedModel:
+    kwargs: dict[str, Any] = dict(config.training.sft_args.get("model_init_kwargs") or {})
+    kwargs.setdefault("dtype", DTYPES[precision])
+    kwargs.setdefault("trust_remote_code", bool(config.training.sft_args.get("trust_remote_code", False)))
+    quantization = quantization_config(config, precision)
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        # Each process holds a whole quantized copy on its own GPU (data parallel).
-        kwargs["device_map"] = {"": PartialState().local_process_index}
+        # Each process holds a whole quantized copy on its own GPU (data parallel). TRL 1.16 no longer
+        # has get_kbit_device_map; this is what it returned.
+        kwargs["device_map"] = {"": process_state().local_process_index}
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             config.model.name_or_path, revision=config.model.revision, **kwargs
@@ -176,15 +209,16 @@ def load_model(config: WorkerConfig, dtype: torch.dtype) -> PreTrainedModel:
     except OSError as error:
         if hub_input_error(error):
             raise errors.ModelNotFoundError(
-                f"model.name_or_path {config.model.name_or_path!r}: {_first_line(error)}"
+                f"model.nameOrPath {config.model.name_or_path!r}: {_first_line(error)}"
             ) from error
         raise
     return model
 
 
-def build_sft_config(config: WorkerConfig, precision: str, has_eval: bool, cuda: bool) -> SFTConfig:
+def build_sft_config(config: WorkerInput, precision: str, has_eval: bool, cuda: bool) -> SFTConfig:
     """`SFTConfig(**training)` with the keys the worker owns set, and unknown keys refused by name."""
-    check_known_keys("training", config.training, (f.name for f in dataclasses.fields(SFTConfig) if f.init))
+    training = config.training.sft_config_kwargs()
+    check_known_keys("training", training, (f.name for f in dataclasses.fields(SFTConfig) if f.init))
     kwargs: dict[str, Any] = {
         "save_total_limit": 2,
         "eval_strategy": "steps" if has_eval else "no",
@@ -196,9 +230,9 @@ def build_sft_config(config: WorkerConfig, precision: str, has_eval: bool, cuda:
         # LoRA uses every trainable parameter; DDP's search for unused ones is a wasted graph walk per step.
         "ddp_find_unused_parameters": False,
     }
-    kwargs.update(config.training)
+    kwargs.update(training)
     kwargs.update(
-        output_dir=str(config.checkpoints_dir),
+        output_dir=str(checkpoints_dir(config)),
         report_to="none",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -213,7 +247,7 @@ def build_sft_config(config: WorkerConfig, precision: str, has_eval: bool, cuda:
         raise errors.ConfigError(f"training: {str(error).splitlines()[0]}") from error
 
 
-def build_lora_config(config: WorkerConfig) -> LoraConfig:
+def build_lora_config(config: WorkerInput) -> LoraConfig:
     kwargs = config.lora.peft_kwargs()
     check_known_keys("lora", kwargs, (f.name for f in dataclasses.fields(LoraConfig) if f.init))
     try:
@@ -235,25 +269,68 @@ class Prepared:
     dtype: torch.dtype
 
 
-def prepare(config: WorkerConfig) -> Prepared:
+def special_token_overhead(tokenizer: PreTrainedTokenizerBase, chat: bool) -> int:
+    """Tokens every example carries before any content: what the tokenizer adds to an empty text (and
+    the EOS SFTTrainer appends), or the chat template around an empty exchange."""
+    if chat:
+        empty = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+        text = tokenizer.apply_chat_template(empty, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = tokenizer("")["input_ids"]
+    eos = tokenizer.eos_token_id
+    return len(ids) + (1 if eos is not None and (not ids or ids[-1] != eos) else 0)
+
+
+def check_max_length(config: WorkerInput, tokenizer: PreTrainedTokenizerBase) -> None:
+    overhead = special_token_overhead(tokenizer, config.dataset.is_chat)
+    max_length = config.training.max_length
+    if max_length <= overhead:
+        what = (
+            "its chat template around an empty exchange" if config.dataset.is_chat else "its special tokens"
+        )
+        raise errors.MaxLengthError(
+            f"training.maxLength {max_length} leaves no room for content: the tokenizer of "
+            f"{config.model.name_or_path!r} spends {overhead} tokens on {what} in every example; "
+            f"set training.maxLength above {overhead}"
+        )
+
+
+def examples_per_step(config: WorkerInput) -> tuple[int, str]:
+    """Examples one optimizer step takes across all processes, and how that number comes about."""
+    training = config.training
+    processes = process_state().num_processes
+    count = training.per_device_train_batch_size * training.gradient_accumulation_steps * processes
+    how = (
+        f"training.perDeviceTrainBatchSize {training.per_device_train_batch_size} x "
+        f"training.gradientAccumulationSteps {training.gradient_accumulation_steps}"
+        + (f" x {processes} processes" if processes > 1 else "")
+    )
+    return count, how
+
+
+def prepare(config: WorkerInput) -> Prepared:
     """Load and check, cheapest first, so a bad input fails before the model is loaded."""
+    check_model_location(config.model.name_or_path)
     cuda = torch.cuda.is_available()
-    precision = resolve_precision(config.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    precision = resolve_precision(config.training.precision, cuda, cuda and torch.cuda.is_bf16_supported())
     has_eval = config.dataset.eval_split is not None or config.dataset.eval_fraction is not None
     sft_config = build_sft_config(config, precision, has_eval, cuda)
     lora_config = build_lora_config(config)
-    train_data, eval_data = load_training_data(config.dataset, sft_config.seed)
+    per_step, how = examples_per_step(config)
+    train_data, eval_data = load_training_data(config.dataset, sft_config.seed, per_step, how)
     tokenizer = load_tokenizer(config)
     if config.dataset.is_chat and not tokenizer.chat_template:
         raise errors.ChatTemplateError(
-            f"dataset.messages_field is set, but the tokenizer of {config.model.name_or_path!r} has no chat "
+            f"dataset.messagesField is set, but the tokenizer of {config.model.name_or_path!r} has no chat "
             "template; adding one would add tokens, which vLLM cannot serve. Use a model that has a chat "
-            "template, or a text dataset (dataset.text_field)"
+            "template, or a text dataset (dataset.textField)"
         )
-    model = load_model(config, DTYPES[precision])
+    check_max_length(config, tokenizer)
+    quantization_config(config, precision)  # refused before the model loads, not after
+    model = load_model(config, precision)
     modules = list(model.named_modules())
     check_target_modules(
-        config.lora.target_modules,
+        config.lora.peft_kwargs()["target_modules"],
         (name for name, _ in modules),
         (name for name, module in modules if isinstance(module, torch.nn.Linear)),
     )
@@ -300,7 +377,7 @@ def publish_adapter(staging: Path, output_dir: Path, served_base_model: str) -> 
     return adapter_config
 
 
-def run(config: WorkerConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainingResult | None:
+def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> TrainingReport | None:
     """Train, save the adapter (and the merged model when asked), and describe what was written.
 
     Returns None in the non-main processes of a data-parallel run: they write nothing.
@@ -313,7 +390,7 @@ def run(config: WorkerConfig, callbacks: Sequence[TrainerCallback] = ()) -> Trai
         emit({"event": "metrics", "host": metrics_host(), "port": port})
     try:
         prepared = prepare(config)
-        checkpoint = newest_complete_checkpoint(config.checkpoints_dir)
+        checkpoint = newest_complete_checkpoint(checkpoints_dir(config))
         resumed_from = checkpoint.step if checkpoint else None
         reporter = ProgressReporter(metrics, resumed_from_step=resumed_from)
         if checkpoint is not None and main:
@@ -341,22 +418,23 @@ def run(config: WorkerConfig, callbacks: Sequence[TrainerCallback] = ()) -> Trai
         outcome = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
         eval_loss = trainer.evaluate().get("eval_loss") if prepared.eval_data is not None else None
 
-        staging = config.output_dir / STAGING_ADAPTER
+        output_dir = Path(config.output.dir)
+        staging = output_dir / STAGING_ADAPTER
         if main:
             shutil.rmtree(staging, ignore_errors=True)
         trainer.save_model(str(staging))
         trainer.accelerator.wait_for_everyone()
         if not main:
             return None
-        written = publish_adapter(staging, config.output_dir, config.served_base_model)
-        weights = config.output_dir / ADAPTER_WEIGHTS
+        written = publish_adapter(staging, output_dir, config.served_base_model)
+        weights = output_dir / ADAPTER_WEIGHTS
 
         merged_dir = None
         if config.output.merge:
-            merged_dir = write_merged_model(config, config.output_dir, prepared.dtype, prepared.tokenizer)
+            merged_dir = write_merged_model(config, output_dir, prepared.dtype, prepared.tokenizer)
 
-        return TrainingResult(
-            adapter_dir=str(config.output_dir),
+        return TrainingReport(
+            adapter_dir=str(output_dir),
             sha256=sha256_of(weights),
             size_bytes=weights.stat().st_size,
             r=written["r"],

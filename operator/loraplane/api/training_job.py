@@ -1,7 +1,11 @@
 """LoraTrainingJob: one LoRA fine-tuning run with TRL's SFTTrainer.
 
 Field names under `lora` are PEFT `LoraConfig`'s and under `training` TRL `SFTConfig`'s (camelCase on
-the wire), so the worker builds both objects from them with no mapping table.
+the wire), so the worker builds both objects from them with no mapping table. The worker validates
+its input with these same models (`loraplane.api.worker`).
+
+The CEL rules are what the API server enforces; each rule that the worker also depends on has a
+Python twin beside it, so the worker (which sees no API server) refuses exactly what it would.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from loraplane.api.common import (
     ApiModel,
@@ -33,6 +37,14 @@ ALL_LINEAR = "all-linear"
 # An optional group whose fields all have defaults is defaulted by the API server too, so
 # `kubectl get -o yaml` shows the values a run really used.
 SERVER_DEFAULT: dict[str, Any] = {"default": {}}
+
+
+class SetsSftFields:
+    """Field metadata: this spec field decides these TRL `SFTConfig` fields, so `sftArgs` may not set
+    them (`loraplane.api.sft_args` derives the refusals from these markers)."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
 
 
 class ModelSource(ApiModel):
@@ -91,6 +103,11 @@ class DatasetSource(ApiModel):
                 "dataset.config applies only to a Hugging Face dataset (dataset.name)",
                 ".config",
             ),
+            validation(
+                "!has(self.evalSplit) || has(self.name)",
+                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction",
+                ".evalSplit",
+            ),
         )
     )
 
@@ -111,7 +128,7 @@ class DatasetSource(ApiModel):
     format: Literal["json", "csv", "parquet", "text"] | None = Field(
         default=None, description="File format when the extension does not tell (`.jsonl` is `json`)."
     )
-    text_field: str | None = Field(
+    text_field: Annotated[str | None, SetsSftFields("dataset_text_field")] = Field(
         default=None,
         min_length=1,
         max_length=256,
@@ -132,6 +149,32 @@ class DatasetSource(ApiModel):
         lt=1,
         description="Fraction of the training split held out for evaluation, when there is no eval split.",
     )
+
+    @model_validator(mode="after")
+    def _cel_twins(self) -> DatasetSource:
+        # The CEL rules above that do not involve the volume, for readers without an API server.
+        if self.text_field is not None and self.messages_field is not None:
+            raise ValueError(
+                "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)"
+            )
+        if self.eval_split is not None and self.eval_fraction is not None:
+            raise ValueError("set at most one of dataset.evalSplit or dataset.evalFraction")
+        if self.config is not None and self.name is None:
+            raise ValueError("dataset.config applies only to a Hugging Face dataset (dataset.name)")
+        if self.eval_split is not None and self.name is None:
+            raise ValueError(
+                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction"
+            )
+        return self
+
+    @property
+    def column(self) -> str:
+        """The one column the trainer reads."""
+        return self.messages_field or self.text_field or "text"
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages_field is not None
 
 
 class LoraSettings(ApiModel):
@@ -170,6 +213,21 @@ class LoraSettings(ApiModel):
         default="none", description="Load the base model quantized (QLoRA, bitsandbytes); needs a CUDA GPU."
     )
 
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_stands_alone(cls, value: list[str]) -> list[str]:
+        if ALL_LINEAR in value and len(value) > 1:  # the CEL rule's twin
+            raise ValueError(f"`{ALL_LINEAR}` stands alone, it already names every linear layer")
+        return value
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `peft.LoraConfig`: the same names; `[all-linear]` becomes PEFT's bare
+        string (a list would make PEFT look for a module called `all-linear`)."""
+        kwargs = self.model_dump(exclude={"quantization"})
+        if kwargs["target_modules"] == [ALL_LINEAR]:
+            kwargs["target_modules"] = ALL_LINEAR
+        return kwargs
+
 
 SchedulerType = Literal[
     "linear",
@@ -187,6 +245,9 @@ SchedulerType = Literal[
 
 class TrainingSettings(ApiModel):
     """How to train: TRL `SFTConfig`'s own fields; `sftArgs` passes further `SFTConfig` fields through."""
+
+    # Every other field is an `SFTConfig` field of the same (snake_case) name.
+    NOT_SFT_FIELDS: ClassVar[frozenset[str]] = frozenset({"precision", "sft_args"})
 
     num_train_epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
     max_steps: int = Field(default=-1, ge=-1, description="Stop after this many steps; -1 trains by epochs.")
@@ -212,8 +273,8 @@ class TrainingSettings(ApiModel):
     )
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate every this many steps.")
     seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="`auto` picks bf16 on GPUs that have it, fp32 on CPUs."
+    precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"], SetsSftFields("bf16", "fp16", "tf32")] = (
+        Field(default="auto", description="`auto` picks bf16 on GPUs that have it, fp32 on CPUs.")
     )
     sft_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -224,6 +285,13 @@ class TrainingSettings(ApiModel):
         ),
         json_schema_extra={"maxProperties": 64},
     )
+
+    def sft_config_kwargs(self) -> dict[str, Any]:
+        """`SFTConfig` keyword arguments: the modelled fields by their own names, then `sftArgs`
+        (which cannot repeat them: `loraplane.api.sft_args` refuses that)."""
+        kwargs = self.model_dump(exclude=set(self.NOT_SFT_FIELDS), exclude_none=True)
+        kwargs.update(self.sft_args)
+        return kwargs
 
 
 class ResourceSettings(ApiModel):
@@ -260,7 +328,7 @@ class OutputSettings(ApiModel):
     """Where the adapter goes. Each run writes under `<path>/<job uid>` so a re-created job never resumes
     another run's checkpoints."""
 
-    volume: VolumePath = Field(
+    volume: Annotated[VolumePath, SetsSftFields("output_dir")] = Field(
         description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter."
     )
     merge: bool = Field(
@@ -329,7 +397,7 @@ class LoraTrainingJobSpec(ApiModel):
     adapter: AdapterPublication | None = Field(
         default=None, description="Publish a LoraAdapter on success, to be served by a vLLM Deployment."
     )
-    hf_token_secret_ref: SecretKeyRef | None = Field(
+    hf_token_secret_ref: Annotated[SecretKeyRef | None, SetsSftFields("hub_token")] = Field(
         default=None, description="Secret with a Hugging Face token, for gated models and datasets."
     )
     backoff_limit: int = Field(

@@ -7,13 +7,19 @@ from typing import Any
 import yaml
 
 from loraplane import naming
-from loraplane.api.training_job import ALL_LINEAR, LoraTrainingJob
+from loraplane.api.training_job import LoraTrainingJob
+from loraplane.api.worker import (
+    INPUT_ERROR_EXIT_CODE,
+    TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_PATH_ENV,
+    DatasetInput,
+    MetricsEndpoint,
+    ModelLocation,
+    OutputLocation,
+    WorkerInput,
+)
 from loraplane.settings import Settings
 
-# The worker's documented exit code for input errors (EX_DATAERR): a retry would fail the same way.
-WORKER_INPUT_ERROR_EXIT_CODE = 65
-# Kubernetes caps a termination message at 4096 bytes; the worker writes its result JSON there.
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 WORKER_UID = 1000
 
 
@@ -47,54 +53,26 @@ def model_location(job: LoraTrainingJob) -> str:
     return naming.path_in_claim(source.volume.claim_name, source.volume.path)
 
 
-def worker_config(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
-    """The worker's config file: the spec's groups under TRL's and PEFT's own names, paths resolved."""
+def worker_input(job: LoraTrainingJob, settings: Settings) -> WorkerInput:
+    """The worker's input: the spec's own groups as they are, with the paths only the operator knows."""
     spec = job.spec
-    dataset = spec.dataset
-    lora = spec.lora.model_dump(exclude={"quantization"})
-    if lora["target_modules"] == [ALL_LINEAR]:
-        lora["target_modules"] = ALL_LINEAR
-    training = spec.training.model_dump(exclude={"precision", "sft_args"}, exclude_none=True)
-    training.update(spec.training.sft_args)
-    dataset_path = (
-        naming.path_in_claim(dataset.volume.claim_name, dataset.volume.path) if dataset.volume else None
+    dataset = spec.dataset.model_dump(exclude={"volume"}, exclude_none=True)
+    if spec.dataset.volume is not None:
+        dataset["path"] = naming.path_in_claim(spec.dataset.volume.claim_name, spec.dataset.volume.path)
+    return WorkerInput(
+        model=ModelLocation(name_or_path=model_location(job), revision=spec.base_model.revision),
+        dataset=DatasetInput.model_validate(dataset),
+        lora=spec.lora,
+        training=spec.training,
+        output=OutputLocation(
+            dir=output_dir(job), merge=spec.output.merge, base_model_name=base_model_name(job)
+        ),
+        metrics=MetricsEndpoint(port=settings.worker_metrics_port),
     )
-    return {
-        "model": {"name_or_path": model_location(job), "revision": spec.base_model.revision},
-        "dataset": {
-            "name": dataset.name,
-            "config": dataset.config,
-            "split": dataset.split,
-            "path": dataset_path,
-            "format": dataset.format,
-            "text_field": dataset.text_field if not dataset.messages_field else None,
-            "messages_field": dataset.messages_field,
-            "eval_split": dataset.eval_split,
-            "eval_fraction": dataset.eval_fraction,
-        },
-        "lora": lora,
-        "quantization": spec.lora.quantization,
-        "precision": spec.training.precision,
-        "training": training,
-        "output": {
-            "dir": output_dir(job),
-            "merge": spec.output.merge,
-            "base_model_name": base_model_name(job),
-        },
-        "metrics": {"port": settings.worker_metrics_port},
-    }
-
-
-def _without_none(document: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _without_none(value) if isinstance(value, dict) else value
-        for key, value in document.items()
-        if value is not None
-    }
 
 
 def config_map(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
-    config = yaml.safe_dump(_without_none(worker_config(job, settings)), sort_keys=False)
+    config = yaml.safe_dump(worker_input(job, settings).to_wire(), sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -130,7 +108,7 @@ def _env(job: LoraTrainingJob) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
-        {"name": "TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": TERMINATION_MESSAGE_PATH_ENV, "value": TERMINATION_MESSAGE_PATH},
     ]
     secret = job.spec.hf_token_secret_ref
     if secret is not None:
@@ -210,7 +188,7 @@ def batch_job(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
                     "onExitCodes": {
                         "containerName": naming.WORKER_CONTAINER,
                         "operator": "In",
-                        "values": [WORKER_INPUT_ERROR_EXIT_CODE],
+                        "values": [INPUT_ERROR_EXIT_CODE],
                     },
                 },
                 {   # Preemption, eviction, node drain: retry without spending the retry budget.

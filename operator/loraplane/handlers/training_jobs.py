@@ -15,11 +15,12 @@ from typing import Any
 import kopf
 
 from loraplane import GROUP, VERSION, kube, naming, progress
+from loraplane.api.sft_args import validate_sft_args
 from loraplane.api.training_job import PLURAL, LoraTrainingJob, LoraTrainingJobStatus
+from loraplane.api.worker import WorkerGauge as G
 from loraplane.builders import training as build
 from loraplane.metrics import RECONCILE_ERRORS, RECONCILES, TRAINING_JOBS, TRAINING_PROGRESS
 from loraplane.settings import get_settings
-from loraplane.sft_fields import validate_sft_args
 from loraplane.status import training as status_of
 from loraplane.status.conditions import find, merge
 
@@ -145,17 +146,17 @@ async def read_progress(pods: list[dict[str, Any]]) -> tuple[Any, int | None]:
         text = await asyncio.to_thread(kube.scrape, url, 2.0)
         if text:
             gauges = progress.parse_gauges(text)
-            resumed = int(gauges["resumed_from_step"]) if gauges.get("resumed_from_step") else None
+            resumed = int(gauges[G.RESUMED_FROM_STEP]) if gauges.get(G.RESUMED_FROM_STEP) else None
             return progress.to_progress(gauges, now()), resumed
     return None, None
 
 
 def _announce(body: kopf.Body, old: LoraTrainingJobStatus, new: LoraTrainingJobStatus) -> None:
-    """An Event for every transition of the run's phase."""
+    """An Event for every transition of the run's phase: a Warning when it failed or waits on a fix."""
     before, after = find(old.conditions, "Succeeded"), find(new.conditions, "Succeeded")
     if after is None or (before is not None and before.reason == after.reason):
         return
-    if after.status == "False":
+    if after.status == "False" or status_of.Phase(after.reason, after.message).stuck:
         kopf.warn(body, reason=after.reason, message=after.message)
     else:
         kopf.info(body, reason=after.reason, message=after.message)

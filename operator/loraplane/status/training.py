@@ -1,14 +1,14 @@
 """A LoraTrainingJob's status, from what its batch Job, its pods and its worker report.
 
 Condition types: `Accepted`, `Running`, `Succeeded` and `Failed`. `Succeeded` is always present and
-its reason says where the run is (Pending, Unschedulable, ImagePullFailed, Running, Retrying,
-Succeeded, Failed, InputError, DeadlineExceeded, InvalidSpec): the printer column reads it, and
+its reason says where the run is (Pending, Unschedulable, ImagePullFailed, a container's waiting
+reason such as CreateContainerConfigError, Running, Retrying, Succeeded, Failed, InputError,
+DeadlineExceeded, InvalidSpec): the printer column reads it, and
 `kubectl wait --for=condition=Succeeded` / `--for=condition=Failed` work.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,10 +17,32 @@ from typing import Any
 from loraplane import naming
 from loraplane.api.common import ConditionStatus
 from loraplane.api.training_job import AdapterResult, LoraTrainingJob, LoraTrainingJobStatus, Progress
+from loraplane.api.worker import FailureReport, TrainingReport, read_report
 from loraplane.status.conditions import Observed, find, merge
 
+# The pull reasons alternate (ErrImagePull, ImagePullBackOff, ...) while the kubelet retries: one
+# condition reason for all of them, so the condition (and its Event) does not flap; the kubelet's
+# reason leads the message.
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+# Container waiting reasons that mean "stuck until someone fixes something", with what to fix. The
+# condition's reason is the kubelet's own; the message is the kubelet's words, then this.
+CONTAINER_PROBLEMS = {
+    "CreateContainerConfigError": (
+        "the kubelet retries: create or fix the Secret or ConfigMap it names and the pod starts"
+    ),
+    "CreateContainerError": "the kubelet retries: fix what it names and the pod starts",
+    "RunContainerError": "the kubelet retries: fix what it names and the pod starts",
+    "CrashLoopBackOff": "the container keeps failing; see its logs",
+    "PreStartHookError": "the kubelet retries: fix what it names and the pod starts",
+}
+PULL_HINT = "the kubelet retries the pull: fix the image name, the registry access or the pull secret"
+# Waiting while volumes are set up: a kubelet that says why (the local node agent does) is quoted.
+CREATING_REASONS = {"ContainerCreating", "PodInitializing"}
+CREATING_HINT = "the kubelet retries: create the ConfigMap, Secret or claim it names and the pod starts"
+UNSCHEDULABLE_HINT = "the scheduler retries: it places the pod once that is fixed"
 TERMINAL_REASONS = {"Succeeded", "Failed", "InputError", "DeadlineExceeded", "InvalidSpec"}
+# Not terminal, but nothing improves until someone acts: announced as Warnings.
+STUCK_REASONS = {"Unschedulable", "ImagePullFailed", "VolumeNotReady", *CONTAINER_PROBLEMS}
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,11 @@ class Phase:
     def running(self) -> bool:
         return self.reason == "Running"
 
+    @property
+    def stuck(self) -> bool:
+        """Waits on something a person must fix (retried by Kubernetes meanwhile)."""
+        return self.reason in STUCK_REASONS
+
 
 def is_terminal(status: LoraTrainingJobStatus) -> bool:
     summary = find(status.conditions, "Succeeded")
@@ -62,17 +89,10 @@ def _worker_state(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def termination_report(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The worker's JSON result (or error) from its termination message, if it wrote one."""
+def termination_report(pod: dict[str, Any]) -> TrainingReport | FailureReport | None:
+    """The worker's result (or error) from its termination message, if it wrote one."""
     terminated = _worker_state(pod).get("terminated") or {}
-    message = terminated.get("message")
-    if not message:
-        return None
-    try:
-        report = json.loads(message)
-    except ValueError:
-        return {"error": terminated.get("reason", "Error"), "message": message.strip().splitlines()[-1]}
-    return report if isinstance(report, dict) else None
+    return read_report(terminated.get("message") or "", terminated.get("reason") or "Error")
 
 
 def _newest(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,10 +104,18 @@ def _waiting_phase(pods: list[dict[str, Any]]) -> Phase | None:
     for pod in _newest(pods)[:1]:
         for condition in pod.get("status", {}).get("conditions", []) or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                return Phase("Unschedulable", condition.get("message") or "the scheduler found no node")
+                said = condition.get("message") or "the scheduler found no node"
+                return Phase("Unschedulable", f"{said} ({UNSCHEDULABLE_HINT})")
         waiting = _worker_state(pod).get("waiting") or {}
-        if waiting.get("reason") in IMAGE_PULL_REASONS:
-            return Phase("ImagePullFailed", f"{waiting['reason']}: {waiting.get('message', '')}".strip(": "))
+        reason, said = waiting.get("reason") or "", (waiting.get("message") or "").strip()
+        if reason in IMAGE_PULL_REASONS:
+            return Phase(
+                "ImagePullFailed", f"{reason}: {said} ({PULL_HINT})" if said else f"{reason} ({PULL_HINT})"
+            )
+        if reason in CONTAINER_PROBLEMS:
+            return Phase(reason, f"{said or reason} ({CONTAINER_PROBLEMS[reason]})")
+        if reason in CREATING_REASONS and said:
+            return Phase("VolumeNotReady", f"{said} ({CREATING_HINT})")
     return None
 
 
@@ -119,32 +147,32 @@ def _failure_phase(job_condition: dict[str, Any], pods: list[dict[str, Any]]) ->
         return Phase("DeadlineExceeded", job_condition.get("message") or "activeDeadlineSeconds passed")
     for pod in _newest(pods):
         report = termination_report(pod)
-        if report and "error" in report:
-            line = f"{report['error']}: {report.get('message', '')}"
-            return Phase("InputError" if report.get("inputError") else "Failed", line)
+        if isinstance(report, FailureReport):
+            line = f"{report.error}: {report.message}"
+            return Phase("InputError" if report.input_error else "Failed", line)
     return Phase("Failed", job_condition.get("message") or reason or "the training Job failed")
 
 
 def adapter_result(
     job: LoraTrainingJob, pods: list[dict[str, Any]]
-) -> tuple[AdapterResult, dict[str, Any]] | None:
+) -> tuple[AdapterResult, TrainingReport] | None:
     """The adapter block, recorded as claim + path in the claim (what serving pods can mount)."""
     volume = job.spec.output.volume
     run_path = naming.run_subpath(volume.path, job.metadata["uid"])
     for pod in _newest(pods):
         report = termination_report(pod)
-        if report and "sha256" in report:
-            merged = f"{run_path}/merged" if report.get("mergedDir") else None
+        if isinstance(report, TrainingReport):
             result = AdapterResult(
                 claim_name=volume.claim_name,
                 path=run_path,
-                sha256=report["sha256"],
-                size_bytes=report.get("sizeBytes", 0),
-                r=report.get("r", job.spec.lora.r),
-                lora_alpha=report.get("loraAlpha", job.spec.lora.lora_alpha),
-                target_modules=list(report.get("targetModules") or job.spec.lora.target_modules),
-                base_model=report.get("baseModel", ""),
-                merged_path=merged,
+                sha256=report.sha256,
+                size_bytes=report.size_bytes,
+                r=report.r,
+                lora_alpha=report.lora_alpha,
+                # Dropped from a message too long to fit: what the spec asked for.
+                target_modules=list(report.target_modules or job.spec.lora.target_modules),
+                base_model=report.base_model,
+                merged_path=f"{run_path}/merged" if report.merged_dir else None,
             )
             return result, report
     return None
@@ -199,15 +227,13 @@ def observe(
         found = adapter_result(job, pods)
         if found is not None:
             status.adapter, report = found
-            status.train_loss = report.get("trainLoss")
-            status.eval_loss = report.get("evalLoss")
-            status.trainable_parameters = trainable_line(
-                report.get("trainableParameters"), report.get("allParameters")
-            )
-            if report.get("resumedFromStep") is not None:
-                status.resumed_from_step = report["resumedFromStep"]
+            status.train_loss = report.train_loss
+            status.eval_loss = report.eval_loss
+            status.trainable_parameters = trainable_line(report.trainable_parameters, report.all_parameters)
+            if report.resumed_from_step is not None:
+                status.resumed_from_step = report.resumed_from_step
             if status.progress is not None:
-                status.progress.step = status.progress.total_steps = report.get("steps", status.progress.step)
+                status.progress.step = status.progress.total_steps = report.steps or status.progress.step
                 status.progress.percent, status.progress.eta = 100.0, "0s"
     status.conditions = merge(previous.conditions, run_conditions(current), status.observed_generation, now)
     return status
