@@ -187,6 +187,18 @@ def training_job_crd() -> JsonSchema:
             "description": "Latest loss.",
         },
         {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Time left."},
+        {
+            "name": "Eval Loss",
+            "type": "number",
+            "jsonPath": ".status.evaluation.loss",
+            "description": "The adapter's final eval loss.",
+        },
+        {
+            "name": "Vs Base",
+            "type": "string",
+            "jsonPath": ".status.evaluation.change",
+            "description": "Eval loss against the base model's on the same data, e.g. -12.3%.",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     schema = object_schema(

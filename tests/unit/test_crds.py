@@ -89,7 +89,7 @@ def test_kubectl_facing_metadata() -> None:
     for spec in (job, adapter):
         assert spec["versions"][0]["subresources"] == {"status": {}}
     job_columns = [c["name"] for c in job["versions"][0]["additionalPrinterColumns"]]
-    assert job_columns == ["Status", "Progress", "Loss", "ETA", "Age"]
+    assert job_columns == ["Status", "Progress", "Loss", "ETA", "Eval Loss", "Vs Base", "Age"]
     adapter_columns = [c["name"] for c in adapter["versions"][0]["additionalPrinterColumns"]]
     assert {"Ready", "Replicas", "Mode", "Age"} <= set(adapter_columns)
 

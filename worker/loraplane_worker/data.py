@@ -11,6 +11,8 @@ recognises as conversational.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -211,3 +213,16 @@ def load_training_data(
         how = f"{how}, after dataset.evalFraction {fraction} held out {len(evaluation)}".lstrip(", ")
     _enough_for_one_step(train, section, "training", per_step, how or "one batch")
     return train, evaluation
+
+
+def examples_digest(data: Dataset) -> str:
+    """`sha256:` of the examples as the trainer gets them (after the split and the dropping of empty
+    ones), one canonical JSON line each, in order: two runs' eval figures compare only when this
+    matches."""
+    digest = hashlib.sha256()
+    for row in data:
+        # Values only: the same examples under another column name are the same eval data.
+        values = list(row.values())
+        digest.update(json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return f"sha256:{digest.hexdigest()}"

@@ -69,9 +69,16 @@ def _finite(value: float | None) -> float | None:
 
 
 def success_message(result: TrainingReport) -> str:
-    finite = result.model_copy(
-        update={"train_loss": _finite(result.train_loss), "eval_loss": _finite(result.eval_loss)}
-    )
+    update: dict[str, Any] = {
+        "train_loss": _finite(result.train_loss),
+        "eval_loss": _finite(result.eval_loss),
+    }
+    if result.evaluation is not None:
+        figures = ("base_loss", "loss", "base_mean_token_accuracy", "mean_token_accuracy")
+        update["evaluation"] = result.evaluation.model_copy(
+            update={name: _finite(getattr(result.evaluation, name)) for name in figures}
+        )
+    finite = result.model_copy(update=update)
     return fit_message(finite.to_wire(), OPTIONAL_FIELDS)
 
 

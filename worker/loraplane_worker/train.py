@@ -44,7 +44,7 @@ from trl import ModelConfig, get_quantization_config
 from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
-from loraplane.api.worker import TrainingReport, WorkerInput
+from loraplane.api.worker import EvaluationReport, TrainingReport, WorkerInput
 from loraplane_worker import errors
 from loraplane_worker.config import (
     check_known_keys,
@@ -52,7 +52,7 @@ from loraplane_worker.config import (
     checkpoints_dir,
     resolve_precision,
 )
-from loraplane_worker.data import load_training_data
+from loraplane_worker.data import examples_digest, load_training_data
 from loraplane_worker.merge import write_merged_model
 from loraplane_worker.progress import ProgressMetrics, ProgressReporter, emit, trainer_callback
 from loraplane_worker.result import module_leaf_names
@@ -377,6 +377,24 @@ def publish_adapter(staging: Path, output_dir: Path, served_base_model: str) -> 
     return adapter_config
 
 
+def evaluate(trainer: SFTTrainer) -> tuple[float | None, float | None]:
+    """transformers' `Trainer.evaluate()` on the eval data: the loss and TRL's mean token accuracy."""
+    metrics = trainer.evaluate()
+    loss, accuracy = metrics.get("eval_loss"), metrics.get("eval_mean_token_accuracy")
+    return (
+        float(loss) if loss is not None else None,
+        float(accuracy) if accuracy is not None else None,
+    )
+
+
+def evaluate_base(trainer: SFTTrainer, model: PeftModel) -> tuple[float | None, float | None]:
+    """The base model on the eval data: the same `evaluate()` with the adapter disabled. (Before
+    training LoRA's B matrices are zero anyway, but disabling also holds after a resume or for other
+    LoRA initialisations.)"""
+    with model.disable_adapter():
+        return evaluate(trainer)
+
+
 def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> TrainingReport | None:
     """Train, save the adapter (and the merged model when asked), and describe what was written.
 
@@ -415,8 +433,20 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             model.print_trainable_parameters()  # PEFT's own line, for the pod log
             emit({"event": "trainable_parameters", "trainable": trainable, "all": total})
 
+        evaluation = None
+        if prepared.eval_data is not None:
+            base_loss, base_accuracy = evaluate_base(trainer, model)
+            evaluation = EvaluationReport(
+                base_loss=base_loss,
+                base_mean_token_accuracy=base_accuracy,
+                examples=len(prepared.eval_data),
+                digest=examples_digest(prepared.eval_data),
+            )
         outcome = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
-        eval_loss = trainer.evaluate().get("eval_loss") if prepared.eval_data is not None else None
+        eval_loss = None
+        if evaluation is not None:
+            eval_loss, evaluation.mean_token_accuracy = evaluate(trainer)
+            evaluation.loss = eval_loss
 
         output_dir = Path(config.output.dir)
         staging = output_dir / STAGING_ADAPTER
@@ -449,6 +479,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             all_parameters=total,
             resumed_from_step=resumed_from,
             merged_dir=str(merged_dir) if merged_dir else None,
+            evaluation=evaluation,
         )
     finally:
         metrics.close()

@@ -336,6 +336,57 @@ class OutputSettings(ApiModel):
     )
 
 
+class PromotionPolicy(ApiModel):
+    """When a trained adapter may be published: judged on the run's eval data (`dataset.evalSplit` or
+    `evalFraction`). A run that misses it still succeeds; its adapter stays in storage, unpublished,
+    and the job's `Promoted` condition says why, with the figures."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                "has(self.minRelativeImprovement) || has(self.maxEvalLoss)"
+                " || (has(self.notWorseThanServing) && self.notWorseThanServing)",
+                "adapter.promotion needs at least one of minRelativeImprovement, maxEvalLoss or "
+                "notWorseThanServing: true",
+            ),
+        )
+    )
+
+    min_relative_improvement: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description=(
+            "Publish only when the adapter's eval loss is at least this fraction below the base model's "
+            "on the same data, e.g. `0.05` for 5%."
+        ),
+    )
+    max_eval_loss: float | None = Field(
+        default=None, gt=0, description="Publish only when the adapter's eval loss is at most this."
+    )
+    not_worse_than_serving: bool = Field(
+        default=False,
+        description=(
+            "When the LoraAdapter already serves another job's adapter (`replace: true`), publish only "
+            "when this run's eval loss is not above that job's, measured on the same eval data (same "
+            "digest); different eval data is refused (`EvalDataDiffers`)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> PromotionPolicy:  # the CEL rule's twin
+        if (
+            self.min_relative_improvement is None
+            and self.max_eval_loss is None
+            and not self.not_worse_than_serving
+        ):
+            raise ValueError(
+                "adapter.promotion needs at least one of minRelativeImprovement, maxEvalLoss or "
+                "notWorseThanServing: true"
+            )
+        return self
+
+
 class AdapterPublication(ApiModel):
     """A LoraAdapter that the operator creates when training succeeds."""
 
@@ -363,6 +414,13 @@ class AdapterPublication(ApiModel):
         description=(
             "When a LoraAdapter of that name already exists (an earlier version), point it at this run's "
             "adapter; serving pods swap versions one at a time. Otherwise the job reports a Conflict."
+        ),
+    )
+    promotion: PromotionPolicy | None = Field(
+        default=None,
+        description=(
+            "Publish only an adapter that passes this evaluation policy; without one, every successful "
+            "run publishes."
         ),
     )
 
@@ -442,8 +500,41 @@ class AdapterResult(ApiModel):
     )
 
 
+class Evaluation(ApiModel):
+    """The base model and the trained adapter on the run's held-out data, by transformers'
+    `Trainer.evaluate()` (TRL's SFTTrainer metrics)."""
+
+    base_loss: float | None = Field(
+        default=None, description="The base model's eval loss (adapter disabled)."
+    )
+    loss: float | None = Field(default=None, description="The trained adapter's final eval loss.")
+    change: str | None = Field(
+        default=None, description="`loss` against `baseLoss`, in percent, e.g. `-12.3%` (lower is better)."
+    )
+    relative_improvement: float | None = Field(
+        default=None,
+        description="(baseLoss - loss) / baseLoss; what `promotion.minRelativeImprovement` reads.",
+    )
+    base_perplexity: float | None = Field(default=None, description="exp(baseLoss).")
+    perplexity: float | None = Field(default=None, description="exp(loss).")
+    base_mean_token_accuracy: float | None = Field(
+        default=None, description="TRL's mean token accuracy of the base model."
+    )
+    mean_token_accuracy: float | None = Field(
+        default=None, description="TRL's mean token accuracy of the adapter."
+    )
+    examples: int | None = Field(default=None, ge=0, description="Eval examples used.")
+    digest: str | None = Field(
+        default=None,
+        description=(
+            "`sha256:` of the eval examples as used; two runs' figures compare only when it matches."
+        ),
+    )
+
+
 class LoraTrainingJobStatus(ApiModel):
-    """Observed state of the run. Condition types: Accepted, Running, Succeeded, Failed."""
+    """Observed state of the run. Condition types: Accepted, Running, Succeeded, Failed, and
+    Promoted when `spec.adapter.promotion` is set."""
 
     observed_generation: int | None = Field(
         default=None, description="Generation the status was written for."
@@ -460,6 +551,9 @@ class LoraTrainingJobStatus(ApiModel):
     trainable_parameters: str | None = Field(
         default=None,
         description="PEFT's line, e.g. `trainable params: 1,572,864 || all params: ... || trainable%: 0.47`.",
+    )
+    evaluation: Evaluation | None = Field(
+        default=None, description="Base model against adapter on the eval data, when the run had some."
     )
     adapter: AdapterResult | None = Field(default=None, description="The adapter produced, on success.")
 

@@ -131,6 +131,18 @@ class _Report(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class EvaluationReport(_Report):
+    """`Trainer.evaluate()` on the eval data: once with the adapter disabled (the base model), once at
+    the end. Losses that are not finite are left out."""
+
+    base_loss: float | None = None
+    loss: float | None = None
+    base_mean_token_accuracy: float | None = None
+    mean_token_accuracy: float | None = None
+    examples: int = Field(default=0, ge=0)
+    digest: str | None = Field(default=None, description="`sha256:` of the eval examples as used.")
+
+
 class TrainingReport(_Report):
     """A successful run's result. Optional fields are dropped, `OPTIONAL` order first, when the message
     would not fit in Kubernetes' 4096 bytes."""
@@ -142,6 +154,7 @@ class TrainingReport(_Report):
         "resumed_from_step",
         "eval_loss",
         "train_loss",
+        "evaluation",
         "merged_dir",
     )
 
@@ -159,6 +172,7 @@ class TrainingReport(_Report):
     all_parameters: int | None = None
     resumed_from_step: int | None = None
     merged_dir: str | None = None
+    evaluation: EvaluationReport | None = None
 
 
 class FailureReport(_Report):

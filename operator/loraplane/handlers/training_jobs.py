@@ -16,13 +16,14 @@ import kopf
 
 from loraplane import GROUP, VERSION, kube, naming, progress
 from loraplane.api.sft_args import validate_sft_args
-from loraplane.api.training_job import PLURAL, LoraTrainingJob, LoraTrainingJobStatus
+from loraplane.api.training_job import PLURAL, Evaluation, LoraTrainingJob, LoraTrainingJobStatus
 from loraplane.api.worker import WorkerGauge as G
 from loraplane.builders import training as build
 from loraplane.metrics import RECONCILE_ERRORS, RECONCILES, TRAINING_JOBS, TRAINING_PROGRESS
 from loraplane.settings import get_settings
+from loraplane.status import evaluation
 from loraplane.status import training as status_of
-from loraplane.status.conditions import find, merge
+from loraplane.status.conditions import Observed, find, merge
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 KIND = "LoraTrainingJob"
@@ -166,6 +167,53 @@ def _announce(body: kopf.Body, old: LoraTrainingJobStatus, new: LoraTrainingJobS
 _PUBLISHED: set[str] = set()
 
 
+async def served_version(
+    namespace: str, existing: dict[str, Any] | None, wanted: dict[str, Any]
+) -> evaluation.ServedVersion | None:
+    """What the LoraAdapter serves now when it is not this run's adapter: the other job's recorded
+    evaluation (read from that job's status, so it compares like with like by digest)."""
+    if not existing or existing.get("spec", {}).get("source") == wanted["spec"]["source"]:
+        return None
+    other = (existing.get("spec", {}).get("source") or {}).get("trainingJob", {}).get("name")
+    if not other:
+        return evaluation.ServedVersion(None, None)
+    found = await asyncio.to_thread(kube.get_custom_object, namespace, PLURAL, other) or {}
+    recorded = (found.get("status") or {}).get("evaluation")
+    return evaluation.ServedVersion(other, Evaluation.model_validate(recorded) if recorded else None)
+
+
+async def promote_or_publish(job: LoraTrainingJob, body: kopf.Body, namespace: str) -> Observed | None:
+    """`publish_adapter`, first judged by `spec.adapter.promotion` when there is one. Returns the
+    `Promoted` condition to record (None without a policy, or when it was recorded before: the
+    cluster remembers the decision across operator restarts)."""
+    publication = job.spec.adapter
+    if publication is None or publication.promotion is None:
+        await publish_adapter(job, body, namespace)
+        return None
+    if find(job.status.conditions, evaluation.CONDITION) is not None:
+        _PUBLISHED.add(job.metadata["uid"])
+        return None
+    wanted = build.published_adapter(job)
+    name = wanted["metadata"]["name"]
+    existing = await asyncio.to_thread(kube.get_adapter, namespace, name)
+    served = await served_version(namespace, existing, wanted)
+    if served is not None and not publication.replace:
+        _PUBLISHED.add(job.metadata["uid"])
+        message = f"LoraAdapter {name} exists and spec.adapter.replace is false"
+        kopf.warn(body, reason="Conflict", message=message)
+        return evaluation.Decision(False, evaluation.CONFLICT, message).condition()
+    decision = evaluation.decide(publication.promotion, job.status.evaluation, served)
+    if not decision.promote:
+        _PUBLISHED.add(job.metadata["uid"])
+        kopf.warn(
+            body, reason=decision.reason, message=f"LoraAdapter {name} not published: {decision.message}"
+        )
+        return decision.condition()
+    await publish_adapter(job, body, namespace)
+    kopf.info(body, reason="Promoted", message=decision.message)
+    return decision.condition()
+
+
 async def publish_adapter(job: LoraTrainingJob, body: kopf.Body, namespace: str) -> None:
     """Create the LoraAdapter the spec asks for; point an existing one of ours at the new version only
     when the spec allows it, else report the conflict. Never a silent overwrite."""
@@ -230,7 +278,10 @@ async def follow_training(
         if job.status.adapter is not None:
             # Published on the pass after the one that recorded the adapter, so the LoraAdapter never
             # sees its training job before the job's status says Succeeded.
-            await publish_adapter(job, body, namespace)
+            promoted = await promote_or_publish(job, body, namespace)
+            if promoted is not None:
+                new.conditions = merge(new.conditions, [promoted], new.observed_generation, now())
+                _write_status(patch, job.status, new)
     except Exception:
         RECONCILE_ERRORS.labels(KIND).inc()
         raise

@@ -19,6 +19,7 @@ from loraplane.api.common import ConditionStatus
 from loraplane.api.training_job import AdapterResult, LoraTrainingJob, LoraTrainingJobStatus, Progress
 from loraplane.api.worker import FailureReport, TrainingReport, read_report
 from loraplane.status.conditions import Observed, find, merge
+from loraplane.status.evaluation import evaluation_of
 
 # The pull reasons alternate (ErrImagePull, ImagePullBackOff, ...) while the kubelet retries: one
 # condition reason for all of them, so the condition (and its Event) does not flap; the kubelet's
@@ -229,6 +230,7 @@ def observe(
             status.adapter, report = found
             status.train_loss = report.train_loss
             status.eval_loss = report.eval_loss
+            status.evaluation = evaluation_of(report.evaluation)
             status.trainable_parameters = trainable_line(report.trainable_parameters, report.all_parameters)
             if report.resumed_from_step is not None:
                 status.resumed_from_step = report.resumed_from_step
