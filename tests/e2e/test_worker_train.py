@@ -196,6 +196,40 @@ def test_a_crashed_run_resumes_from_its_newest_complete_checkpoint(tiny: TinyMod
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_the_base_model_and_the_adapter_are_evaluated_on_the_same_recorded_data(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    """Two runs that train differently on the same held-out data: the base model's figures are the
+    same (they are the base model's, taken with the adapter disabled), the adapters' differ, and both
+    record the same digest; another seed holds out other examples, so another digest."""
+    eval_data = {"dataset": {"eval_fraction": 0.2}}
+    fast = run(config(tiny, tmp_path / "fast", training={"learning_rate": 1e-2, "max_steps": 6}, **eval_data))
+    slow = run(config(tiny, tmp_path / "slow", training={"learning_rate": 1e-4, "max_steps": 6}, **eval_data))
+    assert fast is not None
+    assert fast.evaluation is not None
+    assert slow is not None
+    assert slow.evaluation is not None
+    assert fast.evaluation.examples == slow.evaluation.examples == 40  # 20% of 200 quotes
+    assert fast.evaluation.digest == slow.evaluation.digest
+    assert fast.evaluation.digest is not None
+    assert fast.evaluation.digest.startswith("sha256:")
+    assert fast.evaluation.base_loss == pytest.approx(slow.evaluation.base_loss, rel=1e-5)
+    assert fast.evaluation.base_mean_token_accuracy == pytest.approx(slow.evaluation.base_mean_token_accuracy)
+    assert fast.evaluation.loss is not None
+    assert fast.evaluation.base_loss is not None
+    assert fast.evaluation.loss < fast.evaluation.base_loss, "lr 1e-2 on the tiny model learns"
+    assert fast.evaluation.loss != pytest.approx(slow.evaluation.loss, rel=1e-4)
+    assert fast.eval_loss == fast.evaluation.loss
+    assert 0 <= fast.evaluation.mean_token_accuracy <= 1  # type: ignore[operator]
+    message = json.loads(success_message(fast))
+    assert message["evaluation"]["digest"] == fast.evaluation.digest
+
+    other = run(config(tiny, tmp_path / "other", training={"max_steps": 1, "seed": 7}, **eval_data))
+    assert other is not None
+    assert other.evaluation is not None
+    assert other.evaluation.digest != fast.evaluation.digest
+
+
 def jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path

@@ -232,3 +232,18 @@ def test_a_finished_worker_before_the_job_completes_is_still_running() -> None:
 def test_loss_is_rounded_for_people() -> None:
     got = progress.to_progress({"step": 1.0, "total_steps": 2.0, "loss": 5.270626068115234}, NOW)
     assert got.loss == 5.271
+
+
+def test_success_records_the_evaluation_with_its_change_against_the_base() -> None:
+    report = {"adapterDir": "/x", "sha256": "ab" * 32, "r": 16, "loraAlpha": 32, "evalLoss": 2.0,
+              "evaluation": {"baseLoss": 2.5, "loss": 2.0, "meanTokenAccuracy": 0.4, "examples": 20,
+                             "digest": "sha256:" + "d" * 64}}  # fmt: skip
+    done = pod({"terminated": {"exitCode": 0, "message": json.dumps(report)}})
+    complete = batch([{"type": "Complete", "status": "True"}], succeeded=1)
+    status = status_of.observe(job(), complete, [done], None, NOW)
+    assert status.evaluation is not None
+    assert (status.evaluation.base_loss, status.evaluation.loss) == (2.5, 2.0)
+    assert status.evaluation.change == "-20.0%"
+    assert status.evaluation.digest == "sha256:" + "d" * 64
+    assert status.to_wire()["evaluation"]["meanTokenAccuracy"] == 0.4
+    assert find(status.conditions, "Promoted") is None, "the handler decides promotion, not observe()"
