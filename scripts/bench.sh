@@ -5,7 +5,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export HF_HUB_OFFLINE=1 PYTHONPATH="$root/operator:$root/worker:$root/devcluster:$root/tests"
 py=.venv/bin/python
-for bench in cluster_start node_agent training_jobs worker_throughput storage; do
+for bench in cluster_start node_agent training_jobs worker_throughput evaluation storage; do
   echo "==> bench/$bench.py"
   "$py" "bench/$bench.py"
 done

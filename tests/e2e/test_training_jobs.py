@@ -270,3 +270,62 @@ def test_a_deleted_training_pod_is_retried_and_resumes_from_its_checkpoint(
     status = jobs.get("ltj", "resume")["status"]
     assert status["resumedFromStep"] > 0
     assert status["attempts"] >= 2
+
+
+def test_held_out_data_records_base_and_adapter_eval_loss_and_a_met_policy_publishes(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    body = tiny_job("evaluated", max_steps=20, save_steps=100)
+    body["spec"]["dataset"]["evalFraction"] = 0.1
+    body["spec"]["adapter"] = {
+        "name": "evaluated-quotes",
+        "deployment": "vllm-tiny",
+        "promotion": {"minRelativeImprovement": 0.01, "maxEvalLoss": 100},
+    }
+    jobs.create(body)
+    promoted = jobs.wait("evaluated", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    status = jobs.get("ltj", "evaluated")["status"]
+    evaluation = status["evaluation"]
+    assert evaluation["examples"] == 20  # 10% of the 200 quotes
+    assert evaluation["digest"].startswith("sha256:")
+    assert evaluation["loss"] < evaluation["baseLoss"], evaluation
+    assert evaluation["change"].startswith("-")
+    assert evaluation["change"].endswith("%")
+    assert evaluation["perplexity"] < evaluation["basePerplexity"]
+    assert 0 <= evaluation["meanTokenAccuracy"] <= 1
+    assert status["evalLoss"] == evaluation["loss"]
+    assert promoted["status"] == "True", promoted
+    assert promoted["reason"] == "Promoted"
+    assert "at least 1% below the base" in promoted["message"]
+    published = wait_until("the LoraAdapter", lambda: jobs.get("lad", "evaluated-quotes"), timeout_s=30)
+    assert published["spec"]["source"] == {"trainingJob": {"name": "evaluated"}}
+
+    table = kube.kubectl("get", "ltj", "evaluated", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert "EVAL LOSS" in header
+    assert "VS BASE" in header
+    assert evaluation["change"] in row
+
+
+def test_a_policy_that_cannot_be_met_succeeds_without_publishing(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    body = tiny_job("unpromoted", max_steps=4, save_steps=100)
+    body["spec"]["dataset"]["evalFraction"] = 0.1
+    body["spec"]["adapter"] = {
+        "name": "unpromoted-quotes",
+        "deployment": "vllm-tiny",
+        "promotion": {"maxEvalLoss": 0.001},
+    }
+    created = jobs.create(body)
+    refused = jobs.wait("unpromoted", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    assert refused["status"] == "False"
+    assert refused["reason"] == "EvalLossTooHigh"
+    loss = jobs.get("ltj", "unpromoted")["status"]["evaluation"]["loss"]
+    assert f"eval loss {loss:.4g}" in refused["message"]
+    assert "maxEvalLoss 0.001" in refused["message"]
+    assert jobs.condition("unpromoted", "Succeeded")["status"] == "True"
+    assert "EvalLossTooHigh" in jobs.events("unpromoted")
+    assert jobs.get("lad", "unpromoted-quotes") is None
+    adapter = volume / "adapters" / created["metadata"]["uid"] / "adapter_model.safetensors"
+    assert adapter.is_file(), "the adapter stays in storage"
