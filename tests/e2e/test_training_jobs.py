@@ -329,3 +329,26 @@ def test_a_policy_that_cannot_be_met_succeeds_without_publishing(
     assert jobs.get("lad", "unpromoted-quotes") is None
     adapter = volume / "adapters" / created["metadata"]["uid"] / "adapter_model.safetensors"
     assert adapter.is_file(), "the adapter stays in storage"
+
+
+def test_a_version_worse_than_the_served_one_on_the_same_data_is_refused(jobs: Jobs, volume: Path) -> None:
+    def version(name: str, learning_rate: float, promotion: dict | None) -> dict:
+        body = tiny_job(name, max_steps=20, save_steps=100)
+        body["spec"]["training"]["learningRate"] = learning_rate
+        body["spec"]["dataset"]["evalFraction"] = 0.1
+        body["spec"]["adapter"] = {"name": "served-quotes", "deployment": "vllm-tiny", "replace": True}
+        if promotion:
+            body["spec"]["adapter"]["promotion"] = promotion
+        return body
+
+    jobs.create(version("v1", 3e-3, None))
+    wait_until("v1 published", lambda: jobs.get("lad", "served-quotes"), timeout_s=RUN_TIMEOUT_S)
+    jobs.create(version("v2", 1e-6, {"notWorseThanServing": True}))
+    refused = jobs.wait("v2", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    served, worse = (jobs.get("ltj", name)["status"]["evaluation"] for name in ("v1", "v2"))
+    assert served["digest"] == worse["digest"], "same files, fraction and seed: the same eval data"
+    assert worse["loss"] > served["loss"]
+    assert (refused["status"], refused["reason"]) == ("False", "NotBetterThanServing")
+    assert f"above the served version's {served['loss']:.4g} (job v1)" in refused["message"]
+    assert jobs.get("lad", "served-quotes")["spec"]["source"] == {"trainingJob": {"name": "v1"}}
+    assert "NotBetterThanServing" in jobs.events("v2")
