@@ -745,11 +745,28 @@ def _start_cluster_services(
     until kube-proxy has programmed the Services and CoreDNS has synced with the API server."""
     began = time.monotonic()
     agent = next((r for r in reversed(processes.read_records(layout.root)) if r.name == "nodeagent"), None)
-    net = services.NodeNetworkInfo.read(layout.root / "node-network.json")
-    if agent is None or net is None or net.pid != agent.pid:
-        raise ControlPlaneError(
-            f"the node agent wrote no pod network for this start ({layout.root / 'node-network.json'})"
+    if agent is None:
+        raise ControlPlaneError("kube-proxy and CoreDNS need the node agent's pod network; it is not running")
+    network_file = layout.root / "node-network.json"
+
+    def agent_network() -> services.NodeNetworkInfo | None:
+        # A Node can read Ready from an earlier start (its Lease has not expired yet), so the file
+        # counts only once this agent wrote it.
+        net = services.NodeNetworkInfo.read(network_file)
+        return net if net is not None and net.pid == agent.pid else None
+
+    agent_started = _Started("nodeagent", None, agent, layout.log("nodeagent"), began)
+    try:
+        probes.wait_for(
+            f"the node agent's pod network ({network_file})",
+            lambda: agent_network() is not None,
+            timeout_s,
+            still_possible=agent_started.exit_reason,
         )
+    except probes.WaitTimeoutError as error:
+        raise agent_started.failure(str(error)) from error
+    net = agent_network()
+    assert net is not None
     missing = [tool for tool in ("nft", "nsenter") if shutil.which(tool) is None]
     if missing:
         raise ControlPlaneError(
@@ -767,10 +784,13 @@ def _start_cluster_services(
             ["system:serviceaccounts", f"system:serviceaccounts:{services.COREDNS_NAMESPACE}"],
         ),
     }
+    relay = f"https://{net.bridge_address}:{net.api_relay_port}"
     configs = {}
     for user, pair in identities.items():
         credentials = kubeconfig.client_cert_credentials(pair.cert, pair.key)
-        config = kubeconfig.build(services.API_SERVICE_URL, certs.ca.cert, user, credentials)
+        config = kubeconfig.build(
+            relay, certs.ca.cert, user, credentials, tls_server_name=services.API_SERVER_NAME
+        )
         configs[user] = kubeconfig.write(layout.kubeconfigs / user, config)
     services.apply_all(api.apply, net)
     proxy_config = layout.root / "kube-proxy.yaml"
@@ -778,23 +798,28 @@ def _start_cluster_services(
     proxy_config.write_text(json.dumps(proxy_settings, indent=2) + "\n")
     core_config = layout.root / "Corefile"
     core_config.write_text(services.corefile(net, configs["coredns"]))
-    env = _component_env()
     started = []
     for name, argv in (
         ("kube-proxy", services.kube_proxy_argv(cluster.bin_dir, net, proxy_config)),
         ("coredns", services.coredns_argv(cluster.bin_dir, net, core_config)),
     ):
         log = layout.log(name)
-        popen = processes.spawn(argv, log, env=env, cwd=layout.root, die_with_parent=die_with_parent)
+        popen = processes.spawn(
+            argv, log, env=_component_env(), cwd=layout.root, die_with_parent=die_with_parent
+        )
         record = processes.record(layout.root, name, popen.pid, argv, log)
         started.append(_Started(name, popen, record, log, time.monotonic()))
-    proxy, coredns = started
-    for component, what, url in (
-        (proxy, "kube-proxy /healthz", net.kube_proxy_healthz),
-        (coredns, "CoreDNS /ready", net.coredns_ready),
+
+    def proxy_synced() -> bool:
+        response = probes.request(net.kube_proxy_metrics, timeout_s=2.0)
+        return response is not None and services.kube_proxy_synced(response.body.decode(errors="replace"))
+
+    for component, what, condition in (
+        (started[0], "kube-proxy's first sync of the Service rules", proxy_synced),
+        (started[1], "CoreDNS /ready", _answers(net.coredns_ready)),
     ):
         try:
-            probes.wait_for(what, _answers(url), timeout_s, still_possible=component.exit_reason)
+            probes.wait_for(what, condition, timeout_s, still_possible=component.exit_reason)
         except probes.WaitTimeoutError as error:
             raise component.failure(str(error)) from error
     cluster.services = True

@@ -17,8 +17,12 @@ namespace, not a pod's), so the two Services whose endpoints are node processes 
 endpoints from here, as the API server writes the ``kubernetes`` Service's on a real cluster:
 ``kubernetes`` → the API relay on the bridge, ``kube-dns`` → CoreDNS on the bridge.
 
-Both reach the API server as in-cluster clients do, at ``https://10.96.0.1:443`` (the relay).
-Their health endpoints listen on the bridge address, which the host reaches over its veth.
+Both reach the API server at the relay on the bridge (``https://10.250.N.254:443``, checked
+against the name ``kubernetes.default.svc`` of its certificate), the node's own way to it, not
+through 10.96.0.1: a connection opened to a Service address before kube-proxy's first rules is
+cut once they exist (kube-proxy removes conntrack entries that are not DNAT-ed to an endpoint),
+and both start before those rules. Their health and metrics endpoints listen on the bridge
+address, which the host reaches over its veth.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from typing import Any
 CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 API_SERVICE_URL = "https://10.96.0.1:443"
+# a name in the API server's certificate, for clients that dial the relay on the bridge
+API_SERVER_NAME = "kubernetes.default.svc"
 CLUSTER_CIDR = "10.250.0.0/16"
 KUBE_PROXY_HEALTHZ_PORT = 10256
+KUBE_PROXY_METRICS_PORT = 10249
+# a full sync done: kube-proxy's /healthz answers 200 from its start, before any rule exists
+FIRST_SYNC_METRIC = 'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}'
 COREDNS_READY_PORT = 8181
 DNS_PORT = 53
 FIELD_MANAGER = "loraplane-devcluster"
@@ -79,6 +88,10 @@ class NodeNetworkInfo:
         return f"http://{self.bridge_address}:{KUBE_PROXY_HEALTHZ_PORT}/healthz"
 
     @property
+    def kube_proxy_metrics(self) -> str:
+        return f"http://{self.bridge_address}:{KUBE_PROXY_METRICS_PORT}/metrics"
+
+    @property
     def coredns_ready(self) -> str:
         return f"http://{self.bridge_address}:{COREDNS_READY_PORT}/ready"
 
@@ -101,13 +114,21 @@ def kube_proxy_config(net: NodeNetworkInfo, kubeconfig: Path) -> JsonObject:
         # the node's address for kube-proxy (the Node object says 127.0.0.1, the host's loopback)
         "bindAddress": net.bridge_address,
         "healthzBindAddress": f"{net.bridge_address}:{KUBE_PROXY_HEALTHZ_PORT}",
-        "metricsBindAddress": "127.0.0.1:10249",
+        "metricsBindAddress": f"{net.bridge_address}:{KUBE_PROXY_METRICS_PORT}",
         "clusterCIDR": CLUSTER_CIDR,
         "detectLocalMode": "ClusterCIDR",
         "nodePortAddresses": [net.pod_subnet],
         # nf_conntrack_max is the whole machine's, not the namespace's: leave it and the timeouts be
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
+
+
+def kube_proxy_synced(metrics: str) -> bool:
+    """Whether kube-proxy's metrics say it has programmed the rules at least once."""
+    for line in metrics.splitlines():
+        if line.startswith(FIRST_SYNC_METRIC):
+            return float(line.split()[-1]) >= 1
+    return False
 
 
 def kube_proxy_argv(bin_dir: Path, net: NodeNetworkInfo, config: Path) -> list[str]:

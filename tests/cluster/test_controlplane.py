@@ -262,7 +262,8 @@ def test_components_listen_and_talk_on_loopback_only(kube: Kube) -> None:
             for protocol, state, local, remote in _inet_sockets(record.pid):
                 where = f"{record.name} {protocol} {local} -> {remote} (state {state})"
                 assert _is_loopback(local) or local in POD_NETWORK or local in SERVICE_NETWORK, where
-                assert remote.is_unspecified or _is_loopback(remote) or remote in SERVICE_NETWORK, where
+                node_address = remote in POD_NETWORK or remote in SERVICE_NETWORK
+                assert remote.is_unspecified or _is_loopback(remote) or node_address, where
             continue
         for protocol, state, local, remote in _inet_sockets(record.pid):
             where = f"{record.name} {protocol} {local} -> {remote} (state {state})"

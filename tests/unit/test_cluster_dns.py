@@ -134,3 +134,10 @@ def test_node_services_get_the_bridge_address_as_their_endpoint() -> None:
     service = objects["/api/v1/namespaces/kube-system/services/kube-dns"]
     assert service["spec"]["clusterIP"] == "10.96.0.10"
     assert "selector" not in service["spec"]
+
+
+def test_kube_proxy_counts_as_synced_after_its_first_full_sync() -> None:
+    metric = 'kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"}'
+    assert not services.kube_proxy_synced("# HELP nothing yet\n")
+    assert not services.kube_proxy_synced(f"{metric} 0\n")
+    assert services.kube_proxy_synced(f"{metric.replace('IPv4', 'IPv6')} 0\n{metric} 1\n")
