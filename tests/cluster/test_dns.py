@@ -20,29 +20,34 @@ pytestmark = pytest.mark.cluster
 JsonObject = dict[str, Any]
 POD_IP_ENV = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
-# The client: resolve each name (retrying a name that should exist until a deadline, as a
-# program waiting for its peers would), connect, and report everything as JSON on stdout's last
-# line and in the termination message.
+# The client: resolve each name and, where a port is given, fetch / from it; a name that should
+# exist is retried until a deadline, as a program waiting for its peers would (a new Service's
+# rules and records follow its EndpointSlice by up to kube-proxy's 1 s sync period). It reports
+# everything as JSON in its termination message.
 CLIENT = r"""
 import json, socket, sys, time, urllib.request
 
-def lookup(name, retry_s):
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            return sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)})
-        except socket.gaierror as error:
-            if time.monotonic() >= deadline:
-                return "gaierror: %s" % error.strerror
-            time.sleep(0.2)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+def attempt(name, port):
+    found = sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)})
+    if port:
+        with opener.open("http://%s:%d/" % (name, port), timeout=5) as answer:
+            return found, answer.status
+    return found, None
 
 report = {"hostname": socket.gethostname(), "resolv": open("/etc/resolv.conf").read()}
 for key, name, port, retry in json.loads(sys.argv[1]):
-    report[key] = lookup(name, retry)
-    if port and isinstance(report[key], list):
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open("http://%s:%d/" % (name, port), timeout=10) as answer:
-            report[key + "_http"] = answer.status
+    deadline = time.monotonic() + retry
+    while True:
+        try:
+            report[key], report[key + "_http"] = attempt(name, port)
+            break
+        except OSError as error:  # socket.gaierror, URLError, connection errors
+            report[key] = "%s: %s" % (type(error).__name__, getattr(error, "strerror", None) or error)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
 line = json.dumps(report)
 print(line)
 open("/dev/termination-log", "w").write(line)
