@@ -42,6 +42,8 @@ from loraplane_devcluster import binaries, kubeconfig, pki, probes, processes, s
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_STORAGE_CLASS = "standard"
 NODE_AGENT_MODULE = "loraplane_devcluster.nodeagent"
+# Webhook registrations of a Kueue that `kueue.install` started (see loraplane_devcluster.kueue)
+KUEUE_WEBHOOK_LABEL = "loraplane.io/devcluster-kueue"
 LOCALHOST = "127.0.0.1"
 _PORT_RETRIES = 3
 _LOG_TAIL_LINES = 30
@@ -485,6 +487,7 @@ class _Bringup:
             api, controller_manager, self.timeout_s
         )
         _ensure_default_storage_class(api)
+        _remove_stale_kueue_webhooks(api)
         self.timings["control-plane"] = time.monotonic() - began
         return Cluster(self.layout.root, self.bin_dir, self.layout.kubeconfig, api.server, self.ports)
 
@@ -670,6 +673,14 @@ def _wait_for_default_service_account(api: _Api, controller_manager: _Started, t
         )
     except probes.WaitTimeoutError as error:
         raise controller_manager.failure(str(error)) from error
+
+
+def _remove_stale_kueue_webhooks(api: _Api) -> None:
+    """Kueue's webhooks from before this start point at a process that is gone, and with their
+    failurePolicy Fail they would refuse every Job; `kueue.install` registers them again."""
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        path = f"/apis/admissionregistration.k8s.io/v1/{kind}?labelSelector={KUEUE_WEBHOOK_LABEL}%3Dtrue"
+        probes.request(api.server + path, method="DELETE", context=api.tls)
 
 
 def _ensure_default_storage_class(api: _Api) -> None:
