@@ -12,7 +12,7 @@ export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
 out="$cache/bin/kueue-${KUEUE_VERSION}_$(go env GOVERSION)"
 log() { echo "[build-kueue] $*" >&2; }
-if [ -x "$out/kueue" ] && [ -d "$out/config/crd" ]; then echo "$out"; exit 0; fi
+if [ -x "$out/kueue" ] && [ -f "$out/config/rbac-secrets-role.yaml" ]; then echo "$out"; exit 0; fi
 
 start=$(date +%s)
 mkdir -p "$cache/build"
@@ -26,6 +26,7 @@ src=$(cd "$mod" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
 mkdir -p "$out.tmp/config"
 cp -r "$src/config/components/crd/bases" "$out.tmp/config/crd"
 cp "$src/config/components/rbac/role.yaml" "$out.tmp/config/rbac-role.yaml"
+cp "$src/config/components/rbac/manager_secrets_role.yaml" "$out.tmp/config/rbac-secrets-role.yaml"
 cp "$src/config/components/webhook/manifests.yaml" "$out.tmp/config/webhooks.yaml"
 chmod -R u+w "$out.tmp"
 rm -rf "$out" && mv "$out.tmp" "$out"

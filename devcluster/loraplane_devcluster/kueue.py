@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ CLUSTER_ROLE = "kueue-manager-role"
 WEBHOOK_LABEL = controlplane.KUEUE_WEBHOOK_LABEL  # `up` removes these after a restart
 FRAMEWORKS = ("batch/job",)
 PROCESS_NAME = "kueue"
+# Kueue reads its metrics certificate from this fixed path when it does not manage certificates
+METRICS_CERT_DIR = "/etc/kueue/metrics/certs"
 JsonObject = dict[str, Any]
 
 
@@ -99,10 +102,14 @@ def webhook_configurations(manifests: str, base_url: str, ca_bundle: str) -> lis
     return configurations
 
 
-def rbac_objects(role_manifest: str) -> list[JsonObject]:
-    """Kueue's own ClusterRole (renamed as its kustomization does), its ServiceAccount, the binding."""
+def rbac_objects(role_manifest: str, secrets_role_manifest: str) -> list[JsonObject]:
+    """Kueue's own ClusterRole and its Role on Secrets of its namespace (renamed and placed as its
+    kustomization does), its ServiceAccount, and the bindings."""
     role = next(d for d in yaml.safe_load_all(role_manifest) if d and d.get("kind") == "ClusterRole")
     role["metadata"] = {"name": CLUSTER_ROLE}
+    secrets_role = next(d for d in yaml.safe_load_all(secrets_role_manifest) if d and d.get("kind") == "Role")
+    secrets_role["metadata"] = {"name": "kueue-manager-secrets-role", "namespace": NAMESPACE}
+    subjects = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {
@@ -116,9 +123,32 @@ def rbac_objects(role_manifest: str) -> list[JsonObject]:
             "kind": "ClusterRoleBinding",
             "metadata": {"name": "kueue-manager-rolebinding"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLUSTER_ROLE},
-            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}],
+            "subjects": subjects,
+        },
+        secrets_role,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "kueue-manager-secrets-rolebinding", "namespace": NAMESPACE},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "kueue-manager-secrets-role",
+            },
+            "subjects": subjects,
         },
     ]
+
+
+def in_private_mounts(cert_dir: Path, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace of its own where ``cert_dir`` is at Kueue's fixed metrics
+    certificate path, so nothing of the host's /etc changes but an empty mount point (unshare and
+    sh exec in turn: the PID is Kueue's)."""
+    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-c", script, str(cert_dir), METRICS_CERT_DIR, *argv,
+    ]  # fmt: skip
 
 
 # ---- build, install, uninstall --------------------------------------------------------------------
@@ -162,7 +192,10 @@ def install(run_dir: Path, *, die_with_parent: bool = False, timeout_s: float = 
     admin = layout.kubeconfig
     _kubectl(bin_dir, admin, "apply", "--server-side", "-f", str(kueue_dir / "config" / "crd"))
     _kubectl(bin_dir, admin, "wait", "--for=condition=Established", "-f", str(kueue_dir / "config" / "crd"))
-    objects = rbac_objects((kueue_dir / "config" / "rbac-role.yaml").read_text())
+    objects = rbac_objects(
+        (kueue_dir / "config" / "rbac-role.yaml").read_text(),
+        (kueue_dir / "config" / "rbac-secrets-role.yaml").read_text(),
+    )
     _kubectl(
         bin_dir,
         admin,
@@ -193,16 +226,18 @@ def install(run_dir: Path, *, die_with_parent: bool = False, timeout_s: float = 
     # controller-runtime's webhook server reads tls.crt/tls.key from certDir
     (cert_dir / "tls.crt").write_bytes(serving.cert.read_bytes())
     (cert_dir / "tls.key").write_bytes(serving.key.read_bytes())
+    os.makedirs(METRICS_CERT_DIR, exist_ok=True)  # the mount point; the mount is Kueue's alone
     ports = Ports(*(controlplane._free_port() for _ in range(3)))
     settings = home / "config.yaml"
     settings.write_text(json.dumps(manager_config(ports, cert_dir), indent=2) + "\n")
 
-    argv = [
+    kueue_argv = [
         str(kueue_dir / "kueue"),
         f"--config={settings}",
         f"--kubeconfig={config_path}",
         "--feature-gates=VisibilityOnDemand=false",
     ]
+    argv = in_private_mounts(cert_dir, kueue_argv)
     log = layout.log(PROCESS_NAME)
     popen = processes.spawn(
         argv, log, env=controlplane._component_env(), cwd=layout.root, die_with_parent=die_with_parent

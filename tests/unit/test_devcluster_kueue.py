@@ -65,10 +65,19 @@ def test_the_manager_listens_on_loopback_without_leader_election_or_its_own_cert
 
 def test_kueue_runs_as_its_service_account_bound_to_its_own_cluster_role() -> None:
     role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: manager-role}\n"
-    objects = kueue.rbac_objects(role)
+    secrets = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: manager-secrets-role}\n"
+    objects = kueue.rbac_objects(role, secrets)
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
-    binding = objects[-1]
+    assert kinds == [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ]
+    assert objects[4]["metadata"] == {"name": "kueue-manager-secrets-role", "namespace": "kueue-system"}
+    binding = objects[3]
     assert binding["roleRef"]["name"] == objects[2]["metadata"]["name"] == "kueue-manager-role"
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kueue-controller-manager", "namespace": "kueue-system"}
