@@ -1,10 +1,13 @@
 """How fast the local control plane starts, and how fast it answers writes.
 
-    PYTHONPATH=devcluster .venv/bin/python bench/cluster_start.py [--runs 3] [--ops 100]
+    PYTHONPATH=devcluster .venv/bin/python bench/cluster_start.py [--runs 3] [--ops 100] [--node [--services]]
 
 1. Start: ``--runs`` fresh starts (new run directory: new PKI, empty etcd) and one restart
    (``down`` then ``up`` on the same directory: PKI and data kept), with cached binaries, with the
    per-component breakdown ``up`` records (each component: from its spawn to its health check).
+   ``--node`` adds the node agent; ``--services`` also kube-proxy and CoreDNS (the ``services`` row:
+   objects applied, both started, kube-proxy healthy and CoreDNS synced), so the two runs side by
+   side give the start time with and without Services and DNS.
 2. Writes: ``--ops`` creates and as many merge patches of a ConfigMap through the Python client
    the operator uses, as p50/p95 latency and as a ratio to ``GET /version`` measured in the same
    run (the floor: one TLS round trip to the API server with no storage behind it).
@@ -42,6 +45,7 @@ COMPONENTS = (
     "kube-scheduler",
     "default-serviceaccount",
     "nodeagent",
+    "services",
     "total",
 )
 
@@ -68,7 +72,7 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def measure_starts(
-    runs: int, bin_dir: Path, node: bool
+    runs: int, bin_dir: Path, node: bool, services: bool = False
 ) -> tuple[list[dict[str, float]], dict[str, float], Path]:
     """``runs`` fresh starts, then one restart of the last; returns the last run dir still up."""
     root = run_root_for_tests()
@@ -77,14 +81,18 @@ def measure_starts(
     run_dir = Path()
     for index in range(runs):
         run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=root))
-        cluster = controlplane.up(run_dir, bin_dir=bin_dir, node=node, die_with_parent=True)
+        cluster = controlplane.up(
+            run_dir, bin_dir=bin_dir, node=node, cluster_services=services, die_with_parent=True
+        )
         fresh.append(cluster.timings)
         if index < runs - 1:
             controlplane.down(run_dir, purge=True)
     began = time.monotonic()
     controlplane.down(run_dir)
     stop_s = time.monotonic() - began
-    restarted = controlplane.up(run_dir, bin_dir=bin_dir, node=node, die_with_parent=True).timings
+    restarted = controlplane.up(
+        run_dir, bin_dir=bin_dir, node=node, cluster_services=services, die_with_parent=True
+    ).timings
     restarted["down (before restart)"] = stop_s
     return fresh, restarted, run_dir
 
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="fresh starts to measure")
     parser.add_argument("--ops", type=int, default=100, help="creates and patches to measure")
     parser.add_argument("--node", action="store_true", help="include the node agent in the starts")
+    parser.add_argument(
+        "--services", action="store_true", help="with --node: also kube-proxy and CoreDNS (Services, DNS)"
+    )
     parser.add_argument("--kubeconfig", type=Path, help="measure writes against this cluster; no starts")
     args = parser.parse_args(argv)
 
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print_write_table(measure_writes(args.kubeconfig, args.ops))
         return 0
     bin_dir = binaries.resolve_bin_dir()
-    fresh, restarted, run_dir = measure_starts(args.runs, bin_dir, args.node)
+    fresh, restarted, run_dir = measure_starts(args.runs, bin_dir, args.node, args.node and args.services)
     try:
         samples = measure_writes(run_dir / "kubeconfig", args.ops)
     finally:

@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and helm from the
-# Go module proxy into a cache folder outside the checkout, keyed by a stamp of every version.
-# Prints the folder. A second run with the same stamp only checks the binaries and returns.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl, etcd, helm and
+# CoreDNS from the Go module proxy into a cache folder outside the checkout, keyed by a stamp of every
+# version. Prints the folder. A second run with the same stamp only checks the binaries and returns.
+# Also installs the one host tool the local cluster needs beyond iproute2: `nft` (kube-proxy's
+# nftables mode), from Debian's nftables package when it is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 go_version=$(go env GOVERSION)
-stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_${go_version}"
+stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}_${go_version}"
 cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
 bin="$cache/bin/$stamp"
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd helm coredns)
+log() { echo "[build-binaries] $*" >&2; }
+
+# kube-proxy programs Service addresses with the nft command (nftables mode)
+if ! command -v nft >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing nftables (the nft command kube-proxy runs)"
+    { apt-get install -y -q --no-install-recommends nftables || { apt-get update -q && apt-get install -y -q --no-install-recommends nftables; }; } >&2
+  else
+    log "warning: no nft command (Debian package nftables); the local cluster's kube-proxy needs it"
+  fi
+fi
 
 complete() { for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
 if complete; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin" "$cache/build"
-log() { echo "[build-binaries] $*" >&2; }
 start=$(date +%s)
 
 # --- Kubernetes + etcd: a wrapper module whose staging replaces come from k8s' own go.mod -------
@@ -41,7 +53,7 @@ staging_version="v0.${KUBERNETES_VERSION#v1.}"
   echo ")"
   echo
   echo "tool ("
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+  for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
   echo "	go.etcd.io/etcd/server/v3"
   echo ")"
 } > "$mod/go.mod"
@@ -58,6 +70,10 @@ log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl 
 (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+k8s_done=$(date +%s)
+log "compiling kube-proxy"
+(cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" k8s.io/kubernetes/cmd/kube-proxy)
+log "kube-proxy compiled in $(( $(date +%s) - k8s_done )) s"
 log "compiling etcd"
 (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
 
@@ -68,6 +84,32 @@ rm -rf "$hmod" && mkdir -p "$hmod"
 (cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
   && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
        -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+
+# --- CoreDNS: its own module (newer client-go than this Kubernetes release) --------------------
+# Only the plugins the local cluster's Corefile uses are linked in (the full build pulls in every
+# cloud SDK); the plugin packages register themselves, coremain is CoreDNS's own main.
+log "compiling coredns $COREDNS_VERSION"
+coredns_start=$(date +%s)
+cmod="$cache/build/coredns-$COREDNS_VERSION"
+rm -rf "$cmod" && mkdir -p "$cmod"
+{
+  echo "package main"
+  echo
+  echo "import ("
+  echo '	_ "github.com/coredns/coredns/core/dnsserver"'
+  echo '	"github.com/coredns/coredns/coremain"'
+  for p in bind cache errors health kubernetes log loop ready reload template whoami; do
+    echo "	_ \"github.com/coredns/coredns/plugin/$p\""
+  done
+  echo ")"
+  echo
+  echo "func main() { coremain.Run() }"
+} > "$cmod/main.go"
+(cd "$cmod" && go mod init loraplane.local/coredns 2>/dev/null && go get "github.com/coredns/coredns@$COREDNS_VERSION" \
+  && go mod tidy \
+  && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+       -o "$bin/coredns" .)
+log "coredns compiled in $(( $(date +%s) - coredns_start )) s"
 
 complete || { log "some binaries are missing in $bin"; exit 1; }
 log "built in $(( $(date +%s) - start )) s: $bin"

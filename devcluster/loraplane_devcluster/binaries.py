@@ -11,7 +11,16 @@ from pathlib import Path
 DEVCLUSTER_DIR = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = DEVCLUSTER_DIR / "build-binaries.sh"
 VERSIONS_FILE = DEVCLUSTER_DIR / "versions.env"
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
+REQUIRED = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubectl",
+    "helm",
+    "coredns",
+)
 
 
 class BinariesError(RuntimeError):

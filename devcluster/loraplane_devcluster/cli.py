@@ -27,7 +27,12 @@ def _env_lines(run_dir: Path) -> list[str]:
 def cmd_up(args: argparse.Namespace) -> int:
     try:
         cluster = controlplane.up(
-            args.run_dir, bin_dir=args.bin_dir, node=not args.no_node, timeout_s=args.timeout, report=_report
+            args.run_dir,
+            bin_dir=args.bin_dir,
+            node=not args.no_node,
+            cluster_services=not args.no_services,
+            timeout_s=args.timeout,
+            report=_report,
         )
     except (controlplane.ControlPlaneError, binaries.BinariesError) as error:
         _report(f"up failed: {error}")
@@ -95,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = with_run_dir(commands.add_parser("up", help="start (or reuse) the control plane"))
     up.add_argument("--no-node", action="store_true", help="do not start the node agent")
+    up.add_argument(
+        "--no-services", action="store_true", help="do not start kube-proxy and CoreDNS (Services, DNS)"
+    )
     up.add_argument("--bin-dir", type=Path, default=None, help="binaries folder (default: build-binaries.sh)")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each component")
     up.set_defaults(func=cmd_up)

@@ -1,11 +1,14 @@
 """Bring the local control plane up and down: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler (and the node agent when it is there), all on 127.0.0.1, out of one run directory.
+kube-scheduler on 127.0.0.1, then the node agent and, in its pod network, kube-proxy and CoreDNS
+(:mod:`loraplane_devcluster.services`), all out of one run directory.
 
 Run directory layout (see docs/local-cluster.md)::
 
     cluster.json        ports, server URL, binaries folder, start timings
     kubeconfig          admin kubeconfig (O=system:masters), certificates embedded
-    kubeconfigs/        one kubeconfig per control-plane identity
+    kubeconfigs/        one kubeconfig per control-plane identity (kube-proxy, coredns included)
+    node-network.json   the node agent's pod network (its namespace and bridge address)
+    kube-proxy.yaml     kube-proxy's configuration; Corefile: CoreDNS's
     pki/                CA, serving and client certificates, service-account key pair
     etcd/               etcd's data
     logs/NAME.log       every component's stdout and stderr
@@ -34,11 +37,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraplane_devcluster import binaries, kubeconfig, pki, probes, processes
+from loraplane_devcluster import binaries, kubeconfig, pki, probes, processes, services
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_STORAGE_CLASS = "standard"
 NODE_AGENT_MODULE = "loraplane_devcluster.nodeagent"
+# Webhook registrations of a Kueue that `kueue.install` started (see loraplane_devcluster.kueue)
+KUEUE_WEBHOOK_LABEL = "loraplane.io/devcluster-kueue"
 LOCALHOST = "127.0.0.1"
 _PORT_RETRIES = 3
 _LOG_TAIL_LINES = 30
@@ -118,6 +123,7 @@ class Cluster:
     ports: Ports
     reused: bool = False
     node: bool = False
+    services: bool = False  # kube-proxy and CoreDNS
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -293,6 +299,16 @@ class _Api:
 
     def create(self, path: str, body: dict[str, Any]) -> probes.Response | None:
         return probes.request(self.server + path, method="POST", body=body, context=self.tls)
+
+    def apply(self, path: str, body: dict[str, Any]) -> None:
+        """Server-side apply of ``body`` at its own ``path`` (creates or updates)."""
+        url = f"{self.server}{path}?fieldManager={services.FIELD_MANAGER}&force=true"
+        response = probes.request(
+            url, method="PATCH", body=body, context=self.tls, content_type="application/apply-patch+yaml"
+        )
+        if response is None or response.status not in (200, 201):
+            detail = response.body.decode(errors="replace") if response else "no answer"
+            raise ControlPlaneError(f"applying {path} failed: {detail}")
 
     def ready(self) -> bool:
         response = self.get("/readyz")
@@ -471,8 +487,13 @@ class _Bringup:
             api, controller_manager, self.timeout_s
         )
         _ensure_default_storage_class(api)
+        _remove_stale_kueue_webhooks(api)
         self.timings["control-plane"] = time.monotonic() - began
         return Cluster(self.layout.root, self.bin_dir, self.layout.kubeconfig, api.server, self.ports)
+
+
+def _answers(url: str) -> Callable[[], bool]:
+    return lambda: probes.answers_ok(url)
 
 
 def _healthz(port: int) -> Callable[[], bool]:
@@ -512,14 +533,17 @@ def up(
     *,
     bin_dir: Path | None = None,
     node: bool = True,
+    cluster_services: bool = True,
     timeout_s: float = 90.0,
     die_with_parent: bool = False,
     report: Callable[[str], None] = lambda _message: None,
 ) -> Cluster:
     """Start the control plane in ``run_dir`` (or reuse the healthy one already there).
 
-    ``die_with_parent`` ties every component to the calling thread's process (test fixtures:
-    nothing outlives a killed pytest). ``timeout_s`` bounds each wait, not the whole start.
+    ``cluster_services`` (with ``node``): kube-proxy and CoreDNS, so Service addresses route and
+    names resolve in pods. ``die_with_parent`` ties every component to the calling thread's
+    process (test fixtures: nothing outlives a killed pytest). ``timeout_s`` bounds each wait, not
+    the whole start.
     """
     layout = Layout((run_dir or default_run_dir()).resolve())
     with _locked(layout):
@@ -533,6 +557,12 @@ def up(
                 )
                 state["node"] = cluster.node
                 _write_state(layout, state)
+            if node and cluster_services and cluster.node and not state.get("services"):
+                _start_cluster_services(
+                    layout, cluster, timeout_s=timeout_s, die_with_parent=die_with_parent, report=report
+                )
+                state["services"] = cluster.services
+                _write_state(layout, state)
             return cluster
         leftovers = [r for r in processes.read_records(layout.root) if processes.is_alive(r)]
         if leftovers:
@@ -544,6 +574,7 @@ def up(
                 state,
                 bin_dir=bin_dir,
                 node=node,
+                cluster_services=cluster_services,
                 timeout_s=timeout_s,
                 die_with_parent=die_with_parent,
                 report=report,
@@ -562,6 +593,7 @@ def _cluster_from_state(layout: Layout, state: dict[str, Any], *, reused: bool) 
         ports=Ports(**state["ports"]),
         reused=reused,
         node=bool(state.get("node")),
+        services=bool(state.get("services")),
         timings=dict(state.get("timings", {})),
     )
 
@@ -572,6 +604,7 @@ def _start(
     *,
     bin_dir: Path | None,
     node: bool,
+    cluster_services: bool,
     timeout_s: float,
     die_with_parent: bool,
     report: Callable[[str], None],
@@ -603,6 +636,12 @@ def _start(
             layout, cluster, timeout_s=timeout_s, die_with_parent=die_with_parent, report=report
         )
         state["node"] = cluster.node
+        _write_state(layout, state)
+    if node and cluster_services and cluster.node:
+        cluster.timings["services"] = _start_cluster_services(
+            layout, cluster, timeout_s=timeout_s, die_with_parent=die_with_parent, report=report
+        )
+        state["services"] = cluster.services
     cluster.timings["total"] = time.monotonic() - began
     _write_state(layout, state)
     report(f"control plane up in {cluster.timings['total']:.1f} s; KUBECONFIG={layout.kubeconfig}")
@@ -634,6 +673,14 @@ def _wait_for_default_service_account(api: _Api, controller_manager: _Started, t
         )
     except probes.WaitTimeoutError as error:
         raise controller_manager.failure(str(error)) from error
+
+
+def _remove_stale_kueue_webhooks(api: _Api) -> None:
+    """Kueue's webhooks from before this start point at a process that is gone, and with their
+    failurePolicy Fail they would refuse every Job; `kueue.install` registers them again."""
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        path = f"/apis/admissionregistration.k8s.io/v1/{kind}?labelSelector={KUEUE_WEBHOOK_LABEL}%3Dtrue"
+        probes.request(api.server + path, method="DELETE", context=api.tls)
 
 
 def _ensure_default_storage_class(api: _Api) -> None:
@@ -694,6 +741,104 @@ def _start_node_agent(
     cluster.node = True
     elapsed = time.monotonic() - began
     report(f"node agent (pid {pid}) has a Ready Node: {', '.join(api.ready_nodes())} ({elapsed:.1f} s)")
+    return elapsed
+
+
+def _start_cluster_services(
+    layout: Layout,
+    cluster: Cluster,
+    *,
+    timeout_s: float,
+    die_with_parent: bool,
+    report: Callable[[str], None],
+) -> float:
+    """kube-proxy and CoreDNS in the node agent's network namespace (see :mod:`services`); waits
+    until kube-proxy has programmed the Services and CoreDNS has synced with the API server."""
+    began = time.monotonic()
+    agent = next((r for r in reversed(processes.read_records(layout.root)) if r.name == "nodeagent"), None)
+    if agent is None:
+        raise ControlPlaneError("kube-proxy and CoreDNS need the node agent's pod network; it is not running")
+    network_file = layout.root / "node-network.json"
+
+    def agent_network() -> services.NodeNetworkInfo | None:
+        # A Node can read Ready from an earlier start (its Lease has not expired yet), so the file
+        # counts only once this agent wrote it.
+        net = services.NodeNetworkInfo.read(network_file)
+        return net if net is not None and net.pid == agent.pid else None
+
+    agent_started = _Started("nodeagent", None, agent, layout.log("nodeagent"), began)
+    try:
+        probes.wait_for(
+            f"the node agent's pod network ({network_file})",
+            lambda: agent_network() is not None,
+            timeout_s,
+            still_possible=agent_started.exit_reason,
+        )
+    except probes.WaitTimeoutError as error:
+        raise agent_started.failure(str(error)) from error
+    net = agent_network()
+    assert net is not None
+    missing = [tool for tool in ("nft", "nsenter") if shutil.which(tool) is None]
+    if missing:
+        raise ControlPlaneError(
+            f"kube-proxy needs {' and '.join(missing)} (Debian packages nftables, util-linux; "
+            "devcluster/build-binaries.sh installs nftables when run as root); use --no-services to skip it"
+        )
+    certs = pki.cluster_pki(layout.pki)
+    api = _Api(cluster.server, certs)
+    identities = {
+        "kube-proxy": pki.issue_client_cert(layout.pki, "kube-proxy", services.KUBE_PROXY_USER),
+        "coredns": pki.issue_client_cert(
+            layout.pki,
+            "coredns",
+            f"system:serviceaccount:{services.COREDNS_NAMESPACE}:{services.COREDNS_SERVICE_ACCOUNT}",
+            ["system:serviceaccounts", f"system:serviceaccounts:{services.COREDNS_NAMESPACE}"],
+        ),
+    }
+    relay = f"https://{net.bridge_address}:{net.api_relay_port}"
+    configs = {}
+    for user, pair in identities.items():
+        credentials = kubeconfig.client_cert_credentials(pair.cert, pair.key)
+        config = kubeconfig.build(
+            relay, certs.ca.cert, user, credentials, tls_server_name=services.API_SERVER_NAME
+        )
+        configs[user] = kubeconfig.write(layout.kubeconfigs / user, config)
+    services.apply_all(api.apply, net)
+    proxy_config = layout.root / "kube-proxy.yaml"
+    proxy_settings = services.kube_proxy_config(net, configs["kube-proxy"])
+    proxy_config.write_text(json.dumps(proxy_settings, indent=2) + "\n")
+    core_config = layout.root / "Corefile"
+    core_config.write_text(services.corefile(net, configs["coredns"]))
+    started = []
+    for name, argv in (
+        ("kube-proxy", services.kube_proxy_argv(cluster.bin_dir, net, proxy_config)),
+        ("coredns", services.coredns_argv(cluster.bin_dir, net, core_config)),
+    ):
+        log = layout.log(name)
+        popen = processes.spawn(
+            argv, log, env=_component_env(), cwd=layout.root, die_with_parent=die_with_parent
+        )
+        record = processes.record(layout.root, name, popen.pid, argv, log)
+        started.append(_Started(name, popen, record, log, time.monotonic()))
+
+    def proxy_synced() -> bool:
+        response = probes.request(net.kube_proxy_metrics, timeout_s=2.0)
+        return response is not None and services.kube_proxy_synced(response.body.decode(errors="replace"))
+
+    for component, what, condition in (
+        (started[0], "kube-proxy's first sync of the Service rules", proxy_synced),
+        (started[1], "CoreDNS /ready", _answers(net.coredns_ready)),
+    ):
+        try:
+            probes.wait_for(what, condition, timeout_s, still_possible=component.exit_reason)
+        except probes.WaitTimeoutError as error:
+            raise component.failure(str(error)) from error
+    cluster.services = True
+    elapsed = time.monotonic() - began
+    report(
+        f"kube-proxy and CoreDNS up in {net.namespace_path} (cluster DNS {services.CLUSTER_DNS_IP} → "
+        f"{net.bridge_address}) ({elapsed:.1f} s)"
+    )
     return elapsed
 
 

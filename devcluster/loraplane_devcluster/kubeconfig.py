@@ -16,18 +16,26 @@ def _b64(path: Path) -> str:
 
 
 def build(
-    server: str, ca_cert: Path, user: str, credentials: dict[str, str], namespace: str | None = None
+    server: str,
+    ca_cert: Path,
+    user: str,
+    credentials: dict[str, str],
+    namespace: str | None = None,
+    tls_server_name: str | None = None,
 ) -> dict[str, Any]:
-    """A kubeconfig dict; ``credentials`` is the kubeconfig ``user`` entry (client cert or token)."""
+    """A kubeconfig dict; ``credentials`` is the kubeconfig ``user`` entry (client cert or token).
+    ``tls_server_name``: the name to check the server certificate against, when the address the
+    client dials is not in it."""
     context: dict[str, str] = {"cluster": CLUSTER_NAME, "user": user}
     if namespace:
         context["namespace"] = namespace
+    cluster = {"server": server, "certificate-authority-data": _b64(ca_cert)}
+    if tls_server_name:
+        cluster["tls-server-name"] = tls_server_name
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": CLUSTER_NAME, "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)}}
-        ],
+        "clusters": [{"name": CLUSTER_NAME, "cluster": cluster}],
         "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": f"{user}@{CLUSTER_NAME}", "context": context}],
         "current-context": f"{user}@{CLUSTER_NAME}",

@@ -65,10 +65,11 @@ def request(
     body: Any = None,
     context: ssl.SSLContext | None = None,
     timeout_s: float = 5.0,
+    content_type: str = "application/json",
 ) -> Response | None:
     """One HTTP request; None when nothing answered (refused, reset, timed out)."""
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", "Accept": "application/json"} if data else {}
+    headers = {"Content-Type": content_type, "Accept": "application/json"} if data else {}
     opener = urllib.request.build_opener(_NO_PROXY, urllib.request.HTTPSHandler(context=context))
     req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
     try:

@@ -241,6 +241,11 @@ def _inet_sockets(pid: int) -> list[tuple[str, str, Any, Any]]:
     return found
 
 
+NODE_NAMESPACE_COMPONENTS = {"kube-proxy", "coredns"}
+POD_NETWORK = ipaddress.ip_network("10.250.0.0/16")
+SERVICE_NETWORK = ipaddress.ip_network("10.96.0.0/16")
+
+
 def test_components_listen_and_talk_on_loopback_only(kube: Kube) -> None:
     if kube.run_dir is None:
         pytest.skip("the cluster comes from a kubeconfig: its processes are not ours to inspect")
@@ -249,7 +254,17 @@ def test_components_listen_and_talk_on_loopback_only(kube: Kube) -> None:
         r.name for r in records
     }
     listening = 0
+    host_network = os.readlink("/proc/self/ns/net")
     for record in records:
+        if record.name in NODE_NAMESPACE_COMPONENTS:
+            # kube-proxy and CoreDNS: in the node agent's network namespace, on its pod network
+            assert os.readlink(f"/proc/{record.pid}/ns/net") != host_network, record.name
+            for protocol, state, local, remote in _inet_sockets(record.pid):
+                where = f"{record.name} {protocol} {local} -> {remote} (state {state})"
+                assert _is_loopback(local) or local in POD_NETWORK or local in SERVICE_NETWORK, where
+                node_address = remote in POD_NETWORK or remote in SERVICE_NETWORK
+                assert remote.is_unspecified or _is_loopback(remote) or node_address, where
+            continue
         for protocol, state, local, remote in _inet_sockets(record.pid):
             where = f"{record.name} {protocol} {local} -> {remote} (state {state})"
             if state == "0A":  # LISTEN

@@ -72,7 +72,7 @@ def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
     assert other.stdout.strip() == "2"
 
 
-def test_pods_share_one_bridge_and_reach_only_their_subnet_and_the_api_service() -> None:
+def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> None:
     subnet = Subnet(3)
     node = node_setup_commands(subnet)
     pod = pod_setup_commands(subnet, "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "10.250.3.17")
@@ -82,7 +82,12 @@ def test_pods_share_one_bridge_and_reach_only_their_subnet_and_the_api_service()
     assert "ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 addr add 10.250.3.17/24 dev eth0" in flat
     assert "ip -n lp3-node link set lp3p17 master br0 up" in flat
     routes = [c for c in flat if " route " in c]
-    assert routes == ["ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 route add 10.96.0.1/32 dev eth0"]
+    # Service addresses go to the node namespace, which forwards (kube-proxy DNATs them there)
+    assert routes == [
+        "ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 route add 10.96.0.0/16 via 10.250.3.254 dev eth0"
+    ]
+    assert "ip netns exec lp3-node sysctl -qw net.ipv4.ip_forward=1" in flat
+    assert not any("ip_forward" in c and "lp3-node" not in c for c in flat)  # the host's stays
     # interface names must fit the kernel's 15 characters even for the largest index and address
     widest = Subnet(250)
     assert max(len(widest.host_link), len(widest.pod_link("10.250.250.253"))) <= 15

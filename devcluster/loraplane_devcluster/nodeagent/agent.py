@@ -8,6 +8,7 @@ logs``. Everything that starts or stops a container happens in the loop, on the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from loraplane_devcluster.nodeagent.network import (
     HOST_IP,
     KUBERNETES_SERVICE_IP,
     KUBERNETES_SERVICE_PORT,
+    SUBNET_PREFIX_LEN,
     NodeNetwork,
     Subnet,
     claim_node_index,
@@ -111,6 +113,11 @@ class PodWatcher:
                     return
 
 
+def network_file(run_dir: Path) -> Path:
+    """RUN_DIR/node-network.json: the running agent's pod network (namespace, bridge address)."""
+    return run_dir / "node-network.json"
+
+
 def pod_network_locks() -> Path:
     """Where agents of every local cluster on this machine claim their pod address ranges."""
     return cache_dir() / "run" / ".pod-networks"
@@ -153,12 +160,34 @@ class Agent:
             log.warning("removed the pod networks of agents that are gone: %s", stale)
         network = NodeNetwork(Subnet(index))
         network.create()
+        # Every address of the node namespace: 10.96.0.1 before kube-proxy runs, and the bridge
+        # address, the `kubernetes` Service's endpoint, that kube-proxy DNATs 10.96.0.1 to.
         listener = listen_in_namespace(
-            f"/run/netns/{network.subnet.node_namespace}", KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT
+            f"/run/netns/{network.subnet.node_namespace}",
+            "0.0.0.0",  # noqa: S104 - inside the node namespace, whose addresses are exactly these two
+            KUBERNETES_SERVICE_PORT,
         )
         relay = ApiRelay(listener, api_host, api_port)
         relay.start()
+        self._write_network_file(network.subnet)
         return network, relay
+
+    def _write_network_file(self, subnet: Subnet) -> None:
+        """Where this node's pod network is, for ``up`` (it starts kube-proxy and CoreDNS in it)."""
+        info = {
+            "pid": os.getpid(),
+            "nodeName": self.config.node_name,
+            "index": subnet.index,
+            "namespace": subnet.node_namespace,
+            "namespacePath": f"/run/netns/{subnet.node_namespace}",
+            "bridgeAddress": subnet.bridge_address,
+            "podSubnet": f"{subnet.prefix}0/{SUBNET_PREFIX_LEN}",
+            "apiRelayPort": KUBERNETES_SERVICE_PORT,
+        }
+        path = network_file(self.config.run_dir)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(path)
 
     def _log_server(self) -> LogServer | None:
         """The kubelet log endpoint, with a serving certificate from the cluster CA when there is one."""

@@ -93,6 +93,12 @@ class ApiRelay:
             self.loop.run_forever()
         finally:
             server.close()
+            # Connections still open (kube-proxy's and CoreDNS's watches, in-cluster clients) end
+            # here, while the loop runs, not in the garbage collector after it has closed.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:

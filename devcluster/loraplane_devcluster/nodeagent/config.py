@@ -24,6 +24,9 @@ DEFAULT_BACKOFF_CAP_S = 300.0
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 # Host variables every container gets (the dev machine has no route to the Hugging Face Hub, so
 # model-related programs must be told to stay offline; a manifest's own env still wins).
+# The kubelet's --cluster-dns and --cluster-domain: the kube-dns Service `up` creates (CoreDNS).
+DEFAULT_CLUSTER_DNS = "10.96.0.10"
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -62,6 +65,8 @@ class AgentConfig:
     backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     pass_env: tuple[str, ...] = DEFAULT_PASS_ENV
+    cluster_dns: str = DEFAULT_CLUSTER_DNS  # "": pods keep the host's resolv.conf
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     heartbeat_s: float = 10.0
     lease_duration_s: int = 40
     # How often the agent looks at its processes when nothing else wakes it.
@@ -116,6 +121,8 @@ class AgentConfig:
             shutdown_grace_s=float(
                 env.get("LORAPLANE_NODEAGENT_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s)
             ),
+            cluster_dns=env.get("LORAPLANE_NODE_CLUSTER_DNS", defaults.cluster_dns),
+            cluster_domain=env.get("LORAPLANE_NODE_CLUSTER_DOMAIN", defaults.cluster_domain),
             pass_env=tuple(n for n in pass_env.split(",") if n)
             if pass_env is not None
             else defaults.pass_env,

@@ -11,6 +11,10 @@ Each running agent claims an index N (1 for the first, 2 for a second cluster st
 * Pods, the host and the node share one layer-2 segment, so pod-to-pod and host-to-pod traffic
   needs no forwarding (the host's own ``ip_forward`` is never touched) and pods reach nothing else:
   they have no default route.
+* Service cluster IPs (10.96.0.0/16) are routed from each pod to the bridge. Only the node
+  namespace forwards (``ip_forward`` and ``bridge-nf-call-iptables`` are per network namespace):
+  kube-proxy runs there and DNATs a Service address to a ready endpoint, as on a node, and bridged
+  replies pass through its conntrack, as with the CNI bridge plugin.
 * Pod addresses are ordinary private addresses, so the controllers put them in Endpoints and
   EndpointSlices (loopback addresses are refused there) and the API server proxies to them.
 * The API server keeps listening on the host's 127.0.0.1. Pods reach it as in-cluster clients do,
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 HOST_IP = "127.0.0.1"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 KUBERNETES_SERVICE_PORT = 443
+# The API server's --service-cluster-ip-range (pki.SERVICE_CLUSTER_IP_RANGE)
+SERVICE_CIDR = "10.96.0.0/16"
+# kube-proxy's --cluster-cidr: every node's pod subnet lies inside it
+CLUSTER_CIDR = "10.250.0.0/16"
 SUBNET_PREFIX_LEN = 24
 FIRST_POD_HOST = 2
 LAST_POD_HOST = 253
@@ -187,6 +195,9 @@ def node_setup_commands(subnet: Subnet) -> list[list[str]]:
         ["ip", "-n", node, "link", "set", "br0", "up"],
         ["ip", "link", "add", subnet.host_link, "type", "veth", "peer", "name", "uplink", "netns", node],
         ["ip", "-n", node, "link", "set", "uplink", "master", "br0", "up"],
+        # per namespace: the node forwards Service traffic; the host's settings stay as they are
+        ["ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ["ip", "netns", "exec", node, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         ["ip", "addr", "add", f"{subnet.host_address}/{bits}", "dev", subnet.host_link],
         ["ip", "link", "set", subnet.host_link, "up"],
     ]
@@ -194,6 +205,7 @@ def node_setup_commands(subnet: Subnet) -> list[list[str]]:
 
 def pod_setup_commands(subnet: Subnet, uid: str, address: str) -> list[list[str]]:
     pod, node, link = subnet.pod_namespace(uid), subnet.node_namespace, subnet.pod_link(address)
+    gateway = subnet.bridge_address
     return [
         ["ip", "netns", "add", pod],
         ["ip", "-n", node, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", pod],
@@ -201,8 +213,8 @@ def pod_setup_commands(subnet: Subnet, uid: str, address: str) -> list[list[str]
         ["ip", "-n", pod, "link", "set", "lo", "up"],
         ["ip", "-n", pod, "addr", "add", f"{address}/{SUBNET_PREFIX_LEN}", "dev", "eth0"],
         ["ip", "-n", pod, "link", "set", "eth0", "up"],
-        # the one address outside the subnet a pod may reach: the API server, through the relay
-        ["ip", "-n", pod, "route", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "eth0"],
+        # the only addresses outside the subnet a pod may reach: Services, through the node
+        ["ip", "-n", pod, "route", "add", SERVICE_CIDR, "via", gateway, "dev", "eth0"],
     ]
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from loraplane_devcluster.nodeagent import status as st
 from loraplane_devcluster.nodeagent.config import AgentConfig
 from loraplane_devcluster.nodeagent.containers import CONTAINER_ID_SCHEME, Backoff, ContainerRunner
+from loraplane_devcluster.nodeagent.dns import hostname_and_domain, resolv_conf, uts_hostname
 from loraplane_devcluster.nodeagent.env import (
     ContainerConfigError,
     EnvContext,
@@ -148,7 +149,11 @@ class PodRunner:
 
     @property
     def hostname(self) -> str:
-        return (self.pod["spec"].get("hostname") or self.name)[:63]
+        return hostname_and_domain(self.pod, self.node.config.cluster_domain)[0]
+
+    @property
+    def domain(self) -> str:
+        return hostname_and_domain(self.pod, self.node.config.cluster_domain)[1]
 
     @property
     def all_containers(self) -> list[ContainerRunner]:
@@ -268,7 +273,10 @@ class PodRunner:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "tmp").mkdir(exist_ok=True)
             (self.dir / "tmp").chmod(0o1777)
-            (self.dir / "etc-hosts").write_text(hosts_file_content(self.pod_ip, self.hostname))
+            (self.dir / "etc-hosts").write_text(hosts_file_content(self.pod_ip, self.hostname, self.domain))
+            resolver = resolv_conf(self.pod, self.node.config.cluster_dns, self.node.config.cluster_domain)
+            if resolver is not None:
+                (self.dir / "resolv.conf").write_text(resolver)
             self.volumes = prepare_volumes(self.pod, self.dir, self._volume_context())
         except (NoFreeAddressError, NetworkSetupError) as error:
             self.node.network.addresses.release(self.uid)
@@ -482,6 +490,7 @@ class PodRunner:
                 pod_tmp=self.dir / "tmp",
                 hosts_file=self.dir / "etc-hosts",
                 termination_log=files.termination_log,
+                resolv_conf=self.dir / "resolv.conf" if (self.dir / "resolv.conf").exists() else None,
                 host_paths=(self.node.config.project_dir, self.node.config.venv),
             )
             for mount in mounts:
@@ -496,7 +505,15 @@ class PodRunner:
             return
         working_dir = spec.get("workingDir") or entry.working_dir
         runner.process = ContainerProcess(
-            LaunchSpec(argv, env, mounts, working_dir, self.hostname, self.netns), files
+            LaunchSpec(
+                argv,
+                env,
+                mounts,
+                working_dir,
+                uts_hostname(self.pod, self.node.config.cluster_domain),
+                self.netns,
+            ),
+            files,
         )
         runner.runs += 1
         runner.started_mono = now

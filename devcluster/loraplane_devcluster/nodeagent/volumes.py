@@ -310,11 +310,13 @@ def container_mounts(
     pod_tmp: Path,
     hosts_file: Path,
     termination_log: Path,
+    resolv_conf: Path | None = None,
     host_paths: Sequence[Path] = (),
 ) -> list[Mount]:
     """The bind mounts for ``container``, parents before children (so ``/tmp`` comes before ``/tmp/x``).
 
-    The pod's private ``/tmp`` and ``/etc/hosts`` are left out where a volumeMount takes that path.
+    The pod's private ``/tmp``, ``/etc/hosts`` and ``/etc/resolv.conf`` (when it has one of its own)
+    are left out where a volumeMount takes that path.
     ``host_paths`` (the checkout and the venv the image map runs from) stay visible, read-only, even
     when they live under ``/tmp``, where the pod's private ``/tmp`` would hide them (a CI clone there).
     """
@@ -333,6 +335,8 @@ def container_mounts(
     taken = {m.target for m in mounts}
     # Paths inside the container's namespace, not the agent's own temporary files.
     extras = [Mount(str(pod_tmp), "/tmp"), Mount(str(hosts_file), "/etc/hosts")]  # noqa: S108
+    if resolv_conf is not None:
+        extras.append(Mount(str(resolv_conf), "/etc/resolv.conf"))
     message_path = posixpath.normpath(container.get("terminationMessagePath") or "/dev/termination-log")
     extras.append(Mount(str(termination_log), message_path))
     mounts.extend(m for m in extras if m.target not in taken)
@@ -344,11 +348,13 @@ def container_mounts(
     return sorted(mounts, key=lambda m: _depth(m.target))
 
 
-def hosts_file_content(pod_ip: str, hostname: str) -> str:
-    """The pod's /etc/hosts, like the kubelet's managed one: loopback names plus the pod's own name."""
+def hosts_file_content(pod_ip: str, hostname: str, domain: str = "") -> str:
+    """The pod's /etc/hosts, like the kubelet's managed one: loopback names plus the pod's own name
+    (its FQDN first when it has a subdomain). Nothing else: other names are the cluster DNS's."""
+    own = f"{hostname}.{domain}\t{hostname}" if domain else hostname
     return (
         "# Kubernetes-managed hosts file (loraplane dev node).\n"
         "127.0.0.1\tlocalhost\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"{pod_ip}\t{hostname}\n"
+        f"{pod_ip}\t{own}\n"
     )
