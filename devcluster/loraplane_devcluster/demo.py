@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from loraplane_devcluster import binaries, controlplane
+from loraplane_devcluster import binaries, controlplane, tinymodel
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 
@@ -43,17 +43,23 @@ class Scenario:
     training_job: Path  # a LoraTrainingJob (and what it needs) that publishes a HotLoad LoraAdapter
     vllm: Path  # the vLLM Deployment (and Service) the adapter targets
     stage_tiny_model: bool  # build the tiny model and data on a host-path claim (local cluster only)
+    learned: str  # what the adapter learned from its data, in words, for the last line
     helm_values: tuple[str, ...] = ()
     training_timeout_s: float = 900
     serving_timeout_s: float = 600
 
 
-# The local cluster: a tiny Llama built on the spot, trained and served on CPU in minutes.
+# The local cluster: a tiny Llama built on the spot, trained and served on CPU in minutes. Its vLLM
+# starts with LoRA on as loraplane would turn it on, so vLLM starts once: the operator finds nothing to
+# enable and hot-loads the adapter into the running pods. (The opt-in path, where loraplane enables
+# LoRA with one restart, is examples/tiny-cpu/vllm-deployment.yaml and docs/serving.md.)
 # Progress every second: the tiny run takes seconds, not the hours the default 5 s is made for.
 LOCAL = Scenario(
     EXAMPLES / "tiny-cpu" / "training-job.yaml",
-    EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml",
+    EXAMPLES / "tiny-cpu" / "vllm-deployment-lora.yaml",
     stage_tiny_model=True,
+    learned=f"the one quote form of its training data, {tinymodel.quote('<topic>')}, which the "
+    "random base model has never seen",
     helm_values=("training.progressIntervalSeconds=1",),
 )
 # A real cluster: the README's quick start, facebook/opt-350m from the Hub on one GPU per pod.
@@ -61,6 +67,7 @@ EXISTING = Scenario(
     EXAMPLES / "opt-350m-english-quotes.yaml",
     EXAMPLES / "vllm-opt-350m.yaml",
     stage_tiny_model=False,
+    learned="the style of Abirate/english_quotes: a short quote, as its training data holds them",
     training_timeout_s=3 * 3600,
     serving_timeout_s=1800,
 )
@@ -76,6 +83,8 @@ class DemoResult:
     adapter_model: str
     base_answer: str
     adapter_answers: dict[str, str]  # pod name -> answer through the adapter
+    learned: str = ""
+    serving_pods: list[str] = field(default_factory=list)  # the vLLM pods once the base model served
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -185,11 +194,23 @@ def _prepare(kube: Kube, namespace: str, scenario: Scenario) -> None:
         stage_tiny_model(kube.api, namespace, CLAIM, binaries.cache_dir() / "demo" / namespace / CLAIM)
 
 
-def _serve_base(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> None:
+def _serve_base(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> list[str]:
+    """Apply the vLLM Deployment, wait for its rollout, and return its pods' names."""
     kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
     timeout = int(scenario.serving_timeout_s)
     kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace,
                  f"--timeout={timeout}s", timeout_s=timeout + 30)  # fmt: skip
+    selector = ",".join(f"{k}={v}" for k, v in _selector(scenario).items())
+    listed = json.loads(kube.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)
+    return sorted(
+        p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")
+    )
+
+
+def _selector(scenario: Scenario) -> dict[str, str]:
+    deployment = next(d for d in _load(scenario.vllm) if d["kind"] == "Deployment")
+    labels: dict[str, str] = deployment["spec"]["selector"]["matchLabels"]
+    return labels
 
 
 def _train(kube: Kube, namespace: str, job_name: str, scenario: Scenario, say: Callable[[str], None]) -> None:
@@ -261,14 +282,16 @@ def run(
     with steps.step(staging or f"create namespace {namespace}"):
         _prepare(kube, namespace, scenario)
     with steps.step("deploy vLLM serving the base model (2 replicas)", vllm_logs):
-        _serve_base(kube, namespace, deployment_name, scenario)
+        serving_pods = _serve_base(kube, namespace, deployment_name, scenario)
     with steps.step(f"train LoraTrainingJob {job_name}", operator_logs):
         _train(kube, namespace, job_name, scenario, say)
     with steps.step(f"load LoraAdapter {adapter_name} on every replica", operator_logs):
         adapter = _adapter_ready(kube, namespace, adapter_name, scenario, say)
     with steps.step("ask the base model and the adapter the same question", vllm_logs):
         base_model, served, base_answer, answers = _ask(kube, namespace, adapter)
-    result = DemoResult(base_model, served, base_answer, answers, steps.timings)
+    result = DemoResult(
+        base_model, served, base_answer, answers, scenario.learned, serving_pods, steps.timings
+    )
     _show(result, say)
     return result
 
@@ -279,6 +302,9 @@ def _show(result: DemoResult, say: Callable[[str], None]) -> None:
     say(f"  base model   {result.base_model.rsplit('/', 1)[-1]:<14} -> {result.base_answer.strip()!r}")
     for pod, answer in result.adapter_answers.items():
         say(f"  {result.adapter_model:<12} on {pod[-5:]:<5}    -> {answer.strip()!r}")
+    say(f"what the adapter learned: {result.learned}")
+    if result.serving_pods and sorted(result.adapter_answers) == result.serving_pods:
+        say("  (loaded into the pods that were already serving: no restart)")
     say("")
     say("time per step:")
     for name, seconds in result.timings.items():
