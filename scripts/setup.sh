@@ -30,7 +30,8 @@ _setup_progress_line() {
   if [ -n "${_setup_venv_pid:-}" ] && kill -0 "$_setup_venv_pid" 2>/dev/null; then
     local log="$SETUP_LOGS/pip.log" gathered last
     gathered=$(grep -c '^Collecting ' "$log" 2>/dev/null || true)
-    last=$(grep -E '^(Collecting|Downloading|Installing|Building|Successfully)' "$log" 2>/dev/null | tail -n 1 | cut -c1-70)
+    last=$(grep -E '^ *(Collecting|Downloading|Installing|Building|Successfully)' "$log" 2>/dev/null \
+      | tail -n 1 | sed 's/^ *//' | cut -c1-70)
     parts+=("Python: ${gathered:-0} packages gathered, ${last:-creating the venv}")
   fi
   [ "${#parts[@]}" -gt 0 ] && _setup_say "$(_setup_elapsed)  $(IFS='|'; echo "${parts[*]}" | sed 's/|/  |  /g')"

@@ -44,6 +44,9 @@ class Scenario:
     vllm: Path  # the vLLM Deployment (and Service) the adapter targets
     stage_tiny_model: bool  # build the tiny model and data on a host-path claim (local cluster only)
     learned: str  # what the adapter learned from its data, in words, for the last line
+    # Train while vLLM starts (one machine: both are CPU work that overlaps well); on a real cluster
+    # the job waits for the base model, so that it never holds a GPU the serving pods need.
+    train_while_serving_starts: bool = False
     helm_values: tuple[str, ...] = ()
     training_timeout_s: float = 900
     serving_timeout_s: float = 600
@@ -58,8 +61,9 @@ LOCAL = Scenario(
     EXAMPLES / "tiny-cpu" / "training-job.yaml",
     EXAMPLES / "tiny-cpu" / "vllm-deployment-lora.yaml",
     stage_tiny_model=True,
-    learned=f"the one quote form of its training data, {tinymodel.quote('<topic>')}, which the "
-    "random base model has never seen",
+    learned=f"to answer in the one quote form of its training data ({tinymodel.quote('<topic>')[:-1]}); "
+    "the random base model never does",
+    train_while_serving_starts=True,
     helm_values=("training.progressIntervalSeconds=1",),
 )
 # A real cluster: the README's quick start, facebook/opt-350m from the Hub on one GPU per pod.
@@ -194,9 +198,8 @@ def _prepare(kube: Kube, namespace: str, scenario: Scenario) -> None:
         stage_tiny_model(kube.api, namespace, CLAIM, binaries.cache_dir() / "demo" / namespace / CLAIM)
 
 
-def _serve_base(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> list[str]:
-    """Apply the vLLM Deployment, wait for its rollout, and return its pods' names."""
-    kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
+def _await_serving(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> list[str]:
+    """Wait for the vLLM Deployment's rollout and return its pods' names."""
     timeout = int(scenario.serving_timeout_s)
     kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace,
                  f"--timeout={timeout}s", timeout_s=timeout + 30)  # fmt: skip
@@ -281,10 +284,18 @@ def run(
     staging = f"stage the tiny model and data on claim {CLAIM}" if scenario.stage_tiny_model else ""
     with steps.step(staging or f"create namespace {namespace}"):
         _prepare(kube, namespace, scenario)
-    with steps.step("deploy vLLM serving the base model (2 replicas)", vllm_logs):
-        serving_pods = _serve_base(kube, namespace, deployment_name, scenario)
+    serve = "deploy vLLM serving the base model (2 replicas)"
+    if scenario.train_while_serving_starts:
+        serve = "deploy vLLM serving the base model (2 replicas: they start while the adapter trains)"
+    with steps.step(serve, vllm_logs):
+        kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
+        if not scenario.train_while_serving_starts:
+            serving_pods = _await_serving(kube, namespace, deployment_name, scenario)
     with steps.step(f"train LoraTrainingJob {job_name}", operator_logs):
         _train(kube, namespace, job_name, scenario, say)
+    if scenario.train_while_serving_starts:
+        with steps.step("wait for vLLM to serve on both replicas", vllm_logs):
+            serving_pods = _await_serving(kube, namespace, deployment_name, scenario)
     with steps.step(f"load LoraAdapter {adapter_name} on every replica", operator_logs):
         adapter = _adapter_ready(kube, namespace, adapter_name, scenario, say)
     with steps.step("ask the base model and the adapter the same question", vllm_logs):

@@ -29,10 +29,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+# torch, transformers and tokenizers are imported where the model is built: the demo and the tests
+# import this module for its paths and its quote form, and a cached model needs none of them.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Bump when anything below changes what is written: the cache key.
 VERSION = "2"
@@ -160,6 +162,9 @@ def tokenizer_corpus(seed: int = SEED) -> list[str]:
 
 
 def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -184,6 +189,9 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
 
 
 def build_model(directory: Path, tokenizer: PreTrainedTokenizerFast) -> None:
+    import torch  # noqa: PLC0415
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+
     vocab_size = len(tokenizer)
     eos_id = int(tokenizer.convert_tokens_to_ids(EOS))
     pad_id = int(tokenizer.convert_tokens_to_ids(PAD))
