@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/worker:$(CURDIR)/devcluster
 
-.PHONY: help test setup lint types unit venv binaries crds check-crds cluster-up cluster-down demo demo-down bench clean
+.PHONY: help test setup images push-images lint types unit venv binaries crds check-crds cluster-up cluster-down demo demo-down bench clean
 
 help:
 	@echo "make test          set up (venv, Kubernetes binaries) and run lint, types and every test"
 	@echo "make demo          train an adapter and serve it from vLLM on a local cluster"
 	@echo "make crds          regenerate CRDs and the SFTConfig field list from the models"
+	@echo "make images        build the operator and worker images (push-images: and push them)"
 	@echo "make cluster-up    start the local control plane (cluster-down stops it)"
 	@echo "make bench         benchmarks, printed as ratios against a baseline from the same run"
 
@@ -40,6 +41,13 @@ types: venv
 
 unit: venv
 	$(PY) -m pytest tests/unit
+
+# IMAGE_REGISTRY, IMAGE_TAG, PYTHON_IMAGE, CUDA_IMAGE, IMAGE_TOOL: see scripts/images.sh.
+images:
+	@scripts/images.sh
+
+push-images:
+	@PUSH=1 scripts/images.sh
 
 crds: venv
 	$(PY) -m loraplane.crdgen --out crds --out charts/loraplane/files/crds
