@@ -7,8 +7,9 @@
 #   PYTHON_IMAGE    the operator's base image              (default python:3.11-slim)
 #   CUDA_IMAGE      the worker's base image                (default nvidia/cuda:12.8.1-runtime-ubuntu24.04)
 #   IMAGES          which to build                         (default "operator worker")
-#   BUILD_CA_BUNDLE a CA bundle pip must trust during the build (a TLS-inspecting proxy); podman and
-#                   buildah mount it read-only for the build only, it stays out of the image
+#   BUILD_CA_BUNDLE a CA bundle pip must trust during the build (a TLS-inspecting proxy; default
+#                   $PIP_CERT, the one this machine's pip trusts); podman and buildah mount it
+#                   read-only for the build only, it stays out of the image
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,9 +24,13 @@ fi
 [ -n "$tool" ] || { echo "[images] needs podman, buildah or docker (apt-get install podman)" >&2; exit 1; }
 
 ca_args=()
-if [ -n "${BUILD_CA_BUNDLE:-}" ]; then
-  [ "$tool" != docker ] || { echo "[images] BUILD_CA_BUNDLE needs podman or buildah (docker build mounts no volumes)" >&2; exit 1; }
-  ca_args=(-v "$(realpath "$BUILD_CA_BUNDLE"):/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
+ca=${BUILD_CA_BUNDLE:-}
+if [ -n "$ca" ] && [ "$tool" = docker ]; then
+  echo "[images] BUILD_CA_BUNDLE needs podman or buildah (docker build mounts no volumes)" >&2; exit 1
+fi
+[ -n "$ca" ] || [ "$tool" = docker ] || ca=${PIP_CERT:-}
+if [ -n "$ca" ]; then
+  ca_args=(-v "$(realpath "$ca"):/run/build-ca.crt:ro" --build-arg PIP_CERT=/run/build-ca.crt)
 fi
 
 build() {  # name, build args...
@@ -35,7 +40,8 @@ build() {  # name, build args...
   echo "[images] building $image with $tool" >&2
   case "$tool" in
     # chroot isolation: builds where no user namespaces or overlay mounts are available
-    buildah) buildah bud --isolation "${BUILDAH_ISOLATION:-chroot}" -f "docker/$name.Dockerfile" -t "$image" "$@" . ;;
+    buildah) buildah bud --layers --isolation "${BUILDAH_ISOLATION:-chroot}" -f "docker/$name.Dockerfile" \
+      -t "$image" "$@" . ;;
     *) "$tool" build -f "docker/$name.Dockerfile" -t "$image" "$@" . ;;
   esac
   echo "[images] built $image in $(( $(date +%s) - start )) s" >&2
