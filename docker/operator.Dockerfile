@@ -22,7 +22,10 @@ RUN pip install -r /tmp/operator.txt && rm /tmp/operator.txt
 # Only the operator package: the image must not carry the worker (torch) or the dev cluster.
 COPY operator/loraplane /app/loraplane
 
-# The chart runs it as this uid with a read-only root filesystem (/tmp is an emptyDir).
+# The chart runs it as this uid with a read-only root filesystem (/tmp is an emptyDir). The uid needs
+# a passwd entry: kopf names itself after the user (getpass), and an unknown uid stops it at start.
+RUN groupadd --system --gid 65532 loraplane \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin loraplane
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["kopf", "run", "--standalone", "-m", "loraplane.main"]
