@@ -6,8 +6,9 @@ have without loraplane), and loading many adapters onto one Deployment.
 
 Needs a cluster where the chart is installed and Deployment `vllm-tiny` serves in NS with LoRA
 enabled (examples/tiny-cpu/vllm-deployment-lora.yaml as `make demo` leaves it, or
-examples/tiny-cpu/vllm-deployment.yaml once loraplane enabled LoRA, as the e2e tests leave it), and an adapter folder at `--adapter-path` inside the `loraplane-tiny` claim, whose host
-folder is `--volume`. Each repeat copies the adapter to a fresh path, applies a LoraAdapter and polls
+examples/tiny-cpu/vllm-deployment.yaml once loraplane enabled LoRA, as the e2e tests leave it),
+and an adapter folder at `--adapter-path` inside the `loraplane-tiny` claim, whose host folder is
+`--volume`. Each repeat copies the adapter to a fresh path, applies a LoraAdapter and polls
 every Ready pod with a completion until all answer; the ratio is Static p50 / HotLoad p50.
 """
 
