@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +347,8 @@ def connect(args: argparse.Namespace, say: Callable[[str], None]) -> Target:
         kubeconfig = existing_kubeconfig(dict(os.environ))
         bin_dir = binaries.resolve_bin_dir(None)  # kubectl and helm of the pinned versions
         say(f"==> use the cluster of {kubeconfig} (current context), with the chart's images")
-        return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, EXISTING, local=False)
+        scenario = replace(EXISTING, helm_values=(*EXISTING.helm_values, *args.set)) if args.set else EXISTING
+        return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, scenario, local=False)
     say("==> start the local cluster (or reuse the running one)")
     cluster = controlplane.up(args.run_dir, report=lambda m: say(f"    {m}"))
     kube = Kube.connect(cluster.kubeconfig, cluster.bin_dir, cluster.run_dir)
@@ -364,7 +365,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run on the cluster of the current KUBECONFIG context instead of the local one "
         "(needs GPUs, ReadWriteMany storage and access to the Hugging Face Hub)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a chart value for --existing-cluster's helm install, e.g. the images you built: "
+        "--set image.repository=REGISTRY/operator --set training.workerImage=REGISTRY/worker:TAG",
+    )
+    args = parser.parse_args(argv)
+    if args.set and not args.existing_cluster:
+        parser.error("--set is for --existing-cluster (the local cluster runs the checkout's code)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,6 +68,14 @@ def test_existing_cluster_uses_kubeconfig_and_never_starts_the_local_one(
     assert target.kube.api.configuration.host == "https://192.0.2.10:6443"
 
 
+def test_chart_values_go_to_the_existing_clusters_install_only() -> None:
+    images = ["image.repository=registry.example.com/you/operator", "training.workerImage=r/worker:1"]
+    args = demo.parse_args(["--existing-cluster", "--set", images[0], "--set", images[1]])
+    assert args.set == images
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--set", images[0]])
+
+
 def test_existing_cluster_without_a_kubeconfig_says_what_to_set(tmp_path: Path) -> None:
     with pytest.raises(demo.DemoError, match="set KUBECONFIG"):
         demo.existing_kubeconfig({"KUBECONFIG": str(tmp_path / "missing")})
