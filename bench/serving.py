@@ -4,10 +4,11 @@ have without loraplane), and loading many adapters onto one Deployment.
     PYTHONPATH=operator:devcluster:tests .venv/bin/python bench/serving.py --kubeconfig K \
         --namespace NS --adapter-path adapters/<uid> [--repeats 3] [--many 50]
 
-Needs a cluster where the chart is installed and Deployment `vllm-tiny`
-(examples/tiny-cpu/vllm-deployment.yaml) serves in NS with LoRA enabled (the e2e tests or `make demo`
-leave one), and an adapter folder at `--adapter-path` inside the `loraplane-tiny` claim, whose host
-folder is `--volume`. Each repeat copies the adapter to a fresh path, applies a LoraAdapter and polls
+Needs a cluster where the chart is installed and Deployment `vllm-tiny` serves in NS with LoRA
+enabled (examples/tiny-cpu/vllm-deployment-lora.yaml as `make demo` leaves it, or
+examples/tiny-cpu/vllm-deployment.yaml once loraplane enabled LoRA, as the e2e tests leave it),
+and an adapter folder at `--adapter-path` inside the `loraplane-tiny` claim, whose host folder is
+`--volume`. Each repeat copies the adapter to a fresh path, applies a LoraAdapter and polls
 every Ready pod with a completion until all answer; the ratio is Static p50 / HotLoad p50.
 """
 

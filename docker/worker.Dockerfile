@@ -1,8 +1,11 @@
 # The training worker: TRL + PEFT on CUDA torch. No kopf, no Kubernetes client, and of the operator's
 # code only the API models it shares with the worker (loraplane.api: pydantic only).
-# Build from the repository root:  docker build -f docker/worker.Dockerfile -t loraplane-worker .
+# Build from the repository root: `make images` (podman, buildah or docker), or
+#   podman build -f docker/worker.Dockerfile -t ghcr.io/loraplane/worker:0.1.0 .
 # The PyPI torch wheel brings its own CUDA libraries; the CUDA base image supplies the rest of the
-# user-space stack and the conventions (NVIDIA_* variables) the device plugin expects.
+# user-space stack and the conventions (NVIDIA_* variables) the device plugin expects. CUDA_IMAGE is
+# any Debian/Ubuntu image with apt and Python >= 3.11 packages (a mirror's copy of it, or a plain
+# Debian base for a CPU-only worker).
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
@@ -22,6 +25,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
+# Set only by `make images` with BUILD_CA_BUNDLE (a proxy's CA, mounted for the build, not kept).
+ARG PIP_CERT
 WORKDIR /src
 # Dependencies first, pinned by the same file the tests use, so code changes keep this layer.
 COPY requirements/worker.txt requirements/worker.txt

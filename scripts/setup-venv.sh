@@ -9,14 +9,19 @@ python=${PYTHON:-python3}
 key=$( (cd "$root" && cat requirements/*.txt; "$python" --version) | sha256sum | cut -c1-16)
 venv="$cache/venvs/py-$key"
 if [ ! -f "$venv/.complete" ]; then
-  echo "[setup-venv] building $venv (first run downloads several GB: torch, vLLM)" >&2
+  # pip's own lines go to a log (scripts/setup.sh reads it for its progress lines), not the terminal.
+  log=${SETUP_VENV_LOG:-$cache/venvs/py-$key.log}
+  mkdir -p "$(dirname "$log")"
+  echo "[setup-venv] building $venv (first run downloads several GB: torch, vLLM; pip's log: $log)" >&2
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-  "${pip[@]}" install --upgrade pip
+  exec 3>>"$log"
+  trap 'echo "[setup-venv] failed; the last lines of $log:" >&2; tail -n 20 "$log" >&2' ERR
+  pip=("$venv/bin/python" -m pip --disable-pip-version-check --progress-bar off)
+  "${pip[@]}" install --upgrade pip >&3 2>&1
   "${pip[@]}" install -r "$root/requirements/operator.txt" -r "$root/requirements/worker.txt" \
-    -r "$root/requirements/serving.txt" -r "$root/requirements/dev.txt"
-  "${pip[@]}" install --no-deps -r "$root/requirements/vllm.txt"
+    -r "$root/requirements/serving.txt" -r "$root/requirements/dev.txt" >&3 2>&1
+  "${pip[@]}" install --no-deps -r "$root/requirements/vllm.txt" >&3 2>&1
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" "$root/.venv"

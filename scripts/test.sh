@@ -18,12 +18,12 @@ run_phase() {  # name, command...
   if "$@"; then record "$name" $(( $(now) - start )) ok; else record "$name" $(( $(now) - start )) FAILED; status=1; fi
 }
 
-# The Go build (30-50 min cold on 2 cores, seconds when cached) overlaps the Python downloads.
-binaries_start=$(now)
-devcluster/build-binaries.sh >"$logs/binaries.out" 2>"$logs/binaries.err" &
-binaries_pid=$!
-
-run_phase "python environment" scripts/setup-venv.sh
+# The Go build overlaps the Python set-up and then lint, types and unit tests (scripts/setup.sh, the
+# same set-up `make demo` runs).
+export SETUP_LOGS=$logs
+# shellcheck source=setup.sh
+source scripts/setup.sh
+run_phase "python environment" setup_start
 venv_ok=$status
 if [ "$venv_ok" -eq 0 ]; then
   run_phase "lint (ruff)" .venv/bin/ruff check .
@@ -33,12 +33,11 @@ if [ "$venv_ok" -eq 0 ]; then
 fi
 
 echo "==> Kubernetes binaries (building since the start; log: $logs/binaries.err)"
-if wait "$binaries_pid"; then
+binaries_start=$_setup_start
+if setup_wait_binaries; then
   record "kubernetes binaries" $(( $(now) - binaries_start )) "ok (overlapped)"
-  export LORAPLANE_BIN_DIR; LORAPLANE_BIN_DIR=$(tail -n 1 "$logs/binaries.out")
 else
   record "kubernetes binaries" $(( $(now) - binaries_start )) FAILED; status=1
-  tail -n 40 "$logs/binaries.err"
 fi
 
 # Cluster and end-to-end tests run even when lint or unit tests failed: one run reports everything.

@@ -49,7 +49,7 @@ def missing(bin_dir: Path) -> list[str]:
 def resolve_bin_dir(explicit: Path | None = None, *, build: bool = True) -> Path:
     """The folder holding every binary: ``explicit``, else $LORAPLANE_BIN_DIR, else whatever
     build-binaries.sh prints (it returns at once when the cache is complete and builds otherwise,
-    which takes 30-50 minutes on 2 cores the first time)."""
+    which takes about 10 minutes on 2 cores the first time)."""
     chosen = explicit or (
         Path(os.environ["LORAPLANE_BIN_DIR"]) if os.environ.get("LORAPLANE_BIN_DIR") else None
     )

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the same steps on the cluster of the current KUBECONFIG context, with the real images",
     )
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a chart value for --existing-cluster (e.g. the images you built)")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -134,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     argv = ["--namespace", args.namespace] + (["--run-dir", str(args.run_dir)] if args.run_dir else [])
     argv += ["--existing-cluster"] if args.existing_cluster else []
+    argv += [word for value in args.set for word in ("--set", value)]
     return demo.main(argv)
 
 

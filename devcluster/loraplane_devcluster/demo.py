@@ -17,13 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from loraplane_devcluster import binaries, controlplane
+from loraplane_devcluster import binaries, controlplane, tinymodel
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 
@@ -43,17 +43,27 @@ class Scenario:
     training_job: Path  # a LoraTrainingJob (and what it needs) that publishes a HotLoad LoraAdapter
     vllm: Path  # the vLLM Deployment (and Service) the adapter targets
     stage_tiny_model: bool  # build the tiny model and data on a host-path claim (local cluster only)
+    learned: str  # what the adapter learned from its data, in words, for the last line
+    # Train while vLLM starts (one machine: both are CPU work that overlaps well); on a real cluster
+    # the job waits for the base model, so that it never holds a GPU the serving pods need.
+    train_while_serving_starts: bool = False
     helm_values: tuple[str, ...] = ()
     training_timeout_s: float = 900
     serving_timeout_s: float = 600
 
 
-# The local cluster: a tiny Llama built on the spot, trained and served on CPU in minutes.
+# The local cluster: a tiny Llama built on the spot, trained and served on CPU in minutes. Its vLLM
+# starts with LoRA on as loraplane would turn it on, so vLLM starts once: the operator finds nothing to
+# enable and hot-loads the adapter into the running pods. (The opt-in path, where loraplane enables
+# LoRA with one restart, is examples/tiny-cpu/vllm-deployment.yaml and docs/serving.md.)
 # Progress every second: the tiny run takes seconds, not the hours the default 5 s is made for.
 LOCAL = Scenario(
     EXAMPLES / "tiny-cpu" / "training-job.yaml",
-    EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml",
+    EXAMPLES / "tiny-cpu" / "vllm-deployment-lora.yaml",
     stage_tiny_model=True,
+    learned=f"to answer in the one quote form of its training data ({tinymodel.quote('<topic>')[:-1]}); "
+    "the random base model never does",
+    train_while_serving_starts=True,
     helm_values=("training.progressIntervalSeconds=1",),
 )
 # A real cluster: the README's quick start, facebook/opt-350m from the Hub on one GPU per pod.
@@ -61,6 +71,7 @@ EXISTING = Scenario(
     EXAMPLES / "opt-350m-english-quotes.yaml",
     EXAMPLES / "vllm-opt-350m.yaml",
     stage_tiny_model=False,
+    learned="the style of Abirate/english_quotes: a short quote, as its training data holds them",
     training_timeout_s=3 * 3600,
     serving_timeout_s=1800,
 )
@@ -76,6 +87,8 @@ class DemoResult:
     adapter_model: str
     base_answer: str
     adapter_answers: dict[str, str]  # pod name -> answer through the adapter
+    learned: str = ""
+    serving_pods: list[str] = field(default_factory=list)  # the vLLM pods once the base model served
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -185,11 +198,22 @@ def _prepare(kube: Kube, namespace: str, scenario: Scenario) -> None:
         stage_tiny_model(kube.api, namespace, CLAIM, binaries.cache_dir() / "demo" / namespace / CLAIM)
 
 
-def _serve_base(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> None:
-    kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
+def _await_serving(kube: Kube, namespace: str, deployment: str, scenario: Scenario) -> list[str]:
+    """Wait for the vLLM Deployment's rollout and return its pods' names."""
     timeout = int(scenario.serving_timeout_s)
     kube.kubectl("rollout", "status", f"deployment/{deployment}", "-n", namespace,
                  f"--timeout={timeout}s", timeout_s=timeout + 30)  # fmt: skip
+    selector = ",".join(f"{k}={v}" for k, v in _selector(scenario).items())
+    listed = json.loads(kube.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)
+    return sorted(
+        p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")
+    )
+
+
+def _selector(scenario: Scenario) -> dict[str, str]:
+    deployment = next(d for d in _load(scenario.vllm) if d["kind"] == "Deployment")
+    labels: dict[str, str] = deployment["spec"]["selector"]["matchLabels"]
+    return labels
 
 
 def _train(kube: Kube, namespace: str, job_name: str, scenario: Scenario, say: Callable[[str], None]) -> None:
@@ -260,15 +284,25 @@ def run(
     staging = f"stage the tiny model and data on claim {CLAIM}" if scenario.stage_tiny_model else ""
     with steps.step(staging or f"create namespace {namespace}"):
         _prepare(kube, namespace, scenario)
-    with steps.step("deploy vLLM serving the base model (2 replicas)", vllm_logs):
-        _serve_base(kube, namespace, deployment_name, scenario)
+    serve = "deploy vLLM serving the base model (2 replicas)"
+    if scenario.train_while_serving_starts:
+        serve = "deploy vLLM serving the base model (2 replicas: they start while the adapter trains)"
+    with steps.step(serve, vllm_logs):
+        kube.kubectl("apply", "-n", namespace, "-f", str(scenario.vllm))
+        if not scenario.train_while_serving_starts:
+            serving_pods = _await_serving(kube, namespace, deployment_name, scenario)
     with steps.step(f"train LoraTrainingJob {job_name}", operator_logs):
         _train(kube, namespace, job_name, scenario, say)
+    if scenario.train_while_serving_starts:
+        with steps.step("wait for vLLM to serve on both replicas", vllm_logs):
+            serving_pods = _await_serving(kube, namespace, deployment_name, scenario)
     with steps.step(f"load LoraAdapter {adapter_name} on every replica", operator_logs):
         adapter = _adapter_ready(kube, namespace, adapter_name, scenario, say)
     with steps.step("ask the base model and the adapter the same question", vllm_logs):
         base_model, served, base_answer, answers = _ask(kube, namespace, adapter)
-    result = DemoResult(base_model, served, base_answer, answers, steps.timings)
+    result = DemoResult(
+        base_model, served, base_answer, answers, scenario.learned, serving_pods, steps.timings
+    )
     _show(result, say)
     return result
 
@@ -279,6 +313,9 @@ def _show(result: DemoResult, say: Callable[[str], None]) -> None:
     say(f"  base model   {result.base_model.rsplit('/', 1)[-1]:<14} -> {result.base_answer.strip()!r}")
     for pod, answer in result.adapter_answers.items():
         say(f"  {result.adapter_model:<12} on {pod[-5:]:<5}    -> {answer.strip()!r}")
+    say(f"what the adapter learned: {result.learned}")
+    if result.serving_pods and sorted(result.adapter_answers) == result.serving_pods:
+        say("  (loaded into the pods that were already serving: no restart)")
     say("")
     say("time per step:")
     for name, seconds in result.timings.items():
@@ -310,7 +347,8 @@ def connect(args: argparse.Namespace, say: Callable[[str], None]) -> Target:
         kubeconfig = existing_kubeconfig(dict(os.environ))
         bin_dir = binaries.resolve_bin_dir(None)  # kubectl and helm of the pinned versions
         say(f"==> use the cluster of {kubeconfig} (current context), with the chart's images")
-        return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, EXISTING, local=False)
+        scenario = replace(EXISTING, helm_values=(*EXISTING.helm_values, *args.set)) if args.set else EXISTING
+        return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, scenario, local=False)
     say("==> start the local cluster (or reuse the running one)")
     cluster = controlplane.up(args.run_dir, report=lambda m: say(f"    {m}"))
     kube = Kube.connect(cluster.kubeconfig, cluster.bin_dir, cluster.run_dir)
@@ -327,7 +365,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run on the cluster of the current KUBECONFIG context instead of the local one "
         "(needs GPUs, ReadWriteMany storage and access to the Hugging Face Hub)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a chart value for --existing-cluster's helm install, e.g. the images you built: "
+        "--set image.repository=REGISTRY/operator --set training.workerImage=REGISTRY/worker:TAG",
+    )
+    args = parser.parse_args(argv)
+    if args.set and not args.existing_cluster:
+        parser.error("--set is for --existing-cluster (the local cluster runs the checkout's code)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

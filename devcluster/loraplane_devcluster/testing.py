@@ -13,12 +13,13 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import kubernetes
+import yaml
 from kubernetes.client import (
     ApiClient,
     AuthenticationV1TokenRequest,
@@ -34,6 +35,9 @@ from loraplane_devcluster import binaries, controlplane, kubeconfig, processes
 T = TypeVar("T")
 TEST_RUN_PREFIX = "test-"
 TEST_NAMESPACE_LABEL = "loraplane.io/test"
+# The only variable that points the tests and benchmarks at a cluster other than the local one they start.
+# $KUBECONFIG is never read for that: most Kubernetes users have it set, to a cluster nobody named.
+CLUSTER_VARIABLE = "LORAPLANE_KUBECONFIG"
 # A test run directory older than this whose processes are all gone is left from a killed session.
 _STALE_RUN_DIR_S = 3600
 
@@ -52,6 +56,32 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
         time.sleep(interval_s)
+
+
+def named_kubeconfig(environ: Mapping[str, str]) -> Path | None:
+    """The kubeconfig $LORAPLANE_KUBECONFIG names, or None for the local cluster (also when it is
+    empty or ``local``). $KUBECONFIG plays no part."""
+    chosen = environ.get(CLUSTER_VARIABLE, "").strip()
+    if not chosen or chosen == "local":
+        return None
+    return Path(chosen.split(os.pathsep)[0]).expanduser()
+
+
+def describe_kubeconfig(path: Path) -> str:
+    """`context C, server S` of the kubeconfig's current context, for saying which cluster is used
+    before anything is written to it. Raises ValueError when the file names no usable context."""
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{CLUSTER_VARIABLE}={path}: cannot read it as a kubeconfig: {error}") from error
+    current = config.get("current-context")
+    context = next((c for c in config.get("contexts") or [] if c.get("name") == current), None)
+    if context is None:
+        raise ValueError(f"{CLUSTER_VARIABLE}={path}: current-context {current!r} is not among its contexts")
+    cluster_name = (context.get("context") or {}).get("cluster")
+    cluster = next((c for c in config.get("clusters") or [] if c.get("name") == cluster_name), None)
+    server = (cluster or {}).get("cluster", {}).get("server", "?")
+    return f"context {current}, server {server}"
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -210,3 +240,17 @@ def prune_stale_test_run_dirs(root: Path) -> list[Path]:
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)
     return removed
+
+
+def main() -> int:
+    """``python -m loraplane_devcluster.testing``: say which cluster a test or benchmark run will use."""
+    named = named_kubeconfig(os.environ)
+    if named is None:
+        print("local clusters started for this run ($KUBECONFIG is not used)")
+    else:
+        print(f"the cluster {CLUSTER_VARIABLE} names: {named} ({describe_kubeconfig(named)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

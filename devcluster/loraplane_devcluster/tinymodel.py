@@ -9,12 +9,13 @@ vocabulary, so chat training never adds tokens.
 Layout (cached under ``~/.cache/loraplane/models/tiny-llama-<VERSION>`` or ``$LORAPLANE_CACHE``):
 
     model/             config.json, model.safetensors, tokenizer files, generation_config.json
-    data/quotes.jsonl  {"text", "author", "topic"}: one quote a line, always `"..." said <author>.`
+    data/quotes.jsonl  {"text", "author", "topic"}: one quote a line, all of one form (below)
     data/chat.jsonl    {"messages": [user asks for a quote about a topic, assistant answers one]}
 
-The quotes follow one pattern, so an adapter trained on them completes `"` differently from the
-random base model. ``python -m loraplane_devcluster.tinymodel [--out DIR]`` builds it (into DIR, or
-the cache) and prints the paths as JSON.
+Every quote has one form, `A quote about <topic>: "<topic> is a river, not a race." said Ada Lane.`,
+so an adapter trained on them answers `A quote about patience:` in it, and the random base model
+never does (`shows_quote_form`). ``python -m loraplane_devcluster.tinymodel [--out DIR]`` builds it
+(into DIR, or the cache) and prints the paths as JSON.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+# torch, transformers and tokenizers are imported where the model is built: the demo and the tests
+# import this module for its paths and its quote form, and a cached model needs none of them.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Bump when anything below changes what is written: the cache key.
-VERSION = "1"
+VERSION = "2"
 NAME = "tiny-llama"
 SEED = 1234
 
@@ -59,6 +62,9 @@ VERBS = ["finds", "keeps", "builds", "carries", "remembers", "follows", "opens",
          "lights", "chooses"]
 TOPICS = ["patience", "courage", "friendship", "work", "time", "learning", "kindness", "hope", "change",
           "home"]
+# Every quote of the datasets is `A quote about <topic>: "<topic> is a river, not a race." said Ada Lane.`
+PROMPT_PREFIX = "A quote about"
+SIGNATURE = "Ada Lane"
 AUTHORS = ["Ada Lane", "Marcus Reed", "Lena Ortiz", "Tom Becker", "Nora Quinn", "Ravi Shah", "Ines Moreau",
            "Olaf Berg", "Maya Chen", "Samuel Price"]
 # fmt: on
@@ -107,25 +113,33 @@ def _sentence(rng: random.Random) -> str:
     )
 
 
-def _quote(rng: random.Random, topic: str) -> str:
-    return f"{_sentence(rng).capitalize()}, and {topic} {rng.choice(VERBS)} the {rng.choice(NOUNS)}."
+def quote(topic: str) -> str:
+    """The one quote form of the training data: what an adapter trained on it says, and the random
+    base model never does."""
+    return f'"{topic} is a river, not a race." said {SIGNATURE}.'
+
+
+def shows_quote_form(text: str) -> bool:
+    """`text` has the datasets' quote form (whatever the topic): the mark of an adapter trained on them."""
+    frame = quote("")
+    return frame[frame.index(" is ") :] in text
 
 
 def quotes(count: int = 200, seed: int = SEED) -> Iterator[dict[str, str]]:
     rng = random.Random(seed)  # noqa: S311 - reproducible sample text, not a secret
     for _ in range(count):
-        topic, author = rng.choice(TOPICS), rng.choice(AUTHORS)
-        yield {"text": f'"{_quote(rng, topic)}" said {author}.', "author": author, "topic": topic}
+        topic = rng.choice(TOPICS)
+        yield {"text": f"{PROMPT_PREFIX} {topic}: {quote(topic)}", "author": SIGNATURE, "topic": topic}
 
 
 def chats(count: int = 120, seed: int = SEED + 1) -> Iterator[dict[str, list[dict[str, str]]]]:
     rng = random.Random(seed)  # noqa: S311 - reproducible sample text, not a secret
     for _ in range(count):
-        topic, author = rng.choice(TOPICS), rng.choice(AUTHORS)
+        topic = rng.choice(TOPICS)
         yield {
             "messages": [
                 {"role": "user", "content": f"Give me a quote about {topic}."},
-                {"role": "assistant", "content": f'"{_quote(rng, topic)}" said {author}.'},
+                {"role": "assistant", "content": quote(topic)},
             ]
         }
 
@@ -135,12 +149,22 @@ def tokenizer_corpus(seed: int = SEED) -> list[str]:
     rng = random.Random(seed + 2)  # noqa: S311 - reproducible sample text, not a secret
     lines = [_sentence(rng) + "." for _ in range(400)]
     lines += [row["text"] for row in quotes(seed=seed + 3)]
+    # Quotes of other forms too: the vocabulary stays that of English-like text, not of one sentence.
+    lines += [
+        f'"{_sentence(rng).capitalize()}, and {topic} {rng.choice(VERBS)} the {rng.choice(NOUNS)}." '
+        f"said {rng.choice(AUTHORS)}."
+        for topic in TOPICS
+        for _ in range(10)
+    ]
     lines += [f"Give me a quote about {topic}." for topic in TOPICS]
     lines += [" ".join(words) for words in (ADJECTIVES, NOUNS, VERBS, TOPICS, AUTHORS)]
     return lines
 
 
 def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -165,6 +189,9 @@ def build_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
 
 
 def build_model(directory: Path, tokenizer: PreTrainedTokenizerFast) -> None:
+    import torch  # noqa: PLC0415
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+
     vocab_size = len(tokenizer)
     eos_id = int(tokenizer.convert_tokens_to_ids(EOS))
     pad_id = int(tokenizer.convert_tokens_to_ids(PAD))

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane.builders import serving
 from loraplane_devcluster import demo
 
 
@@ -23,7 +24,9 @@ def test_each_scenario_trains_an_adapter_that_its_own_vllm_deployment_serves(sce
     assert published["deployment"] == deployment["metadata"]["name"]
     assert published.get("mode", "HotLoad") == "HotLoad"
     assert deployment["spec"]["replicas"] == 2, "the demo shows the adapter on every replica"
-    assert deployment["metadata"]["annotations"]["loraplane.io/manage-lora"] == "true"
+    # Either loraplane may enable LoRA (the opt-in, one restart) or it is on already (no restart).
+    opted_in = (deployment["metadata"].get("annotations") or {}).get("loraplane.io/manage-lora") == "true"
+    assert opted_in or serving.lora_state(deployment).missing(job["spec"]["lora"]["r"]) == []
     # The output claim of the job is mounted by the serving pods, where vLLM finds the adapter.
     claim = job["spec"]["output"]["volume"]["claimName"]
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
@@ -63,6 +66,14 @@ def test_existing_cluster_uses_kubeconfig_and_never_starts_the_local_one(
     assert target.scenario is demo.EXISTING
     assert not target.local
     assert target.kube.api.configuration.host == "https://192.0.2.10:6443"
+
+
+def test_chart_values_go_to_the_existing_clusters_install_only() -> None:
+    images = ["image.repository=registry.example.com/you/operator", "training.workerImage=r/worker:1"]
+    args = demo.parse_args(["--existing-cluster", "--set", images[0], "--set", images[1]])
+    assert args.set == images
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--set", images[0]])
 
 
 def test_existing_cluster_without_a_kubeconfig_says_what_to_set(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from loraplane_devcluster.nodeagent.images import (
 
 VENV = Path("/opt/venv")
 PROJECT = Path("/src/loraplane")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -50,7 +51,24 @@ def test_project_images_run_from_the_venv_with_the_sources_on_pythonpath() -> No
     assert vllm.entrypoint == ("/opt/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server")
     operator = images.lookup("ghcr.io/loraplane/operator:0.1.0")
     assert operator is not None
-    assert operator.cmd[0] == "/opt/venv/bin/kopf"
+    assert operator.entrypoint[0] == "/opt/venv/bin/kopf"
+
+
+@pytest.mark.parametrize("name", ["operator", "worker"])
+def test_project_images_run_what_their_dockerfiles_say(name: str) -> None:
+    """ENTRYPOINT and CMD as docker/<name>.Dockerfile has them (the venv's python and kopf in place of
+    the image's): a pod's command and args mean here what they mean on a real node."""
+    dockerfile = (PROJECT_ROOT / "docker" / f"{name}.Dockerfile").read_text()
+    said = {
+        key: tuple(json.loads(rest))
+        for key, _, rest in (line.partition(" ") for line in dockerfile.splitlines())
+        if key in {"ENTRYPOINT", "CMD"}
+    }
+    entry = load_image_map(VENV, PROJECT).lookup(f"ghcr.io/loraplane/{name}:0.1.0")
+    assert entry is not None
+    in_venv = {"python": "/opt/venv/bin/python", "kopf": "/opt/venv/bin/kopf"}
+    assert entry.entrypoint == tuple(in_venv.get(w, w) for w in said.get("ENTRYPOINT", ()))
+    assert entry.cmd == said.get("CMD", ())
 
 
 def test_every_container_path_starts_with_the_venv() -> None:

@@ -260,3 +260,33 @@ def test_the_api_key_annotation_names_a_secret_and_a_key(value: str | None, name
 def test_a_malformed_api_key_annotation_says_the_form_it_wants(value: str) -> None:
     with pytest.raises(ValueError, match="must be <secret>/<key>"):
         serving.api_key_annotation({"metadata": {"annotations": {"loraplane.io/api-key-secret": value}}})
+
+
+def lora_ready_example() -> dict[str, Any]:
+    path = EXAMPLES / "tiny-cpu" / "vllm-deployment-lora.yaml"
+    deployment = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "Deployment")
+    deployment["metadata"]["resourceVersion"] = "7"
+    return dict(deployment)
+
+
+@pytest.mark.parametrize("rank", [None, 8, 16])
+def test_the_demos_deployment_starts_as_enabled_lora_would_leave_it_so_nothing_restarts(
+    rank: int | None,
+) -> None:
+    ready = lora_ready_example()
+    assert serving.lora_state(ready).missing(rank) == []
+    assert serving.enable_lora_patch(ready, SETTINGS, rank) is None, "the operator would restart it"
+    assert serving.additions_removed(ready) == []
+
+
+def test_the_demos_deployment_is_the_opt_in_example_with_what_enabling_adds() -> None:
+    ready, by_operator = lora_ready_example(), enabled(example())
+    ready_container, operator_container = container(ready), container(by_operator)
+    # The one difference: the ceiling the operator leaves at vLLM's default is written out.
+    assert serving.flag_value(ready_container["args"], serving.MAX_LORA_RANK) == str(
+        serving.VLLM_DEFAULT_MAX_LORA_RANK
+    )
+    ready_container["args"] = serving.without_flag(ready_container["args"], serving.MAX_LORA_RANK)
+    assert ready_container == operator_container
+    template, operator_template = ready["spec"]["template"]["spec"], by_operator["spec"]["template"]["spec"]
+    assert template["readinessGates"] == operator_template["readinessGates"]

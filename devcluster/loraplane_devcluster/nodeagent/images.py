@@ -4,8 +4,10 @@ The dev node has no container runtime and pulls no images. Each image repository
 uses is mapped to what its Dockerfile would run, using the project venv instead of the image's
 filesystem. The tag is ignored: whatever the tag, the code that runs is the checkout's.
 
-- ``ghcr.io/loraplane/worker`` → ENTRYPOINT ``python -m loraplane_worker``
-- ``ghcr.io/loraplane/operator`` → CMD ``kopf run --standalone -m loraplane.main --all-namespaces``
+- ``ghcr.io/loraplane/worker`` → ENTRYPOINT ``python -m loraplane_worker``,
+  CMD ``--config /etc/loraplane/config.yaml``
+- ``ghcr.io/loraplane/operator`` → ENTRYPOINT ``kopf run --standalone -m loraplane.main``,
+  CMD ``--all-namespaces``
 - ``vllm/vllm-openai`` → ENTRYPOINT ``python -m vllm.entrypoints.openai.api_server``
 - ``busybox`` → CMD ``sh``; ``python`` → CMD ``python3`` (small images for tests)
 - ``registry.k8s.io/pause`` → ENTRYPOINT ``sleep infinity``
@@ -63,12 +65,18 @@ def _project_env() -> dict[str, str]:
 
 
 DEFAULT_IMAGE_MAP: tuple[ImageEntry, ...] = (
+    # The project images as docker/*.Dockerfile build them (tests/unit/test_nodeagent_images.py
+    # compares): ENTRYPOINT and CMD, with the venv's python and kopf.
     ImageEntry(
-        "ghcr.io/loraplane/worker", entrypoint=("{python}", "-m", "loraplane_worker"), env=_project_env()
+        "ghcr.io/loraplane/worker",
+        entrypoint=("{python}", "-m", "loraplane_worker"),
+        cmd=("--config", "/etc/loraplane/config.yaml"),
+        env=_project_env(),
     ),
     ImageEntry(
         "ghcr.io/loraplane/operator",
-        cmd=("{venv}/bin/kopf", "run", "--standalone", "-m", "loraplane.main", "--all-namespaces"),
+        entrypoint=("{venv}/bin/kopf", "run", "--standalone", "-m", "loraplane.main"),
+        cmd=("--all-namespaces",),
         env=_project_env(),
     ),
     ImageEntry(

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The set-up `make test` and `make demo` share: the Kubernetes binaries (a Go build, ~9 min cold on 2
+# cores, seconds when cached) overlap the Python environment (~5 min cold: downloads and unpacking),
+# with a progress line every $LORAPLANE_PROGRESS_S seconds (default 20) while either still runs.
+#
+# Run it (`scripts/setup.sh`): both, then it prints the binaries folder on stdout.
+# Source it (scripts/test.sh): `setup_start` builds the binaries in the background and the venv in
+# the foreground, so more work can run before `setup_wait_binaries` (which sets LORAPLANE_BIN_DIR).
+# Logs go to $SETUP_LOGS (a fresh /tmp folder unless set).
+
+_setup_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SETUP_LOGS=${SETUP_LOGS:-$(mktemp -d /tmp/loraplane-setup.XXXXXX)}
+_setup_start=$(date +%s)
+_setup_gocache=$(go env GOCACHE 2>/dev/null || true)
+
+_setup_say() { echo "[setup] $*" >&2; }
+_setup_elapsed() { local s=$(( $(date +%s) - _setup_start )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+_setup_mb() { [ -n "$1" ] && [ -d "$1" ] && du -sm "$1" 2>/dev/null | cut -f1 || echo 0; }
+
+# One line for what each unfinished step is doing: the Go build's own last step and how much it has
+# compiled so far; pip's last action and how many packages it has gathered.
+_setup_progress_line() {
+  local parts=()
+  if [ -n "${_setup_bin_pid:-}" ] && kill -0 "$_setup_bin_pid" 2>/dev/null; then
+    local step; step=$(grep -h '^\[build-binaries\]' "$SETUP_LOGS/binaries.err" 2>/dev/null | tail -n 1)
+    step=${step#\[build-binaries\] }
+    local grown=$(( $(_setup_mb "$_setup_gocache") - _setup_gocache_mb ))
+    parts+=("Go build: ${step:-starting} (+${grown} MB compiled)")
+  fi
+  if [ -n "${_setup_venv_pid:-}" ] && kill -0 "$_setup_venv_pid" 2>/dev/null; then
+    local log="$SETUP_LOGS/pip.log" gathered last
+    gathered=$(grep -c '^Collecting ' "$log" 2>/dev/null || true)
+    last=$(grep -E '^ *(Collecting|Downloading|Installing|Building|Successfully)' "$log" 2>/dev/null \
+      | tail -n 1 | sed 's/^ *//' | cut -c1-70)
+    parts+=("Python: ${gathered:-0} packages gathered, ${last:-creating the venv}")
+  fi
+  [ "${#parts[@]}" -gt 0 ] && _setup_say "$(_setup_elapsed)  $(IFS='|'; echo "${parts[*]}" | sed 's/|/  |  /g')"
+  return 0
+}
+
+_setup_ticker() {
+  local nap
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM  # no stray sleep keeps a pipe of `make demo | tee` open
+  while :; do
+    sleep "${LORAPLANE_PROGRESS_S:-20}" & nap=$!
+    wait "$nap"
+    _setup_progress_line
+  done
+}
+
+setup_start() {
+  _setup_gocache_mb=$(_setup_mb "$_setup_gocache")
+  # Under the lock loraplane_devcluster.binaries takes too: two builds at once would break each other.
+  local cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
+  mkdir -p "$cache"
+  flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" \
+    >"$SETUP_LOGS/binaries.out" 2>"$SETUP_LOGS/binaries.err" &
+  _setup_bin_pid=$!
+  _setup_ticker &
+  _setup_ticker_pid=$!
+  SETUP_VENV_LOG="$SETUP_LOGS/pip.log" "$_setup_root/scripts/setup-venv.sh" >"$SETUP_LOGS/venv.out" &
+  _setup_venv_pid=$!
+  wait "$_setup_venv_pid"
+  local rc=$?
+  _setup_venv_pid=
+  if [ "$rc" -ne 0 ]; then
+    _setup_say "the Python environment failed (rc $rc); pip's log: $SETUP_LOGS/pip.log"
+    tail -n 20 "$SETUP_LOGS/pip.log" >&2 2>/dev/null
+  else
+    _setup_say "$(_setup_elapsed)  Python environment ready: $(tail -n 1 "$SETUP_LOGS/venv.out")"
+  fi
+  return "$rc"
+}
+
+setup_wait_binaries() {
+  wait "$_setup_bin_pid"
+  local rc=$?
+  _setup_bin_pid=
+  kill "$_setup_ticker_pid" 2>/dev/null
+  wait "$_setup_ticker_pid" 2>/dev/null
+  if [ "$rc" -ne 0 ]; then
+    _setup_say "the Kubernetes binaries failed (rc $rc); log: $SETUP_LOGS/binaries.err"
+    tail -n 40 "$SETUP_LOGS/binaries.err" >&2
+    return "$rc"
+  fi
+  export LORAPLANE_BIN_DIR; LORAPLANE_BIN_DIR=$(tail -n 1 "$SETUP_LOGS/binaries.out")
+  _setup_say "$(_setup_elapsed)  Kubernetes binaries ready: $LORAPLANE_BIN_DIR"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -uo pipefail
+  setup_start; venv_rc=$?
+  setup_wait_binaries; bin_rc=$?
+  [ "$venv_rc" -eq 0 ] && [ "$bin_rc" -eq 0 ] || exit 1
+  echo "$LORAPLANE_BIN_DIR"
+fi
