@@ -19,14 +19,14 @@ from manifests import ROOT
 
 pytestmark = pytest.mark.cluster
 
-INNER_TEST = '''
+INNER_TEST = """
 import os
 
 def test_the_session_cluster_is_the_local_one(kube, namespace):
     assert kube.run_dir is not None, "a cluster from a kubeconfig, not the local one"
     assert os.environ["KUBECONFIG"] == str(kube.kubeconfig), "tools the tests start must see the local one"
     kube.kubectl("create", "configmap", "written-here", "-n", namespace)
-'''
+"""
 
 
 class Counter(socketserver.BaseRequestHandler):
@@ -57,14 +57,16 @@ def test_kubeconfig_alone_changes_nothing(
     url, seen = someones_cluster
     config = tmp_path / "someones-kubeconfig"
     config.write_text(
-        yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "prod", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
-            "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
-            "contexts": [{"name": "prod-admin", "context": {"cluster": "prod", "user": "admin"}}],
-            "current-context": "prod-admin",
-        })
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "prod", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "prod-admin", "context": {"cluster": "prod", "user": "admin"}}],
+                "current-context": "prod-admin",
+            }
+        )
     )
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     env = {k: v for k, v in os.environ.items() if k != "LORAPLANE_KUBECONFIG"}

@@ -13,14 +13,16 @@ from loraplane_devcluster.testing import describe_kubeconfig, named_kubeconfig
 
 def someones_kubeconfig(path: Path, server: str = "https://prod.example.com:6443") -> Path:
     path.write_text(
-        yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "prod", "cluster": {"server": server}}],
-            "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
-            "contexts": [{"name": "prod-admin", "context": {"cluster": "prod", "user": "admin"}}],
-            "current-context": "prod-admin",
-        })
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "prod", "cluster": {"server": server}}],
+                "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "prod-admin", "context": {"cluster": "prod", "user": "admin"}}],
+                "current-context": "prod-admin",
+            }
+        )
     )
     return path
 
