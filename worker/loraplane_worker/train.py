@@ -45,7 +45,7 @@ from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
 from loraplane.api.worker import TrainingReport, WorkerInput
-from loraplane_worker import errors
+from loraplane_worker import errors, sync
 from loraplane_worker.config import (
     check_known_keys,
     check_target_modules,
@@ -389,6 +389,12 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
         port = metrics.serve(metrics_host(), config.metrics.port)
         emit({"event": "metrics", "host": metrics_host(), "port": port})
     try:
+        if main:
+            # Object-store inputs onto local disk, and a retry's checkpoint back from the store;
+            # the other processes wait, then read the same folders.
+            sync.fetch_inputs(config)
+            sync.restore_checkpoint(config)
+        process_state().wait_for_everyone()
         prepared = prepare(config)
         checkpoint = newest_complete_checkpoint(checkpoints_dir(config))
         resumed_from = checkpoint.step if checkpoint else None
@@ -404,7 +410,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             eval_dataset=prepared.eval_data,
             processing_class=prepared.tokenizer,
             peft_config=prepared.lora_config,
-            callbacks=[trainer_callback(reporter), *callbacks],
+            callbacks=[trainer_callback(reporter), *sync.callbacks(config), *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # its python-dict lines duplicate the JSON progress lines
         model = adapter_model(trainer)
@@ -432,10 +438,13 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
         merged_dir = None
         if config.output.merge:
             merged_dir = write_merged_model(config, output_dir, prepared.dtype, prepared.tokenizer)
+        uploaded = sync.upload_results(config, output_dir, merged_dir)
 
         return TrainingReport(
             adapter_dir=str(output_dir),
-            sha256=sha256_of(weights),
+            uri=uploaded.uri if uploaded else None,
+            merged_uri=uploaded.merged_uri if uploaded else None,
+            sha256=(uploaded.sha256 if uploaded else None) or sha256_of(weights),
             size_bytes=weights.stat().st_size,
             r=written["r"],
             lora_alpha=written["lora_alpha"],
