@@ -10,13 +10,16 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from loraplane.api.adapter import LoraAdapter
 from loraplane.api.storage import S3Connection, S3CredentialsSecret
 from loraplane.api.training_job import LoraTrainingJob
 from loraplane.api.worker import TrainingReport, WorkerInput
 from loraplane.builders import training as build
 from loraplane.handlers import training_jobs
 from loraplane.settings import Settings
+from loraplane.status import adapter as adapter_status
 from loraplane.status import training as status_of
+from loraplane.status.adapter import Problem
 from manifests import example_training_job
 
 UID = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -179,3 +182,21 @@ def test_success_records_the_uri_and_the_digest() -> None:
     assert adapter.sha256 == "ab" * 32
     assert adapter.claim_name is None
     assert adapter.path is None
+
+
+def test_an_adapter_from_a_store_run_says_serving_from_the_store_is_not_wired_yet() -> None:
+    body = {
+        "metadata": {"name": "q", "generation": 1},
+        "spec": {
+            "baseModel": "tiny-llama",
+            "source": {"trainingJob": {"name": "s3-run"}},
+            "serving": {"deployment": "vllm-tiny"},
+        },
+    }
+    result = {"uri": f"s3://runs/adapters/{UID}", "sha256": "ab" * 32, "r": 8}
+    problem = adapter_status.resolve(
+        LoraAdapter.model_validate(body), {"spec": {}}, {"status": {"adapter": result}}
+    )
+    assert isinstance(problem, Problem)
+    assert problem.reason == "SourceInObjectStore"
+    assert f"s3://runs/adapters/{UID}" in problem.message
