@@ -93,6 +93,7 @@ def test_a_job_trains_from_and_to_the_store_and_a_retried_pod_resumes_from_it(
 ) -> None:
     body = tiny_job("s3-resume", max_steps=120, save_steps=20)
     body["spec"].update(staged.spec())
+    body["spec"]["output"]["merge"] = True
     created = jobs.create(body)
     uid = created["metadata"]["uid"]
     run = S3Path(staged.bucket, f"runs/{uid}")
@@ -132,7 +133,14 @@ def test_a_job_trains_from_and_to_the_store_and_a_retried_pod_resumes_from_it(
     assert hashlib.sha256(weights).hexdigest() == adapter["sha256"]
     config = json.loads((fetched / "adapter_config.json").read_text())
     assert config["r"] == 8
-    assert not [f for f in manifest.files if f.path.startswith("checkpoints/")], "the adapter alone"
+    assert not [f for f in manifest.files if "/" in f.path], "the adapter alone, not checkpoints or merged"
+    assert adapter["mergedUri"] == run.child("merged").uri
+    merged = staged.host.read_manifest(run.child("merged"))
+    assert merged is not None
+    assert "model.safetensors" in {f.path for f in merged.files}
+    # The store keeps as many checkpoints as the trainer does on disk (save_total_limit 2).
+    kept = {o.key.split("/")[3] for o in staged.host.list_objects(run.child("checkpoints"))}
+    assert len(kept) <= 2, kept
 
     said = everything_said_about(jobs, kube, namespace, "s3-resume")
     assert staged.store.secret_access_key not in said

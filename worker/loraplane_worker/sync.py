@@ -114,11 +114,14 @@ class StoreCheckpoints(TrainerCallback):  # type: ignore[misc]  # transformers i
         if reason is not None:
             emit({"event": "checkpoint_not_uploaded", "checkpoint": str(folder), "reason": reason})
             return
+        store = _store(self.location)
         try:
-            target = _store(self.location).upload_checkpoint(folder, self.checkpoints)
+            target = store.upload_checkpoint(folder, self.checkpoints)
+            # The trainer keeps `save_total_limit` checkpoints on disk; the store keeps as many.
+            pruned = store.prune_checkpoints(self.checkpoints, args.save_total_limit or 0)
         except StoreError as error:
             raise _naming("spec.output.s3", error) from None
-        emit({"event": "checkpoint_uploaded", "step": state.global_step, "uri": target.uri})
+        emit({"event": "checkpoint_uploaded", "step": state.global_step, "uri": target.uri, "pruned": pruned})
 
 
 def callbacks(config: WorkerInput) -> list[TrainerCallback]:
