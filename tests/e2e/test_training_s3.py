@@ -176,3 +176,22 @@ def test_wrong_credentials_fail_with_the_stores_code_and_stay_secret(
     said = everything_said_about(jobs, kube, namespace, "s3-denied")
     assert wrong_secret not in said
     assert staged.store.secret_access_key not in said
+
+
+def test_an_unreachable_store_is_retried_with_the_jobs_backoff_then_fails(
+    jobs: Jobs, kube: Kube, namespace: str, staged: Staged
+) -> None:
+    """Not an input error: the store may come back, so each attempt is a new pod (the Job's
+    backoff), and only when the retries are spent does the run fail, naming the code."""
+    assert staged.store.pod_endpoint is not None
+    host = staged.store.pod_endpoint.rsplit(":", 1)[0]
+    body = tiny_job("s3-away", backoffLimit=1)
+    spec = staged.spec()
+    for field in ("baseModel", "dataset", "output"):
+        spec[field]["s3"]["connection"]["endpoint"] = f"{host}:1"  # nothing listens on port 1
+    body["spec"].update(spec)
+    jobs.create(body)
+    summary = jobs.wait_reason("s3-away", "Failed")
+    assert "EndpointUnreachable" in summary["message"], summary
+    assert f"s3://{staged.bucket}/models/tiny" in summary["message"]
+    assert jobs.get("ltj", "s3-away")["status"]["attempts"] == 2
