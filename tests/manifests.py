@@ -136,5 +136,11 @@ INVALID = [
         server_only=True,
     ),
     Invalid("no-adapter-source", LAD, {"spec.source": {}}, "spec.source", server_only=True),
+    Invalid("model-name-and-s3", LTJ, {"spec.baseModel.s3": {"uri": "s3://models/opt"}}, "spec.baseModel"),
+    Invalid("dataset-name-and-s3", LTJ, {"spec.dataset.s3": {"uri": "s3://data/d.jsonl"}}, "spec.dataset"),
+    Invalid("output-volume-and-s3", LTJ, {"spec.output.s3": {"uri": "s3://runs/adapters"}}, "spec.output"),
+    Invalid("output-nowhere", LTJ, {"spec.output": {"merge": True}}, "spec.output"),
+    Invalid("s3-uri-not-s3", LTJ, {"spec.output": {"s3": {"uri": "https://x/y"}}}, "spec.output.s3.uri"),
+    Invalid("s3-uri-climbs", LTJ, {"spec.output": {"s3": {"uri": "s3://runs/a/../b"}}}, "spec.output.s3.uri"),
     Invalid("name-too-long", LTJ, {"metadata.name": "a" * 53}, "metadata.name", server_only=True),
 ]

@@ -7,6 +7,8 @@ from functools import cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from loraplane.api.storage import S3Connection
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORAPLANE_", frozen=True)
@@ -34,6 +36,13 @@ class Settings(BaseSettings):
     )
     serving_retry_failed_seconds: float = Field(
         default=30.0, gt=0, description="How long a failed load on a pod waits before it is tried again."
+    )
+    object_store: S3Connection = Field(
+        default_factory=S3Connection,
+        description=(
+            "Cluster-wide object-store connection (JSON, the chart's `objectStore`): what an `s3` "
+            "location's unset connection fields inherit."
+        ),
     )
     vllm_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of one vLLM API call.")
     metrics_port: int = Field(default=9090, description="Port of the operator's own /metrics.")

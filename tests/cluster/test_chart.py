@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loraplane.api.storage import S3Connection
+from loraplane.settings import Settings
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import CHART, Release
 
@@ -140,6 +142,30 @@ def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
     assert not [d for d in render(kube, "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
 
 
+def test_the_object_store_defaults_reach_the_operators_settings(kube: Kube) -> None:
+    """The chart's `objectStore` is the operator's `settings.object_store`, read as pydantic-settings
+    reads the variable (JSON)."""
+
+    def setting(*values: str) -> S3Connection:
+        [deployment] = [d for d in render(kube, *values) if d["kind"] == "Deployment"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("LORAPLANE_OBJECT_STORE", env["LORAPLANE_OBJECT_STORE"])
+            return Settings().object_store
+
+    assert setting().model_dump(exclude_none=True) == {}
+    store = setting(
+        "objectStore.endpoint=http://10.0.0.5:7070", "objectStore.pathStyle=true",
+        "objectStore.credentialsSecret.name=s3-creds",
+    )  # fmt: skip
+    assert store.endpoint == "http://10.0.0.5:7070"
+    assert store.path_style is True
+    assert store.credentials_secret is not None
+    assert store.credentials_secret.name == "s3-creds"
+    assert store.credentials_secret.secret_access_key_key == "secretAccessKey"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -149,6 +175,8 @@ def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
         ("serving.apiKeySecrets.namespaces={Team_A}", "at '/serving/apiKeySecrets/namespaces/0'"),
         ("excludeNamespaces={Team_*}", "at '/excludeNamespaces/0'"),
+        ("objectStore.endpoint=https://store:9000/bucket", "at '/objectStore/endpoint'"),
+        ("objectStore.credentialsSecret.key=x", "at '/objectStore/credentialsSecret'"),
     ],
 )
 def test_wrong_values_fail_at_install_with_a_clear_message(kube: Kube, value: str, message: str) -> None:

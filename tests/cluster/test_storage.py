@@ -572,3 +572,24 @@ def test_the_fetch_command_exit_codes(object_store: ObjectStore, bucket: S3Path,
     assert run([{"name": "sql", "uri": bucket.child("adapters/sql").uri}]) == 0
     assert run([{"name": "sql", "uri": bucket.child("adapters/none").uri}]) == 1
     assert run([{"name": "Not A Name", "uri": "s3://x"}]) == 65  # a wanted list that does not parse
+
+
+def test_old_checkpoints_are_pruned_manifest_first_keeping_the_newest_complete_ones(
+    object_store: ObjectStore, bucket: S3Path, tmp_path: Path
+) -> None:
+    local = tmp_path / "pod" / "checkpoints"
+    checkpoints = bucket.child("jobs/long/checkpoints")
+    store = client(object_store)
+    for step in (2, 4, 6, 8):
+        store.upload_checkpoint(make_checkpoint(local, step), checkpoints)
+    # checkpoint-1 never finished uploading: older than what is kept, so it goes too.
+    store.upload_file(make_checkpoint(local, 1) / resume.TRAINER_STATE, checkpoints.child("checkpoint-1/x"))
+
+    assert store.prune_checkpoints(checkpoints, keep=2) == [1, 2, 4]
+    left = sorted({o.key.split("/")[3] for o in store.list_objects(checkpoints)})
+    assert left == ["checkpoint-6", "checkpoint-8"]
+    newest = store.newest_complete_checkpoint(checkpoints)
+    assert newest is not None
+    assert newest.step == 8
+    assert store.prune_checkpoints(checkpoints, keep=2) == []
+    assert store.prune_checkpoints(checkpoints, keep=0) == []  # no limit: keep everything

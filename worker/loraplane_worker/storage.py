@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import urllib3
 from minio import Minio
 from minio.credentials.providers import IamAwsProvider, Provider, StaticProvider
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from loraplane.api.storage import S3Connection, S3Path
@@ -490,9 +491,8 @@ class ObjectStore:
         self.upload_tree(checkpoint_dir, target, step=step)
         return target
 
-    def newest_complete_checkpoint(self, checkpoints: S3Path) -> StoredCheckpoint | None:
-        """The highest-step `checkpoint-N/` under `checkpoints` that has its manifest; newer ones
-        without (a pod killed mid-upload) are skipped. None when there is none (or no such prefix)."""
+    def _checkpoint_names(self, checkpoints: S3Path) -> dict[int, str]:
+        """`checkpoint-N/` folders under `checkpoints`, by step (complete or not)."""
         steps: dict[int, str] = {}
         with _translated(checkpoints.uri):
             for item in self.client.list_objects(
@@ -502,6 +502,12 @@ class ObjectStore:
                 step = _checkpoint_step(name)
                 if item.is_dir and step is not None:
                     steps[step] = name
+        return steps
+
+    def newest_complete_checkpoint(self, checkpoints: S3Path) -> StoredCheckpoint | None:
+        """The highest-step `checkpoint-N/` under `checkpoints` that has its manifest; newer ones
+        without (a pod killed mid-upload) are skipped. None when there is none (or no such prefix)."""
+        steps = self._checkpoint_names(checkpoints)
         for step in sorted(steps, reverse=True):
             location = checkpoints.child(steps[step])
             manifest = self.read_manifest(location)
@@ -509,6 +515,44 @@ class ObjectStore:
                 return StoredCheckpoint(step, location, manifest)
             log.warning("skipping %s: its upload did not finish (no %s)", location, MANIFEST)
         return None
+
+    def delete_tree(self, location: S3Path) -> int:
+        """Delete a folder uploaded with `upload_tree`: its manifest first, so that no reader ever
+        takes a folder with files missing for a complete one. Returns the objects deleted."""
+        where = location.child(MANIFEST)
+        with _translated(where.uri):
+            self.client.remove_object(where.bucket, where.key)
+        objects = self.list_objects(location)
+        with _translated(location.uri):
+            failures = list(
+                self.client.remove_objects(location.bucket, (DeleteObject(o.key) for o in objects))
+            )
+        if failures:
+            first = failures[0]
+            raise store_error(
+                f"s3://{location.bucket}/{first.name}", first.code or "DeleteFailed", first.message or ""
+            )
+        return len(objects) + 1
+
+    def prune_checkpoints(self, checkpoints: S3Path, keep: int) -> list[int]:
+        """Delete every checkpoint older than the `keep` newest complete ones (what the trainer's
+        `save_total_limit` does on local disk), so a long run's store use stays bounded. Returns
+        the steps deleted, oldest first."""
+        if keep < 1:
+            return []
+        steps = self._checkpoint_names(checkpoints)
+        complete = [
+            step
+            for step in sorted(steps, reverse=True)
+            if self.read_manifest(checkpoints.child(steps[step])) is not None
+        ]
+        if len(complete) <= keep:
+            return []
+        oldest_kept = complete[keep - 1]
+        doomed = sorted(step for step in steps if step < oldest_kept)
+        for step in doomed:
+            self.delete_tree(checkpoints.child(steps[step]))
+        return doomed
 
     def download_checkpoint(self, checkpoint: StoredCheckpoint, checkpoints_dir: Path) -> Path:
         """Into `checkpoints_dir/checkpoint-N/`, every file checked, so the trainer resumes from it."""

@@ -45,7 +45,7 @@ from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
 from loraplane.api.worker import EvaluationReport, TrainingReport, WorkerInput
-from loraplane_worker import errors
+from loraplane_worker import errors, sync
 from loraplane_worker.config import (
     check_known_keys,
     check_target_modules,
@@ -395,6 +395,29 @@ def evaluate_base(trainer: SFTTrainer, model: PeftModel) -> tuple[float | None, 
         return evaluate(trainer)
 
 
+def base_evaluation(
+    trainer: SFTTrainer, model: PeftModel, eval_data: Dataset | None
+) -> EvaluationReport | None:
+    """The base model's figures on the held-out data, before the first step (None without eval data)."""
+    if eval_data is None:
+        return None
+    base_loss, base_accuracy = evaluate_base(trainer, model)
+    return EvaluationReport(
+        base_loss=base_loss,
+        base_mean_token_accuracy=base_accuracy,
+        examples=len(eval_data),
+        digest=examples_digest(eval_data),
+    )
+
+
+def final_evaluation(trainer: SFTTrainer, evaluation: EvaluationReport | None) -> float | None:
+    """The trained adapter's figures on the same data, recorded beside the base model's."""
+    if evaluation is None:
+        return None
+    evaluation.loss, evaluation.mean_token_accuracy = evaluate(trainer)
+    return evaluation.loss
+
+
 def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> TrainingReport | None:
     """Train, save the adapter (and the merged model when asked), and describe what was written.
 
@@ -407,6 +430,12 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
         port = metrics.serve(metrics_host(), config.metrics.port)
         emit({"event": "metrics", "host": metrics_host(), "port": port})
     try:
+        if main:
+            # Object-store inputs onto local disk, and a retry's checkpoint back from the store;
+            # the other processes wait, then read the same folders.
+            sync.fetch_inputs(config)
+            sync.restore_checkpoint(config)
+        process_state().wait_for_everyone()
         prepared = prepare(config)
         checkpoint = newest_complete_checkpoint(checkpoints_dir(config))
         resumed_from = checkpoint.step if checkpoint else None
@@ -422,7 +451,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             eval_dataset=prepared.eval_data,
             processing_class=prepared.tokenizer,
             peft_config=prepared.lora_config,
-            callbacks=[trainer_callback(reporter), *callbacks],
+            callbacks=[trainer_callback(reporter), *sync.callbacks(config), *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # its python-dict lines duplicate the JSON progress lines
         model = adapter_model(trainer)
@@ -433,20 +462,9 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             model.print_trainable_parameters()  # PEFT's own line, for the pod log
             emit({"event": "trainable_parameters", "trainable": trainable, "all": total})
 
-        evaluation = None
-        if prepared.eval_data is not None:
-            base_loss, base_accuracy = evaluate_base(trainer, model)
-            evaluation = EvaluationReport(
-                base_loss=base_loss,
-                base_mean_token_accuracy=base_accuracy,
-                examples=len(prepared.eval_data),
-                digest=examples_digest(prepared.eval_data),
-            )
+        evaluation = base_evaluation(trainer, model, prepared.eval_data)
         outcome = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
-        eval_loss = None
-        if evaluation is not None:
-            eval_loss, evaluation.mean_token_accuracy = evaluate(trainer)
-            evaluation.loss = eval_loss
+        eval_loss = final_evaluation(trainer, evaluation)
 
         output_dir = Path(config.output.dir)
         staging = output_dir / STAGING_ADAPTER
@@ -462,10 +480,13 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
         merged_dir = None
         if config.output.merge:
             merged_dir = write_merged_model(config, output_dir, prepared.dtype, prepared.tokenizer)
+        uploaded = sync.upload_results(config, output_dir, merged_dir)
 
         return TrainingReport(
             adapter_dir=str(output_dir),
-            sha256=sha256_of(weights),
+            uri=uploaded.uri if uploaded else None,
+            merged_uri=uploaded.merged_uri if uploaded else None,
+            sha256=(uploaded.sha256 if uploaded else None) or sha256_of(weights),
             size_bytes=weights.stat().st_size,
             r=written["r"],
             lora_alpha=written["lora_alpha"],

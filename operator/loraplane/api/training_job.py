@@ -24,6 +24,7 @@ from loraplane.api.common import (
     cel_rules,
     validation,
 )
+from loraplane.api.storage import S3Location
 
 KIND = "LoraTrainingJob"
 PLURAL = "loratrainingjobs"
@@ -39,6 +40,15 @@ ALL_LINEAR = "all-linear"
 SERVER_DEFAULT: dict[str, Any] = {"default": {}}
 
 
+def exactly_one_rule(*fields: str) -> str:
+    """CEL: exactly one of `fields` is set (the object-store variant made the pairs three-way)."""
+    return f"[{', '.join(f'has(self.{f})' for f in fields)}].filter(x, x).size() == 1"
+
+
+def count_set(model: ApiModel, *fields: str) -> int:
+    return sum(getattr(model, name) is not None for name in fields)
+
+
 class SetsSftFields:
     """Field metadata: this spec field decides these TRL `SFTConfig` fields, so `sftArgs` may not set
     them (`loraplane.api.sft_args` derives the refusals from these markers)."""
@@ -48,14 +58,15 @@ class SetsSftFields:
 
 
 class ModelSource(ApiModel):
-    """The base model to fine-tune: a Hugging Face model id, or a directory in a volume."""
+    """The base model to fine-tune: a Hugging Face model id, a directory in a volume, or a prefix in
+    an object store (copied to the pod's local disk before training)."""
 
+    ONE_SOURCE: ClassVar[str] = (
+        "exactly one of baseModel.name (a Hugging Face id), baseModel.volume or baseModel.s3 must be set"
+    )
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
-            validation(
-                "has(self.name) != has(self.volume)",
-                "exactly one of baseModel.name (a Hugging Face id) or baseModel.volume must be set",
-            ),
+            validation(exactly_one_rule("name", "volume", "s3"), ONE_SOURCE),
             validation(
                 "!has(self.revision) || has(self.name)",
                 "baseModel.revision applies only to a Hugging Face model (baseModel.name)",
@@ -77,17 +88,30 @@ class ModelSource(ApiModel):
     volume: VolumePath | None = Field(
         default=None, description="A model directory (config.json, weights, tokenizer) inside a volume."
     )
+    s3: S3Location | None = Field(
+        default=None,
+        description=(
+            "A model folder (config.json, weights, tokenizer) in an object store, `s3://bucket/prefix`; "
+            "copied to the pod's local disk before training."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if count_set(self, "name", "volume", "s3") != 1:  # the CEL rule's twin
+            raise ValueError(self.ONE_SOURCE)
+        return self
 
 
 class DatasetSource(ApiModel):
     """The training data: a Hugging Face dataset, or files in a volume, read by the `datasets` library."""
 
+    ONE_SOURCE: ClassVar[str] = (
+        "exactly one of dataset.name (a Hugging Face id), dataset.volume or dataset.s3 must be set"
+    )
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
-            validation(
-                "has(self.name) != has(self.volume)",
-                "exactly one of dataset.name (a Hugging Face id) or dataset.volume must be set",
-            ),
+            validation(exactly_one_rule("name", "volume", "s3"), ONE_SOURCE),
             validation(
                 "!(has(self.textField) && has(self.messagesField))",
                 "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)",
@@ -125,6 +149,13 @@ class DatasetSource(ApiModel):
     volume: VolumePath | None = Field(
         default=None, description="A data file or folder inside a volume (jsonl, json, csv, parquet or txt)."
     )
+    s3: S3Location | None = Field(
+        default=None,
+        description=(
+            "A data file or a folder of them in an object store (`s3://bucket/prefix/train.jsonl` or "
+            "`s3://bucket/prefix`); copied to the pod's local disk before training."
+        ),
+    )
     format: Literal["json", "csv", "parquet", "text"] | None = Field(
         default=None, description="File format when the extension does not tell (`.jsonl` is `json`)."
     )
@@ -152,7 +183,10 @@ class DatasetSource(ApiModel):
 
     @model_validator(mode="after")
     def _cel_twins(self) -> DatasetSource:
-        # The CEL rules above that do not involve the volume, for readers without an API server.
+        # The CEL rules above, for readers without an API server. Of the source rule only "at most
+        # one": the worker's input (`DatasetInput`) gives local files as `path`, checked there.
+        if count_set(self, "name", "volume", "s3") > 1:
+            raise ValueError(self.ONE_SOURCE)
         if self.text_field is not None and self.messages_field is not None:
             raise ValueError(
                 "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)"
@@ -325,15 +359,33 @@ class ResourceSettings(ApiModel):
 
 
 class OutputSettings(ApiModel):
-    """Where the adapter goes. Each run writes under `<path>/<job uid>` so a re-created job never resumes
-    another run's checkpoints."""
+    """Where the adapter goes. Each run writes under `<path>/<job uid>` (a volume) or
+    `<uri>/<job uid>` (an object store) so a re-created job never resumes another run's checkpoints."""
 
-    volume: Annotated[VolumePath, SetsSftFields("output_dir")] = Field(
-        description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter."
+    ONE_PLACE: ClassVar[str] = "exactly one of output.volume or output.s3 must be set"
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(validation(exactly_one_rule("volume", "s3"), ONE_PLACE))
+    )
+
+    volume: Annotated[VolumePath | None, SetsSftFields("output_dir")] = Field(
+        default=None, description="PersistentVolumeClaim (and folder in it) for checkpoints and the adapter."
+    )
+    s3: S3Location | None = Field(
+        default=None,
+        description=(
+            "Object-store prefix for the adapter, the merged model and the checkpoints, which are "
+            "written on the pod's local disk and uploaded as they are saved; the pod needs no claim."
+        ),
     )
     merge: bool = Field(
         default=False, description="Also write the base model with the adapter merged in (static serving)."
     )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> OutputSettings:
+        if count_set(self, "volume", "s3") != 1:  # the CEL rule's twin
+            raise ValueError(self.ONE_PLACE)
+        return self
 
 
 class PromotionPolicy(ApiModel):
@@ -485,10 +537,17 @@ class Progress(ApiModel):
 
 
 class AdapterResult(ApiModel):
-    """The adapter a successful run produced, as a volume claim and a path in it."""
+    """The adapter a successful run produced: a volume claim and a path in it, or an object-store URI."""
 
-    claim_name: str = Field(description="PersistentVolumeClaim holding the adapter.")
-    path: str = Field(description="Folder of the adapter inside the volume.")
+    claim_name: str | None = Field(default=None, description="PersistentVolumeClaim holding the adapter.")
+    path: str | None = Field(default=None, description="Folder of the adapter inside the volume.")
+    uri: str | None = Field(
+        default=None,
+        description=(
+            "The adapter's folder in the object store (`s3://...`); complete, since its manifest "
+            "`loraplane-manifest.json` (every file's SHA-256) is written last."
+        ),
+    )
     sha256: str = Field(description="SHA-256 of `adapter_model.safetensors`.")
     size_bytes: int = Field(ge=0, description="Size of the weights file.")
     r: int = Field(description="LoRA rank.")
@@ -497,6 +556,9 @@ class AdapterResult(ApiModel):
     base_model: str = Field(description="Base model the adapter was trained on.")
     merged_path: str | None = Field(
         default=None, description="Folder of the merged model, when `merge` was set."
+    )
+    merged_uri: str | None = Field(
+        default=None, description="The merged model in the object store, when `merge` was set."
     )
 
 

@@ -20,6 +20,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from loraplane.api.common import ApiModel
+from loraplane.api.storage import S3Location
 from loraplane.api.training_job import DatasetSource, LoraSettings, TrainingSettings
 
 # Kubernetes keeps at most this many bytes of a termination message.
@@ -41,10 +42,15 @@ class ModelLocation(ApiModel):
         min_length=1, description="A Hugging Face model id, or the model folder as the pod sees it."
     )
     revision: str | None = Field(default=None, description="Hugging Face revision (branch, tag, commit).")
+    s3: S3Location | None = Field(
+        default=None,
+        description="Copy this object-store folder into nameOrPath (a local folder) before loading.",
+    )
 
 
 class DatasetInput(DatasetSource):
-    """`spec.dataset` with the volume resolved to a path in the pod."""
+    """`spec.dataset` with the volume resolved to a path in the pod; an object-store location (`s3`)
+    is copied into `path` (a local folder) before the data is read."""
 
     path: str | None = Field(
         default=None,
@@ -58,6 +64,8 @@ class DatasetInput(DatasetSource):
             raise ValueError("dataset.volume is resolved by the operator; give dataset.path")
         if (self.name is None) == (self.path is None):
             raise ValueError("set exactly one of dataset.name (a Hugging Face id) or dataset.path (files)")
+        if self.s3 is not None and self.path is None:
+            raise ValueError("dataset.s3 is copied into dataset.path, a local folder; give dataset.path")
         return self
 
 
@@ -68,6 +76,14 @@ class OutputLocation(ApiModel):
         default=None,
         min_length=1,
         description="Written as base_model_name_or_path in adapter_config.json; default model.nameOrPath.",
+    )
+    s3: S3Location | None = Field(
+        default=None,
+        description=(
+            "Object-store prefix of this run: checkpoints are uploaded to <s3>/checkpoints as they are "
+            "saved (and a retry resumes from the newest complete one there), the adapter to <s3>, the "
+            "merged model to <s3>/merged; each folder's manifest last."
+        ),
     )
 
 
@@ -156,6 +172,7 @@ class TrainingReport(_Report):
         "train_loss",
         "evaluation",
         "merged_dir",
+        "merged_uri",
     )
 
     adapter_dir: str = Field(description="Folder of the adapter, as the pod saw it.")
@@ -173,6 +190,8 @@ class TrainingReport(_Report):
     resumed_from_step: int | None = None
     merged_dir: str | None = None
     evaluation: EvaluationReport | None = None
+    uri: str | None = Field(default=None, description="The adapter's object-store folder, when uploaded.")
+    merged_uri: str | None = None
 
 
 class FailureReport(_Report):

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from loraplane import naming
+from loraplane.api.storage import S3CredentialsSecret, S3Location, merged
 from loraplane.api.training_job import LoraTrainingJob
 from loraplane.api.worker import (
     INPUT_ERROR_EXIT_CODE,
@@ -21,6 +22,16 @@ from loraplane.api.worker import (
 from loraplane.settings import Settings
 
 WORKER_UID = 1000
+# The pod-local disk (an emptyDir) that object-store inputs are copied to and outputs written on
+# before they are uploaded: a job whose locations are all in the store mounts no claim.
+LOCAL_MOUNT = "/data"
+LOCAL_MODEL = f"{LOCAL_MOUNT}/model"
+LOCAL_DATASET = f"{LOCAL_MOUNT}/dataset"
+LOCAL_OUTPUT = f"{LOCAL_MOUNT}/output"
+# The standard variables the worker's store client reads (loraplane_worker.storage).
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name, not a secret
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def owner_labels(job: LoraTrainingJob) -> dict[str, str]:
@@ -31,8 +42,54 @@ def owner_labels(job: LoraTrainingJob) -> dict[str, str]:
     }
 
 
+def s3_fields(job: LoraTrainingJob) -> dict[str, S3Location]:
+    """The spec's object-store locations by field, as written (connections not merged yet)."""
+    spec = job.spec
+    found = {
+        "spec.baseModel.s3": spec.base_model.s3,
+        "spec.dataset.s3": spec.dataset.s3,
+        "spec.output.s3": spec.output.s3,
+    }
+    return {field: location for field, location in found.items() if location is not None}
+
+
+def s3_locations(job: LoraTrainingJob) -> list[S3Location]:
+    return list(s3_fields(job).values())
+
+
+def store_location(location: S3Location, settings: Settings, uri: str | None = None) -> S3Location:
+    """`location` with its connection filled in from the chart's cluster-wide defaults."""
+    return S3Location(uri=uri or location.uri, connection=merged(location.connection, settings.object_store))
+
+
+def credentials_by_field(job: LoraTrainingJob, settings: Settings) -> dict[str, S3CredentialsSecret | None]:
+    """The credentials Secret each store location uses, after the chart defaults (None: the pod's
+    own identity)."""
+    return {
+        field: merged(location.connection, settings.object_store).credentials_secret
+        for field, location in s3_fields(job).items()
+    }
+
+
+def credentials_secrets(job: LoraTrainingJob, settings: Settings) -> list[S3CredentialsSecret]:
+    """The distinct credentials Secrets the job's store locations name."""
+    found: list[S3CredentialsSecret] = []
+    for secret in credentials_by_field(job, settings).values():
+        if secret is not None and secret not in found:
+            found.append(secret)
+    return found
+
+
+def run_uri(job: LoraTrainingJob) -> str:
+    """This run's folder in the store: `<output.s3.uri>/<job uid>`."""
+    assert job.spec.output.s3 is not None
+    return S3Location(uri=job.spec.output.s3.uri).path.child(job.metadata["uid"]).uri
+
+
 def output_dir(job: LoraTrainingJob) -> str:
     volume = job.spec.output.volume
+    if volume is None:  # the store: written on local disk first, uploaded as it is saved
+        return LOCAL_OUTPUT
     return naming.path_in_claim(volume.claim_name, naming.run_subpath(volume.path, job.metadata["uid"]))
 
 
@@ -41,6 +98,9 @@ def base_model_name(job: LoraTrainingJob) -> str:
     Face id, else its path in the claim."""
     if job.spec.adapter is not None and job.spec.adapter.base_model:
         return job.spec.adapter.base_model
+    if job.spec.base_model.s3 is not None:
+        # No path the serving pods share: the URI says what was trained on until the spec names it.
+        return job.spec.base_model.s3.uri
     return model_location(job)
 
 
@@ -49,6 +109,8 @@ def model_location(job: LoraTrainingJob) -> str:
     source = job.spec.base_model
     if source.name is not None:
         return source.name
+    if source.s3 is not None:
+        return LOCAL_MODEL
     assert source.volume is not None  # the CRD's CEL rule: exactly one source
     return naming.path_in_claim(source.volume.claim_name, source.volume.path)
 
@@ -59,13 +121,23 @@ def worker_input(job: LoraTrainingJob, settings: Settings) -> WorkerInput:
     dataset = spec.dataset.model_dump(exclude={"volume"}, exclude_none=True)
     if spec.dataset.volume is not None:
         dataset["path"] = naming.path_in_claim(spec.dataset.volume.claim_name, spec.dataset.volume.path)
+    if spec.dataset.s3 is not None:
+        dataset["s3"], dataset["path"] = store_location(spec.dataset.s3, settings), LOCAL_DATASET
+    model_s3 = spec.base_model.s3
     return WorkerInput(
-        model=ModelLocation(name_or_path=model_location(job), revision=spec.base_model.revision),
+        model=ModelLocation(
+            name_or_path=model_location(job),
+            revision=spec.base_model.revision,
+            s3=store_location(model_s3, settings) if model_s3 is not None else None,
+        ),
         dataset=DatasetInput.model_validate(dataset),
         lora=spec.lora,
         training=spec.training,
         output=OutputLocation(
-            dir=output_dir(job), merge=spec.output.merge, base_model_name=base_model_name(job)
+            dir=output_dir(job),
+            merge=spec.output.merge,
+            base_model_name=base_model_name(job),
+            s3=store_location(spec.output.s3, settings, run_uri(job)) if spec.output.s3 else None,
         ),
         metrics=MetricsEndpoint(port=settings.worker_metrics_port),
     )
@@ -84,7 +156,7 @@ def config_map(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
 def _claims(job: LoraTrainingJob) -> dict[str, bool]:
     """Every claim the pod mounts, and whether it is mounted read-only (only the output is written)."""
     spec = job.spec
-    claims = {spec.output.volume.claim_name: False}
+    claims = {spec.output.volume.claim_name: False} if spec.output.volume is not None else {}
     for volume in (spec.base_model.volume, spec.dataset.volume):
         if volume is not None:
             claims.setdefault(volume.claim_name, True)
@@ -104,7 +176,24 @@ def _resources(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
     return {"limits": limits, "requests": requests} if limits else {}
 
 
-def _env(job: LoraTrainingJob) -> list[dict[str, Any]]:
+def store_env(secret: S3CredentialsSecret) -> list[dict[str, Any]]:
+    """The store credentials, by reference: the values stay in the Secret (never in the Job, the
+    ConfigMap or the status); the session token only when the Secret has that key."""
+
+    def ref(variable: str, key: str, optional: bool = False) -> dict[str, Any]:
+        selector: dict[str, Any] = {"name": secret.name, "key": key}
+        if optional:
+            selector["optional"] = True
+        return {"name": variable, "valueFrom": {"secretKeyRef": selector}}
+
+    return [
+        ref(AWS_ACCESS_KEY_ID, secret.access_key_id_key),
+        ref(AWS_SECRET_ACCESS_KEY, secret.secret_access_key_key),
+        ref(AWS_SESSION_TOKEN, secret.session_token_key, optional=True),
+    ]
+
+
+def _env(job: LoraTrainingJob, settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
@@ -115,6 +204,9 @@ def _env(job: LoraTrainingJob) -> list[dict[str, Any]]:
         env.append(
             {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
         )
+    # One set of variables: the handler refuses a job whose locations name different Secrets.
+    for store_secret in credentials_secrets(job, settings)[:1]:
+        env.extend(store_env(store_secret))
     return env
 
 
@@ -129,6 +221,7 @@ def pod_spec(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
             {"name": f"claim-{i}", "mountPath": naming.claim_mount_path(claim), "readOnly": read_only}
             for i, (claim, read_only) in enumerate(claims.items())
         ),
+        *([{"name": "local", "mountPath": LOCAL_MOUNT}] if s3_locations(job) else []),
     ]
     volumes = [
         {"name": "config", "configMap": {"name": naming.config_map_name(job.metadata["name"])}},
@@ -138,12 +231,15 @@ def pod_spec(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
             {"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
             for i, (claim, read_only) in enumerate(claims.items())
         ),
+        # Object-store inputs and outputs on the node's disk; lost with the pod, which is why
+        # checkpoints are uploaded as they are saved.
+        *([{"name": "local", "emptyDir": {}}] if s3_locations(job) else []),
     ]
     container = {
         "name": naming.WORKER_CONTAINER,
         "image": wanted.image or settings.worker_image,
         "args": ["--config", f"{naming.CONFIG_MOUNT}/{naming.CONFIG_KEY}"],
-        "env": _env(job),
+        "env": _env(job, settings),
         "ports": [{"name": "metrics", "containerPort": settings.worker_metrics_port}],
         "resources": _resources(job, settings),
         "volumeMounts": mounts,

@@ -75,6 +75,17 @@ def problems_only_the_operator_sees(job: LoraTrainingJob) -> list[str]:
     problems = validate_sft_args(job.spec.training.sft_args)
     if job.spec.lora.quantization != "none" and job.spec.resources.gpus == 0:
         problems.append("spec.lora.quantization: 4bit/8bit (QLoRA) needs a GPU; set spec.resources.gpus >= 1")
+    used = build.credentials_by_field(job, get_settings())
+    if len({secret.model_dump_json() if secret else "" for secret in used.values()}) > 1:
+        # The pod's store client reads one set of AWS_* variables.
+        said = ", ".join(
+            f"{field}.connection.credentialsSecret: {secret.name if secret else '(none)'}"
+            for field, secret in used.items()
+        )
+        problems.append(
+            f"the object-store locations name different credentials ({said}); one training pod uses "
+            "one set, so name the same Secret and keys in each"
+        )
     return problems
 
 
@@ -111,8 +122,9 @@ def start_training(body: kopf.Body, namespace: str | None, patch: kopf.Patch, **
         _write_status(patch, job.status, status)
         kopf.warn(body, reason="InvalidSpec", message="; ".join(problems))
         return
-    claim = job.spec.output.volume.claim_name
-    if not kube.claim_exists(namespace, claim):
+    # Only a volume output has a claim to wait for: a job writing to the store mounts none.
+    claim = job.spec.output.volume.claim_name if job.spec.output.volume is not None else None
+    if claim is not None and not kube.claim_exists(namespace, claim):
         # Not terminal: the claim may be created next. kopf retries the handler.
         kopf.warn(
             body, reason="OutputVolumeNotFound", message=f"PersistentVolumeClaim {claim} does not exist"

@@ -75,6 +75,13 @@ def resolve(
             if not result:
                 state = _job_state(training_job)
                 return Problem("WaitingForTrainingJob", f"LoraTrainingJob {job_name} {state}")
+            if not result.get("claimName"):
+                # A run that wrote to the object store: serving from there is not wired yet.
+                return Problem(
+                    "SourceInObjectStore",
+                    f"LoraTrainingJob {job_name} wrote its adapter to {result.get('uri')}; serving "
+                    "adapters from the object store is not supported yet",
+                )
             claim, sub_path = result["claimName"], result["path"]
             rank, sha256 = rank or result.get("r"), result.get("sha256")
         else:

@@ -157,15 +157,17 @@ def _failure_phase(job_condition: dict[str, Any], pods: list[dict[str, Any]]) ->
 def adapter_result(
     job: LoraTrainingJob, pods: list[dict[str, Any]]
 ) -> tuple[AdapterResult, TrainingReport] | None:
-    """The adapter block, recorded as claim + path in the claim (what serving pods can mount)."""
+    """The adapter block: claim + path in the claim (what serving pods can mount), or the URI in
+    the object store the worker uploaded it to, with the digest its manifest records."""
     volume = job.spec.output.volume
-    run_path = naming.run_subpath(volume.path, job.metadata["uid"])
+    run_path = naming.run_subpath(volume.path, job.metadata["uid"]) if volume is not None else None
     for pod in _newest(pods):
         report = termination_report(pod)
         if isinstance(report, TrainingReport):
             result = AdapterResult(
-                claim_name=volume.claim_name,
+                claim_name=volume.claim_name if volume is not None else None,
                 path=run_path,
+                uri=report.uri if volume is None else None,
                 sha256=report.sha256,
                 size_bytes=report.size_bytes,
                 r=report.r,
@@ -173,7 +175,8 @@ def adapter_result(
                 # Dropped from a message too long to fit: what the spec asked for.
                 target_modules=list(report.target_modules or job.spec.lora.target_modules),
                 base_model=report.base_model,
-                merged_path=f"{run_path}/merged" if report.merged_dir else None,
+                merged_path=f"{run_path}/merged" if report.merged_dir and run_path else None,
+                merged_uri=report.merged_uri if volume is None else None,
             )
             return result, report
     return None
