@@ -222,9 +222,11 @@ def sharding_kwargs(distributed: str) -> dict[str, Any]:
     if distributed != "fsdp":
         return {}
     return {
-        "fsdp": "full_shard auto_wrap",
+        # transformers 5's form (`fsdp=True`, all else in fsdp_config); full sharding is
+        # reshard_after_forward in FSDP2.
+        "fsdp": True,
         "fsdp_config": {
-            "fsdp_version": 2,
+            "version": 2,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "reshard_after_forward": True,
             # The adapter is saved whole by rank 0: the same PEFT files a one-process run writes.
