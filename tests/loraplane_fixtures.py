@@ -52,6 +52,8 @@ def chart_release(kube: Kube) -> Iterator[Release]:
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
         # Tests act on progress every couple of seconds rather than the default five.
         "--set", "training.progressIntervalSeconds=2", "--set", "logLevel=DEBUG", "--wait=false",
+        # Multi-node tests wait this long for a peer that never comes.
+        "--set", "training.rendezvousTimeoutSeconds=90",
         "--set", f"excludeNamespaces={{{OWN_RELEASE_NAMESPACES}}}",
     )  # fmt: skip
     wait_until("the loraplane CRDs to be established", lambda: crds_established(kube), timeout_s=60)

@@ -51,6 +51,10 @@ def ensure_batch_job(namespace: str, body: dict[str, Any]) -> bool:
     return _created(BatchV1Api(api_client()).create_namespaced_job, namespace, body)
 
 
+def ensure_service(namespace: str, body: dict[str, Any]) -> bool:
+    return _created(CoreV1Api(api_client()).create_namespaced_service, namespace, body)
+
+
 def claim_exists(namespace: str, name: str) -> bool:
     try:
         CoreV1Api(api_client()).read_namespaced_persistent_volume_claim(name, namespace)

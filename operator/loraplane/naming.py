@@ -11,6 +11,9 @@ from loraplane import GROUP
 LABEL_TRAINING_JOB = f"{GROUP}/training-job"
 LABEL_TRAINING_JOB_UID = f"{GROUP}/training-job-uid"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Kueue's own labels on a Job it should queue.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 MANAGED_BY = "loraplane"
 
 WORKER_CONTAINER = "worker"
@@ -27,6 +30,17 @@ def config_map_name(job_name: str) -> str:
 
 def batch_job_name(job_name: str) -> str:
     return f"{job_name}-train"
+
+
+def rendezvous_service_name(job_name: str) -> str:
+    """The headless Service of a multi-node run: the pods' subdomain (a Service and a Job may share a
+    name; at most 58 characters, a DNS label)."""
+    return f"{job_name}-train"
+
+
+def node_hostname(job_name: str, index: int) -> str:
+    """The hostname the Job controller gives an Indexed Job's pod: `<job>-<index>`."""
+    return f"{batch_job_name(job_name)}-{index}"
 
 
 def claim_mount_path(claim_name: str) -> str:

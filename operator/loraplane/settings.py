@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     gpu_resource_name: str = Field(default="nvidia.com/gpu", description="Extended resource counting GPUs.")
     worker_metrics_port: int = Field(default=9400, description="Port of the worker's Prometheus metrics.")
     progress_interval_seconds: float = Field(default=5.0, gt=0, description="How often to read progress.")
+    rendezvous_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        description="Longest the pods of a multi-node run wait for each other before failing.",
+    )
+    cluster_domain: str = Field(default="cluster.local", description="The cluster's DNS domain.")
     serving_require_opt_in: bool = Field(
         default=True, description="Enable LoRA only on annotated Deployments."
     )

@@ -241,6 +241,8 @@ ALLOWED = [
     ("create", "loraadapters.loraplane.io", []),
     ("create", "jobs.batch", []),
     ("create", "configmaps", []),
+    ("create", "services", []),
+    ("watch", "workloads.kueue.x-k8s.io", []),
     ("patch", "pods", ["--subresource=status"]),
     ("patch", "deployments.apps", []),
     ("create", "events", []),
@@ -254,6 +256,9 @@ FORBIDDEN = [
     ("delete", "nodes", []),
     ("create", "pods", []),
     ("delete", "jobs.batch", []),
+    ("patch", "jobs.batch", []),  # suspend is Kueue's
+    ("patch", "workloads.kueue.x-k8s.io", []),
+    ("delete", "services", []),
     ("patch", "pods", []),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", []),
     ("update", "customresourcedefinitions.apiextensions.k8s.io", []),

@@ -113,3 +113,72 @@ def test_publication_names_the_base_model_as_the_deployment_serves_it() -> None:
     assert build.worker_input(served, SETTINGS).model.name_or_path == "/mnt/claims/models/tiny/model"
     assert build.worker_input(served, SETTINGS).served_base_model == "tiny-llama"
     assert build.published_adapter(served)["spec"]["baseModel"] == "tiny-llama"
+
+
+# --- many nodes and Kueue ------------------------------------------------------------------------------
+
+
+def two_nodes(**changes: object) -> LoraTrainingJob:
+    spec = job(**changes)
+    spec.spec.resources.nodes = 2
+    return spec
+
+
+def test_one_node_is_a_plain_job_with_no_service_or_queue_fields() -> None:
+    body = build.batch_job(job(), SETTINGS)
+    assert "completionMode" not in body["spec"]
+    assert "subdomain" not in body["spec"]["template"]["spec"]
+    assert "suspend" not in body["spec"]
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in body["metadata"]["labels"])
+
+
+def test_many_nodes_is_an_indexed_job_all_running_at_once_behind_a_headless_service() -> None:
+    spec = two_nodes(backoffLimit=3)
+    body = build.batch_job(spec, SETTINGS)["spec"]
+    assert (body["completionMode"], body["completions"], body["parallelism"]) == ("Indexed", 2, 2)
+    assert body["backoffLimit"] == 6, "a group restart may fail every node's pod"
+    pod = body["template"]["spec"]
+    assert pod["subdomain"] == "opt-350m-quotes-train"
+    service = build.rendezvous_service(spec)
+    assert service["metadata"]["name"] == pod["subdomain"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"loraplane.io/training-job-uid": UID}
+    assert body["template"]["metadata"]["labels"]["loraplane.io/training-job-uid"] == UID
+
+
+def test_each_node_is_told_where_index_0_waits_and_for_how_long() -> None:
+    settings = Settings(rendezvous_timeout_seconds=90, cluster_domain="cluster.example")
+    container = build.batch_job(two_nodes(), settings)["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LORAPLANE_NNODES"] == "2"
+    assert env["LORAPLANE_RDZV_ENDPOINT"] == (
+        "opt-350m-quotes-train-0.opt-350m-quotes-train.team.svc.cluster.example:29400"
+    )
+    assert env["LORAPLANE_RDZV_TIMEOUT_SECONDS"] == "90"
+    assert env["LORAPLANE_RDZV_ID"] == UID
+    assert {"name": "rendezvous", "containerPort": 29400} in container["ports"]
+
+
+def test_a_rendezvous_timeout_fails_the_job_at_once_and_input_errors_still_do() -> None:
+    rules = build.batch_job(two_nodes(), SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    fail_codes = {v for r in rules if r["action"] == "FailJob" for v in r["onExitCodes"]["values"]}
+    assert fail_codes == {65, 69}
+    assert rules[-1]["action"] == "Ignore"
+
+
+def test_names_of_the_longest_job_stay_within_dns_labels() -> None:
+    spec = two_nodes()
+    spec.metadata["name"] = "a" * 52
+    body = build.batch_job(spec, SETTINGS)
+    service = build.rendezvous_service(spec)
+    assert len(service["metadata"]["name"]) <= 63
+    assert len(f"{body['metadata']['name']}-63") <= 63, "the Job controller's pod hostname"
+
+
+def test_a_queue_name_labels_the_job_for_kueue_and_creates_it_suspended() -> None:
+    body = build.batch_job(job(queueName="team-a", workloadPriorityClassName="low"), SETTINGS)
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "low"
+    assert body["spec"]["suspend"] is True
+    assert "kueue.x-k8s.io/queue-name" not in body["spec"]["template"]["metadata"]["labels"]

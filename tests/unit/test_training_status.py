@@ -247,3 +247,77 @@ def test_success_records_the_evaluation_with_its_change_against_the_base() -> No
     assert status.evaluation.digest == "sha256:" + "d" * 64
     assert status.to_wire()["evaluation"]["meanTokenAccuracy"] == 0.4
     assert find(status.conditions, "Promoted") is None, "the handler decides promotion, not observe()"
+
+
+# --- Kueue and many nodes ------------------------------------------------------------------------------
+
+
+def suspended(**status: object) -> dict:
+    body = batch()
+    body["spec"] = {"suspend": True}
+    body["status"].update(status)
+    return body
+
+
+def workload(*conditions: dict) -> dict:
+    return {"metadata": {"name": "job-opt-350m-quotes-train-1"}, "status": {"conditions": list(conditions)}}
+
+
+PENDING_QUOTA = {
+    "type": "QuotaReserved",
+    "status": "False",
+    "reason": "Pending",
+    "message": "couldn't assign flavors to pod set main: insufficient quota for cpu in flavor default",
+}
+
+
+def test_a_job_kueue_holds_is_queued_in_the_workloads_words() -> None:
+    status = status_of.observe(job(), suspended(), [], None, NOW, workload=workload(PENDING_QUOTA))
+    assert summary(status) == ("Unknown", "Queued")
+    message = find(status.conditions, "Succeeded").message
+    assert message.startswith(PENDING_QUOTA["message"])
+    assert "Kueue" in message
+
+
+def test_queued_before_kueue_made_a_workload() -> None:
+    status = status_of.observe(job(), suspended(), [], None, NOW)
+    assert summary(status) == ("Unknown", "Queued")
+
+
+def test_suspended_again_after_running_is_preempted() -> None:
+    ran = job({"attempts": 1, "startTime": "2026-01-01T11:00:00Z"})
+    evicted = {"type": "Evicted", "status": "True", "reason": "Preempted",
+               "message": "Preempted to accommodate a workload (UID: x) due to prioritization"}  # fmt: skip
+    status = status_of.observe(ran, suspended(), [], None, NOW, workload=workload(PENDING_QUOTA, evicted))
+    assert summary(status) == ("Unknown", "Preempted")
+    message = find(status.conditions, "Succeeded").message
+    assert message.startswith("Preempted to accommodate")
+    assert "newest checkpoint" in message
+    assert not status_of.is_terminal(status)
+
+
+def test_an_admitted_job_runs_as_any_other() -> None:
+    admitted = batch(active=1)
+    admitted["spec"] = {"suspend": False}
+    status = status_of.observe(job(), admitted, [pod({"running": {}})], None, NOW, workload=workload())
+    assert summary(status) == ("Unknown", "Running")
+
+
+def test_a_rendezvous_timeout_is_terminal_with_its_own_reason() -> None:
+    report = {"error": "RendezvousTimeout", "message": "the 2 nodes did not all join", "inputError": False}
+    failed_pod = pod({"terminated": {"exitCode": 69, "message": json.dumps(report)}})
+    failed = batch([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1)
+    status = status_of.observe(job(), failed, [failed_pod], None, NOW)
+    assert summary(status) == ("False", "RendezvousTimeout")
+    assert find(status.conditions, "Failed").message == "the 2 nodes did not all join"
+
+
+def test_status_shows_nodes_world_size_and_the_strategy_auto_chose() -> None:
+    spec = job()
+    spec.spec.resources.nodes, spec.spec.resources.gpus = 2, 4
+    status = status_of.observe(spec, batch(active=2), [], None, NOW)
+    assert (status.nodes, status.world_size) == (2, 8)
+    assert status.distributed is not None
+    assert status.distributed.startswith("DDP (auto")
+    spec.spec.training.distributed = "fsdp"
+    assert status_of.observe(spec, batch(active=2), [], None, NOW).distributed == "FSDP"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from loraplane.api.training_job import ALL_LINEAR
+from loraplane.api.worker import WorkerInput
 from loraplane_worker.config import (
     check_known_keys,
     check_target_modules,
@@ -212,3 +213,21 @@ def test_the_config_module_does_not_import_torch() -> None:
     torch_loaded, operator_modules = output.strip().split(" ", 1)
     assert torch_loaded == "False"
     assert all(name.startswith("loraplane.api") for name in eval(operator_modules)), operator_modules
+
+
+def test_fsdp_is_transformers_own_settings_and_ddp_adds_none() -> None:
+    from loraplane_worker.train import build_sft_config, sharding_kwargs  # noqa: PLC0415 - torch
+
+    assert sharding_kwargs("auto") == sharding_kwargs("ddp") == {}
+    document = {
+        "model": {"nameOrPath": "m"},
+        "dataset": {"path": "/data/d.jsonl"},
+        "output": {"dir": "/tmp/out"},
+        "training": {"distributed": "fsdp"},
+    }
+    config = build_sft_config(WorkerInput.model_validate(document), "fp32", has_eval=False, cuda=False)
+    assert config.fsdp
+    assert config.fsdp_config["version"] == 2
+    assert config.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert config.fsdp_config["state_dict_type"] == "FULL_STATE_DICT"
+    assert config.fsdp_config["reshard_after_forward"] is True

@@ -73,3 +73,39 @@ def test_the_data_parallel_launcher_passes_on_the_main_process_result(
     else:
         assert written["error"] == expected_error
         assert written["inputError"] is (expected_code == 65)
+
+
+def test_one_pod_runs_torchrun_standalone() -> None:
+    assert entry.torchrun_options(2, 1, {}, "h") == ["--standalone", "--nproc-per-node=2"]
+
+
+@pytest.mark.parametrize(("index", "is_host"), [("0", "true"), ("1", "false")])
+def test_many_nodes_meet_by_c10d_at_index_0_within_the_timeout(index: str, is_host: str) -> None:
+    env = {
+        "JOB_COMPLETION_INDEX": index,
+        "LORAPLANE_RDZV_ENDPOINT": "j-train-0.j-train.ns.svc.cluster.local:29400",
+        "LORAPLANE_RDZV_ID": "uid-1",
+        "LORAPLANE_RDZV_TIMEOUT_SECONDS": "90",
+    }
+    options = entry.torchrun_options(1, 2, env, "j-train-1.j-train.ns.svc.cluster.local")
+    assert "--nnodes=2" in options
+    assert "--rdzv-backend=c10d" in options
+    assert "--rdzv-endpoint=j-train-0.j-train.ns.svc.cluster.local:29400" in options
+    assert "--rdzv-id=uid-1" in options
+    assert f"--rdzv-conf=join_timeout=90,read_timeout=90,is_host={is_host}" in options
+    assert "--local-addr=j-train-1.j-train.ns.svc.cluster.local" in options
+
+
+def test_a_node_whose_peer_never_resolves_reports_a_rendezvous_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_path = tmp_path / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(message_path))
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    monkeypatch.setenv("LORAPLANE_RDZV_ENDPOINT", "no-such-host.invalid:29400")
+    monkeypatch.setenv("LORAPLANE_RDZV_TIMEOUT_SECONDS", "0")
+    assert entry.launch_data_parallel(["--config", "c.yaml"], processes=1, nodes=2) == 69
+    written = json.loads(message_path.read_text())
+    assert written["error"] == "RendezvousTimeout"
+    assert "no-such-host.invalid" in written["message"]
+    assert "did not all join" in written["message"]

@@ -215,6 +215,26 @@ def load_model(config: WorkerInput, precision: str) -> PreTrainedModel:
     return model
 
 
+def sharding_kwargs(distributed: str) -> dict[str, Any]:
+    """`training.distributed` as transformers' own FSDP settings (accelerate does the wrapping; for a
+    PEFT model the Trainer wraps the LoRA layers apart, so only they need gradients). `auto` and
+    `ddp`: nothing, data parallel is what several processes do by default."""
+    if distributed != "fsdp":
+        return {}
+    return {
+        # transformers 5's form (`fsdp=True`, all else in fsdp_config); full sharding is
+        # reshard_after_forward in FSDP2.
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "reshard_after_forward": True,
+            # The adapter is saved whole by rank 0: the same PEFT files a one-process run writes.
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }
+
+
 def build_sft_config(config: WorkerInput, precision: str, has_eval: bool, cuda: bool) -> SFTConfig:
     """`SFTConfig(**training)` with the keys the worker owns set, and unknown keys refused by name."""
     training = config.training.sft_config_kwargs()
@@ -237,6 +257,7 @@ def build_sft_config(config: WorkerInput, precision: str, has_eval: bool, cuda: 
         bf16=precision == "bf16",
         fp16=precision == "fp16",
     )
+    kwargs.update(sharding_kwargs(config.training.distributed))
     if not config.dataset.is_chat:
         kwargs["dataset_text_field"] = config.dataset.column
     # The worker loads the model itself, with these (see load_model); SFTTrainer would only warn about them.
@@ -501,6 +522,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             resumed_from_step=resumed_from,
             merged_dir=str(merged_dir) if merged_dir else None,
             evaluation=evaluation,
+            world_size=process_state().num_processes,
         )
     finally:
         metrics.close()

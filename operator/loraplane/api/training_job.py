@@ -281,7 +281,7 @@ class TrainingSettings(ApiModel):
     """How to train: TRL `SFTConfig`'s own fields; `sftArgs` passes further `SFTConfig` fields through."""
 
     # Every other field is an `SFTConfig` field of the same (snake_case) name.
-    NOT_SFT_FIELDS: ClassVar[frozenset[str]] = frozenset({"precision", "sft_args"})
+    NOT_SFT_FIELDS: ClassVar[frozenset[str]] = frozenset({"precision", "sft_args", "distributed"})
 
     num_train_epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
     max_steps: int = Field(default=-1, ge=-1, description="Stop after this many steps; -1 trains by epochs.")
@@ -310,6 +310,14 @@ class TrainingSettings(ApiModel):
     precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"], SetsSftFields("bf16", "fp16", "tf32")] = (
         Field(default="auto", description="`auto` picks bf16 on GPUs that have it, fp32 on CPUs.")
     )
+    distributed: Annotated[Literal["auto", "ddp", "fsdp"], SetsSftFields("fsdp", "fsdp_config")] = Field(
+        default="auto",
+        description=(
+            "How several processes share the work: `ddp` replicates the model in each (data parallel), "
+            "`fsdp` shards it across them (accelerate's FullyShardedDataParallel through SFTConfig's "
+            "`fsdp`/`fsdp_config`), `auto` picks `ddp` and says so in the status."
+        ),
+    )
     sft_args: dict[str, Any] = Field(
         default_factory=dict,
         description=(
@@ -331,7 +339,18 @@ class TrainingSettings(ApiModel):
 class ResourceSettings(ApiModel):
     """Where and with what the training pod runs."""
 
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs for the training pod; 0 trains on the CPU.")
+    gpus: int = Field(
+        default=1, ge=0, le=64, description="GPUs for each training pod (per node); 0 trains on the CPU."
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Pods (nodes) the run spans, each with `gpus` GPUs: an Indexed Job and a headless Service; "
+            "torchrun meets at index 0. One failed pod restarts the whole group from the newest checkpoint."
+        ),
+    )
     gpu_resource_name: str | None = Field(
         default=None,
         max_length=253,
@@ -483,6 +502,11 @@ class LoraTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             validation("self == oldSelf", "spec is immutable; create a new LoraTrainingJob to change it"),
+            validation(
+                "!has(self.workloadPriorityClassName) || has(self.queueName)",
+                "workloadPriorityClassName is Kueue's: it needs queueName",
+                ".workloadPriorityClassName",
+            ),
         )
     )
 
@@ -518,6 +542,17 @@ class LoraTrainingJobSpec(ApiModel):
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the run when it has been running longer than this."
+    )
+    queue_name: Dns1123Label | None = Field(
+        default=None,
+        description=(
+            "Kueue LocalQueue to run in: the Job is created suspended with the `kueue.x-k8s.io/queue-name` "
+            "label and Kueue admits (unsuspends) it within the queue's quota."
+        ),
+    )
+    workload_priority_class_name: Dns1123Label | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass (`kueue.x-k8s.io/priority-class`), with queueName.",
     )
 
 
@@ -606,6 +641,11 @@ class LoraTrainingJobStatus(ApiModel):
     start_time: datetime | None = Field(default=None, description="When the first training pod started.")
     completion_time: datetime | None = Field(default=None, description="When the run succeeded or failed.")
     attempts: int = Field(default=0, ge=0, description="Training pods started so far.")
+    nodes: int | None = Field(default=None, description="Pods (nodes) the run spans.")
+    world_size: int | None = Field(default=None, description="Training processes across all nodes.")
+    distributed: str | None = Field(
+        default=None, description="How the processes share the work: `DDP` or `FSDP` (and why, for auto)."
+    )
     resumed_from_step: int | None = Field(default=None, description="Step the latest attempt resumed from.")
     progress: Progress | None = Field(default=None, description="Live progress while training.")
     train_loss: float | None = Field(default=None, description="Final training loss.")

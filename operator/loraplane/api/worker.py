@@ -33,6 +33,20 @@ TERMINATION_MESSAGE_PATH_ENV = "TERMINATION_MESSAGE_PATH"
 # podFailurePolicy fails the run at once on it; any other non-zero exit is retried.
 INPUT_ERROR_EXIT_CODE = 65
 DEFAULT_METRICS_PORT = 9400
+# EX_UNAVAILABLE: the nodes of a multi-node run did not all meet within the rendezvous timeout. The
+# Job fails at once on it (a retry would wait the same way for the same missing pod).
+RENDEZVOUS_TIMEOUT_EXIT_CODE = 69
+RENDEZVOUS_TIMEOUT_ERROR = "RendezvousTimeout"
+
+# Multi-node runs: what the operator puts in each pod's environment. The Job controller adds
+# JOB_COMPLETION_INDEX (the node's index; index 0 hosts the rendezvous).
+NNODES_ENV = "LORAPLANE_NNODES"
+RDZV_ENDPOINT_ENV = "LORAPLANE_RDZV_ENDPOINT"  # host:port of index 0's stable DNS name
+RDZV_ID_ENV = "LORAPLANE_RDZV_ID"  # the LoraTrainingJob's UID: one rendezvous per run
+RDZV_TIMEOUT_ENV = "LORAPLANE_RDZV_TIMEOUT_SECONDS"
+POD_FQDN_ENV = "LORAPLANE_POD_FQDN_SUFFIX"  # `.<service>.<namespace>.svc.<cluster domain>`
+NODE_INDEX_ENV = "JOB_COMPLETION_INDEX"
+RDZV_PORT = 29400
 
 
 class ModelLocation(ApiModel):
@@ -164,6 +178,7 @@ class TrainingReport(_Report):
     would not fit in Kubernetes' 4096 bytes."""
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "world_size",
         "target_modules",
         "all_parameters",
         "trainable_parameters",
@@ -192,6 +207,7 @@ class TrainingReport(_Report):
     evaluation: EvaluationReport | None = None
     uri: str | None = Field(default=None, description="The adapter's object-store folder, when uploaded.")
     merged_uri: str | None = None
+    world_size: int | None = None
 
 
 class FailureReport(_Report):

@@ -11,6 +11,13 @@ from loraplane.api.storage import S3CredentialsSecret, S3Location, merged
 from loraplane.api.training_job import LoraTrainingJob
 from loraplane.api.worker import (
     INPUT_ERROR_EXIT_CODE,
+    NNODES_ENV,
+    POD_FQDN_ENV,
+    RDZV_ENDPOINT_ENV,
+    RDZV_ID_ENV,
+    RDZV_PORT,
+    RDZV_TIMEOUT_ENV,
+    RENDEZVOUS_TIMEOUT_EXIT_CODE,
     TERMINATION_MESSAGE_PATH,
     TERMINATION_MESSAGE_PATH_ENV,
     DatasetInput,
@@ -273,6 +280,80 @@ def pod_spec(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
     return spec
 
 
+def _rendezvous_fqdn_suffix(job: LoraTrainingJob, settings: Settings) -> str:
+    service = naming.rendezvous_service_name(job.metadata["name"])
+    return f".{service}.{job.metadata['namespace']}.svc.{settings.cluster_domain}"
+
+
+def _node_env(job: LoraTrainingJob, settings: Settings) -> list[dict[str, Any]]:
+    """What torchrun needs on each node: how many, where index 0 waits, for how long. Index 0's name
+    is stable (the Job controller names an Indexed Job's pod hosts `<job>-<index>`), and resolves
+    once that pod exists: the worker waits for it within the same timeout."""
+    suffix = _rendezvous_fqdn_suffix(job, settings)
+    host = naming.node_hostname(job.metadata["name"], 0) + suffix
+    return [
+        {"name": NNODES_ENV, "value": str(job.spec.resources.nodes)},
+        {"name": RDZV_ENDPOINT_ENV, "value": f"{host}:{RDZV_PORT}"},
+        {"name": RDZV_ID_ENV, "value": job.metadata["uid"]},
+        {"name": RDZV_TIMEOUT_ENV, "value": str(settings.rendezvous_timeout_seconds)},
+        {"name": POD_FQDN_ENV, "value": suffix},
+    ]
+
+
+def rendezvous_service(job: LoraTrainingJob) -> dict[str, Any]:
+    """The headless Service that gives each pod of a multi-node run a DNS name. Not-ready addresses
+    are published: the pods have no readiness probe, and the rendezvous happens before any would pass."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": naming.rendezvous_service_name(job.metadata["name"]),
+            "labels": owner_labels(job),
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {naming.LABEL_TRAINING_JOB_UID: job.metadata["uid"]},
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
+        },
+    }
+
+
+def _spread_over_nodes(job: LoraTrainingJob, settings: Settings, spec: dict[str, Any]) -> None:
+    """Turn the one-pod Job into N pods that train together: Indexed (index 0 hosts the rendezvous and
+    rank 0), all running at once. A pod that fails takes the others' collectives down with it, so they
+    fail too and the group restarts from the newest checkpoint; each group restart may count up to N
+    pod failures, hence the scaled backoffLimit."""
+    nodes = job.spec.resources.nodes
+    spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+    spec["backoffLimit"] = job.spec.backoff_limit * nodes
+    spec["podFailurePolicy"]["rules"].insert(
+        1,
+        {   # The other pods never came: waiting again would wait for the same missing pod.
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": naming.WORKER_CONTAINER,
+                "operator": "In",
+                "values": [RENDEZVOUS_TIMEOUT_EXIT_CODE],
+            },
+        },
+    )  # fmt: skip
+    pod = spec["template"]["spec"]
+    pod["subdomain"] = naming.rendezvous_service_name(job.metadata["name"])
+    container = pod["containers"][0]
+    container["env"].extend(_node_env(job, settings))
+    container["ports"].append({"name": "rendezvous", "containerPort": RDZV_PORT})
+
+
+def kueue_labels(job: LoraTrainingJob) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    if job.spec.queue_name:
+        labels[naming.LABEL_KUEUE_QUEUE] = job.spec.queue_name
+        if job.spec.workload_priority_class_name:
+            labels[naming.LABEL_KUEUE_PRIORITY] = job.spec.workload_priority_class_name
+    return labels
+
+
 def batch_job(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
     labels = owner_labels(job)
     spec: dict[str, Any] = {
@@ -297,10 +378,19 @@ def batch_job(job: LoraTrainingJob, settings: Settings) -> dict[str, Any]:
     }  # fmt: skip
     if job.spec.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = job.spec.active_deadline_seconds
+    if job.spec.resources.nodes > 1:
+        _spread_over_nodes(job, settings, spec)
+    if job.spec.queue_name:
+        # Created suspended, as Kueue expects of a Job it did not see created: Kueue unsuspends it on
+        # admission (and suspends it again to preempt). The operator never touches `suspend` after this.
+        spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": naming.batch_job_name(job.metadata["name"]), "labels": labels},
+        "metadata": {
+            "name": naming.batch_job_name(job.metadata["name"]),
+            "labels": {**labels, **kueue_labels(job)},
+        },
         "spec": spec,
     }
 

@@ -68,6 +68,13 @@ def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, d
     return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.to_plain(body)}
 
 
+# Kueue's Workload for each queued Job, by the Job's UID (its owner): why it waits, or was preempted.
+@kopf.index("kueue.x-k8s.io", "v1beta2", "workloads")
+def training_workloads(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    owners = body.get("metadata", {}).get("ownerReferences") or []
+    return {o["uid"]: kube.to_plain(body) for o in owners if o.get("kind") == "Job" and o.get("uid")}
+
+
 # --- creating the run ---------------------------------------------------------------------------------
 
 
@@ -94,8 +101,13 @@ def ensure_run(job: LoraTrainingJob, owner: kopf.Body, namespace: str) -> bool:
     settings = get_settings()
     config_map = build.config_map(job, settings)
     batch_job = build.batch_job(job, settings)
-    kopf.adopt([config_map, batch_job], owner=owner)
+    children = [config_map, batch_job]
+    if job.spec.resources.nodes > 1:
+        children.append(build.rendezvous_service(job))
+    kopf.adopt(children, owner=owner)
     kube.ensure_config_map(namespace, config_map)
+    if job.spec.resources.nodes > 1:  # before the pods, so their names resolve as soon as they exist
+        kube.ensure_service(namespace, children[2])
     return kube.ensure_batch_job(namespace, batch_job)
 
 
@@ -262,6 +274,7 @@ async def follow_training(
     patch: kopf.Patch,
     training_batch_jobs: kopf.Index[str, dict[str, Any]],
     training_pods: kopf.Index[str, dict[str, Any]],
+    training_workloads: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
     assert namespace is not None  # a namespaced kind
@@ -280,7 +293,10 @@ async def follow_training(
         if batch_job is None and not was_terminal:
             await asyncio.to_thread(ensure_run, job, body, namespace)  # someone deleted the Job: converge
         current, resumed = await read_progress(pods)
-        new = status_of.observe(job, batch_job, pods, current, now(), resumed)
+        workload = None
+        if batch_job is not None:
+            workload = next(iter(training_workloads.get(batch_job["metadata"].get("uid", ""), [])), None)
+        new = status_of.observe(job, batch_job, pods, current, now(), resumed, workload)
         _announce(body, job.status, new)
         _write_status(patch, job.status, new)
         summary = find(new.conditions, "Succeeded")

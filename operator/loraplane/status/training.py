@@ -2,8 +2,9 @@
 
 Condition types: `Accepted`, `Running`, `Succeeded` and `Failed`. `Succeeded` is always present and
 its reason says where the run is (Pending, Unschedulable, ImagePullFailed, a container's waiting
-reason such as CreateContainerConfigError, Running, Retrying, Succeeded, Failed, InputError,
-DeadlineExceeded, InvalidSpec): the printer column reads it, and
+reason such as CreateContainerConfigError, Queued and Preempted under Kueue, Running, Retrying,
+Succeeded, Failed, InputError, RendezvousTimeout, DeadlineExceeded, InvalidSpec): the printer column
+reads it, and
 `kubectl wait --for=condition=Succeeded` / `--for=condition=Failed` work.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from loraplane import naming
 from loraplane.api.common import ConditionStatus
 from loraplane.api.training_job import AdapterResult, LoraTrainingJob, LoraTrainingJobStatus, Progress
-from loraplane.api.worker import FailureReport, TrainingReport, read_report
+from loraplane.api.worker import RENDEZVOUS_TIMEOUT_ERROR, FailureReport, TrainingReport, read_report
 from loraplane.status.conditions import Observed, find, merge
 from loraplane.status.evaluation import evaluation_of
 
@@ -41,7 +42,13 @@ PULL_HINT = "the kubelet retries the pull: fix the image name, the registry acce
 CREATING_REASONS = {"ContainerCreating", "PodInitializing"}
 CREATING_HINT = "the kubelet retries: create the ConfigMap, Secret or claim it names and the pod starts"
 UNSCHEDULABLE_HINT = "the scheduler retries: it places the pod once that is fixed"
-TERMINAL_REASONS = {"Succeeded", "Failed", "InputError", "DeadlineExceeded", "InvalidSpec"}
+TERMINAL_REASONS = {
+    "Succeeded", "Failed", "InputError", RENDEZVOUS_TIMEOUT_ERROR, "DeadlineExceeded", "InvalidSpec"
+}  # fmt: skip
+QUEUED_HINT = "Kueue admits it when its ClusterQueue has quota; the operator leaves suspend to Kueue"
+PREEMPTED_HINT = (
+    "Kueue suspended it to free quota; on the next admission it resumes from its newest checkpoint"
+)
 # Not terminal, but nothing improves until someone acts: announced as Warnings.
 STUCK_REASONS = {"Unschedulable", "ImagePullFailed", "VolumeNotReady", *CONTAINER_PROBLEMS}
 
@@ -120,8 +127,43 @@ def _waiting_phase(pods: list[dict[str, Any]]) -> Phase | None:
     return None
 
 
-def phase(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Phase:
-    """The run's phase from the batch Job and its pods."""
+def _workload_condition(workload: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for condition in (workload or {}).get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == type_:
+            return dict(condition)
+    return {}
+
+
+def queue_phase(job: dict[str, Any], workload: dict[str, Any] | None, ran_before: bool) -> Phase | None:
+    """A Job Kueue holds suspended: `Queued` (never admitted yet) or `Preempted` (it ran, then was
+    suspended again), in the Workload's own words. None when the Job is not suspended. `ran_before`
+    comes from the LoraTrainingJob's status (the Job controller clears startTime on suspension)."""
+    if not job.get("spec", {}).get("suspend"):
+        return None
+    evicted = _workload_condition(workload, "Evicted")
+    preempted = _workload_condition(workload, "Preempted")
+    if ran_before or evicted.get("status") == "True":
+        said = (
+            (evicted.get("status") == "True" and evicted.get("message"))
+            or (preempted.get("status") == "True" and preempted.get("message"))
+            or _workload_condition(workload, "QuotaReserved").get("message")
+            or "the Job was suspended after it ran"
+        )
+        return Phase("Preempted", f"{said} ({PREEMPTED_HINT})")
+    if workload is None:
+        return Phase("Queued", f"waiting for Kueue to create the Job's Workload ({QUEUED_HINT})")
+    reserved = _workload_condition(workload, "QuotaReserved")
+    said = reserved.get("message") or _workload_condition(workload, "Admitted").get("message")
+    return Phase("Queued", f"{said or 'waiting for admission'} ({QUEUED_HINT})")
+
+
+def phase(
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    workload: dict[str, Any] | None = None,
+    ran_before: bool = False,
+) -> Phase:
+    """The run's phase from the batch Job, its pods and (under Kueue) its Workload."""
     if job is None:
         return Phase("Pending", "creating the training Job")
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
@@ -129,6 +171,9 @@ def phase(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Phase:
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed:
         return _failure_phase(failed, pods)
+    queued = queue_phase(job, workload, ran_before)
+    if queued is not None:
+        return queued
     if any("running" in _worker_state(p) for p in pods):
         return Phase("Running", "training")
     if any((_worker_state(p).get("terminated") or {}).get("exitCode") == 0 for p in pods):
@@ -150,6 +195,8 @@ def _failure_phase(job_condition: dict[str, Any], pods: list[dict[str, Any]]) ->
         report = termination_report(pod)
         if isinstance(report, FailureReport):
             line = f"{report.error}: {report.message}"
+            if report.error == RENDEZVOUS_TIMEOUT_ERROR:
+                return Phase(RENDEZVOUS_TIMEOUT_ERROR, report.message)
             return Phase("InputError" if report.input_error else "Failed", line)
     return Phase("Failed", job_condition.get("message") or reason or "the training Job failed")
 
@@ -208,13 +255,16 @@ def observe(
     progress: Progress | None,
     now: datetime,
     resumed_from_step: int | None = None,
+    workload: dict[str, Any] | None = None,
 ) -> LoraTrainingJobStatus:
     """The whole new status. `progress` (and `resumed_from_step`) are what the worker's metrics said just
-    now, when it was reachable."""
+    now, when it was reachable; `workload` is Kueue's Workload for the Job, when there is one."""
     previous = job.status
-    current = phase(batch_job, pods)
+    ran_before = previous.start_time is not None or previous.attempts > 0
+    current = phase(batch_job, pods, workload, ran_before)
     status = previous.model_copy(deep=True)
     status.observed_generation = job.metadata.get("generation")
+    status.nodes, status.world_size, status.distributed = topology(job)
     if batch_job is not None:
         status.job_name = batch_job["metadata"]["name"]
         counts = batch_job.get("status", {})
@@ -237,11 +287,25 @@ def observe(
             status.trainable_parameters = trainable_line(report.trainable_parameters, report.all_parameters)
             if report.resumed_from_step is not None:
                 status.resumed_from_step = report.resumed_from_step
+            if report.world_size is not None:
+                status.world_size = report.world_size
             if status.progress is not None:
                 status.progress.step = status.progress.total_steps = report.steps or status.progress.step
                 status.progress.percent, status.progress.eta = 100.0, "0s"
     status.conditions = merge(previous.conditions, run_conditions(current), status.observed_generation, now)
     return status
+
+
+def topology(job: LoraTrainingJob) -> tuple[int, int, str]:
+    """Nodes, processes in all (one per GPU, one per CPU-only pod) and how they share the work."""
+    resources, chosen = job.spec.resources, job.spec.training.distributed
+    nodes = resources.nodes
+    world = nodes * max(1, resources.gpus)
+    if chosen == "auto":
+        # A LoRA run keeps only the small adapter trainable: DDP's full replica is the common fit,
+        # and the cheaper one to run; FSDP is asked for by name when the model does not fit.
+        return nodes, world, "DDP (auto: data parallel; set training.distributed: fsdp to shard the model)"
+    return nodes, world, chosen.upper()
 
 
 def run_conditions(current: Phase) -> list[Observed]:

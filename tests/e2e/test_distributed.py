@@ -1,0 +1,146 @@
+"""A LoraTrainingJob across several pods (an Indexed Job meeting through c10d at index 0's DNS name)
+and under Kueue (queued, then admitted), on the local cluster with real CoreDNS and a real Kueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_training_jobs import CLAIM, RUN_TIMEOUT_S, Jobs, tiny_job
+
+from loraplane_devcluster import kueue
+from loraplane_devcluster.staging import stage_tiny_model
+from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_fixtures import ChartOperator, Release
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+RENDEZVOUS_TIMEOUT_S = 90  # the session release's training.rendezvousTimeoutSeconds
+
+
+@pytest.fixture
+def volume(kube: Kube, namespace: str, tmp_path: Path) -> Path:
+    return stage_tiny_model(kube.api, namespace, CLAIM, tmp_path / "volume")
+
+
+@pytest.fixture
+def jobs(kube: Kube, namespace: str, chart_release: Release, operator: ChartOperator) -> Jobs:
+    return Jobs(kube, namespace)
+
+
+def nodes_job(name: str, nodes: int, **spec: object) -> dict:
+    body = tiny_job(name, **spec)
+    body["spec"]["resources"]["nodes"] = nodes
+    return body
+
+
+def test_a_two_node_job_trains_across_two_pods_and_reports_world_size_2(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    uid = jobs.create(nodes_job("pair", 2, max_steps=30, save_steps=100))["metadata"]["uid"]
+    service = wait_until("the headless Service", lambda: jobs.get("service", "pair-train"), timeout_s=30)
+    assert service["spec"]["clusterIP"] == "None"
+    batch = jobs.get("job", "pair-train")
+    assert batch["spec"]["completionMode"] == "Indexed"
+    assert batch["spec"]["parallelism"] == 2
+
+    mid_run = jobs.wait_progress("pair", "progress from rank 0", lambda p: 0 < p["step"] < p["totalSteps"])
+    assert mid_run["totalSteps"] == 30
+    jobs.wait_reason("pair", "Succeeded")
+    status = jobs.get("ltj", "pair")["status"]
+    assert status["nodes"] == 2
+    assert status["worldSize"] == 2, "reported by the worker: two processes in one world"
+    assert status["distributed"].startswith("DDP (auto")
+    adapter = status["adapter"]
+    weights = volume / adapter["path"] / "adapter_model.safetensors"
+    assert adapter["path"] == f"adapters/{uid}"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == adapter["sha256"]
+    pods = json.loads(kube.kubectl("get", "pods", "-n", namespace, "-l", "loraplane.io/training-job=pair",
+                                   "-o", "json").stdout)["items"]  # fmt: skip
+    assert sorted(p["spec"]["hostname"] for p in pods) == ["pair-train-0", "pair-train-1"]
+    assert all(p["status"]["phase"] == "Succeeded" for p in pods)
+
+
+def test_a_rendezvous_that_cannot_form_fails_with_its_reason_within_the_timeout(
+    jobs: Jobs, volume: Path
+) -> None:
+    """One node here: pods that must not share a node leave the second unscheduled; index 0 waits the
+    bounded time at the rendezvous, then the run fails as RendezvousTimeout (not retried)."""
+    apart = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": {"loraplane.io/training-job": "lonely"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }]}}  # fmt: skip
+    body = nodes_job("lonely", 2)
+    body["spec"]["resources"]["affinity"] = apart
+    jobs.create(body)
+    failed = wait_until(
+        "the Failed condition",
+        lambda: (c := jobs.condition("lonely", "Failed")).get("status") == "True" and c,
+        timeout_s=RENDEZVOUS_TIMEOUT_S + 120,
+    )
+    assert failed["reason"] == "RendezvousTimeout"
+    assert "did not all join the rendezvous at lonely-train-0.lonely-train." in failed["message"]
+    batch = jobs.get("job", "lonely-train")
+    ended = next(c for c in batch["status"]["conditions"] if c["type"] == "Failed")
+    assert ended["reason"] == "PodFailurePolicy", "failed at once by the exit-69 rule, not retried"
+
+
+# --- Kueue ----------------------------------------------------------------------------------------------
+
+GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
+
+
+@pytest.fixture
+def one_job_queue(kube: Kube, namespace: str) -> Iterator[str]:
+    """Kueue running, a ClusterQueue with quota for one tiny job (1 CPU) and a LocalQueue `queue`."""
+    if kube.run_dir is None:
+        pytest.skip("Kueue is installed into a local cluster's run directory")
+    kueue.install(kube.run_dir, die_with_parent=True)
+    name = f"one-job-{namespace}"[:63]
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": "default"}},
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ClusterQueue",
+            "metadata": {"name": name},
+            "spec": {"namespaceSelector": {}, "resourceGroups": [{
+                "coveredResources": ["cpu", "memory"],
+                "flavors": [{"name": "default", "resources": [
+                    {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "64Gi"},
+                ]}],
+            }]},
+        },
+    ]  # fmt: skip
+    for body in objects:
+        kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(body))
+    local = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LocalQueue", "metadata": {"name": "queue"},
+             "spec": {"clusterQueue": name}}  # fmt: skip
+    kube.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(local))
+    yield "queue"
+    kueue.uninstall(kube.run_dir)
+
+
+def test_the_second_job_waits_queued_in_kueues_words_until_the_first_finishes(
+    jobs: Jobs, one_job_queue: str, volume: Path
+) -> None:
+    jobs.create(tiny_job("first", max_steps=30, save_steps=100, queueName=one_job_queue))
+    first = wait_until("first's Job", lambda: jobs.get("job", "first-train"), timeout_s=30)
+    assert first["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == one_job_queue
+    jobs.wait_reason("first", "Running", timeout_s=RUN_TIMEOUT_S)
+
+    jobs.create(tiny_job("second", max_steps=10, save_steps=100, queueName=one_job_queue))
+    queued = jobs.wait_reason("second", "Queued", timeout_s=60)
+    queued = wait_until("the Workload's own message",
+                        lambda: "quota" in (c := jobs.condition("second", "Succeeded"))["message"] and c,
+                        timeout_s=60)  # fmt: skip
+    assert queued["status"] == "Unknown"
+    assert jobs.get("job", "second-train")["spec"]["suspend"] is True
+
+    jobs.wait_reason("first", "Succeeded")
+    jobs.wait_reason("second", "Succeeded")
+    second = jobs.get("job", "second-train")
+    assert second["spec"]["suspend"] is False, "admitted by Kueue and left so"
