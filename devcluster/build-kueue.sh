@@ -13,6 +13,11 @@ cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
 out="$cache/bin/kueue-${KUEUE_VERSION}_$(go env GOVERSION)"
 log() { echo "[build-kueue] $*" >&2; }
 if [ -x "$out/kueue" ] && [ -f "$out/config/rbac-secrets-role.yaml" ]; then echo "$out"; exit 0; fi
+# One build at a time (make test's set-up and a test asking for Kueue may both start one).
+mkdir -p "$cache"
+exec 9>"$cache/build-kueue.lock"
+flock 9
+if [ -x "$out/kueue" ] && [ -f "$out/config/rbac-secrets-role.yaml" ]; then echo "$out"; exit 0; fi
 
 start=$(date +%s)
 mkdir -p "$cache/build"

@@ -22,8 +22,7 @@ _setup_mb() { [ -n "$1" ] && [ -d "$1" ] && du -sm "$1" 2>/dev/null | cut -f1 ||
 _setup_progress_line() {
   local parts=()
   if [ -n "${_setup_bin_pid:-}" ] && kill -0 "$_setup_bin_pid" 2>/dev/null; then
-    local step; step=$(grep -h '^\[build-binaries\]' "$SETUP_LOGS/binaries.err" 2>/dev/null | tail -n 1)
-    step=${step#\[build-binaries\] }
+    local step; step=$(grep -h '^\[build-[a-z0-9-]*\]' "$SETUP_LOGS/binaries.err" 2>/dev/null | tail -n 1)
     local grown=$(( $(_setup_mb "$_setup_gocache") - _setup_gocache_mb ))
     parts+=("Go build: ${step:-starting} (+${grown} MB compiled)")
   fi
@@ -48,13 +47,37 @@ _setup_ticker() {
   done
 }
 
+# What the local cluster and the image test run besides Python and Go: nft (kube-proxy's nftables
+# mode), buildah, podman and debootstrap (the operator image). Installed from Debian's packages when
+# missing and running as root; without root the image test says what it lacks and skips.
+_SETUP_DEBIAN_PACKAGES=(nftables:nft buildah:buildah podman:podman debootstrap:debootstrap)
+_setup_system_packages() {
+  local missing=() entry
+  for entry in "${_SETUP_DEBIAN_PACKAGES[@]}"; do
+    command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
+  done
+  [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+  echo "[build-packages] installing ${missing[*]} (Debian packages)" >&2
+  { apt-get install -y -q --no-install-recommends "${missing[@]}" \
+      || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }; } >&2 \
+    || echo "[build-packages] warning: could not install ${missing[*]}" >&2
+}
+
 setup_start() {
   _setup_gocache_mb=$(_setup_mb "$_setup_gocache")
   # Under the lock loraplane_devcluster.binaries takes too: two builds at once would break each other.
   local cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
   mkdir -p "$cache"
-  flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" \
-    >"$SETUP_LOGS/binaries.out" 2>"$SETUP_LOGS/binaries.err" &
+  # One background chain, so the Go builds take turns on the cores instead of slowing each other:
+  # the Kubernetes binaries (under the lock loraplane_devcluster.binaries takes too) and, for the
+  # tests, first the Debian tools they drive and then the S3 server and Kueue they start.
+  # The test servers and tools only for `make test` (SETUP_FOR_TESTS=1): the demo needs neither.
+  {
+    [ -z "${SETUP_FOR_TESTS:-}" ] || _setup_system_packages
+    flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" >"$SETUP_LOGS/binaries.out" || exit
+    [ -z "${SETUP_FOR_TESTS:-}" ] || { "$_setup_root/devcluster/build-s3.sh" >/dev/null \
+      && "$_setup_root/devcluster/build-kueue.sh" >/dev/null; }
+  } 2>"$SETUP_LOGS/binaries.err" &
   _setup_bin_pid=$!
   _setup_ticker &
   _setup_ticker_pid=$!

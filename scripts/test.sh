@@ -20,7 +20,7 @@ run_phase() {  # name, command...
 
 # The Go build overlaps the Python set-up and then lint, types and unit tests (scripts/setup.sh, the
 # same set-up `make demo` runs).
-export SETUP_LOGS=$logs
+export SETUP_LOGS=$logs SETUP_FOR_TESTS=1  # also the S3 server, Kueue and the image tools
 # shellcheck source=setup.sh
 source scripts/setup.sh
 run_phase "python environment" setup_start
