@@ -481,6 +481,26 @@ def test_entry_point_runs_data_parallel_processes(
     assert progress[0]["epoch"] == pytest.approx(1 / steps_per_epoch, abs=1e-4)
 
 
+def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(
+    tiny: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accelerate (1.15) enables FSDP only on accelerators; on 2 CPU processes it would quietly run
+    DDP. The worker says so as an input error instead of training an unsharded model called FSDP."""
+    out = tmp_path / "out"
+    message = tmp_path / "termination-log"
+    args = ["--model", str(tiny.model_dir), "--dataset-path", str(tiny.text_dataset), "--output-dir", str(out)]
+    for item in ["training.max_steps=1", "training.max_length=64", "training.distributed=fsdp", "metrics.port=0"]:
+        args += ["--set", item]
+    monkeypatch.setenv("LORAPLANE_NPROC", "2")
+    finished = run_entry_point(args, message)
+    assert finished.returncode == errors.EXIT_INPUT_ERROR, finished.stderr[-3000:]
+    failure = json.loads(message.read_text())
+    assert failure["error"] == "ConfigError"
+    assert failure["inputError"] is True
+    assert failure["message"].startswith("training.distributed: fsdp: accelerate runs these 2 processes as MULTI_CPU")
+    assert not (out / "adapter_model.safetensors").exists()
+
+
 def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})

@@ -231,3 +231,12 @@ def test_fsdp_is_transformers_own_settings_and_ddp_adds_none() -> None:
     assert config.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert config.fsdp_config["state_dict_type"] == "FULL_STATE_DICT"
     assert config.fsdp_config["reshard_after_forward"] is True
+    # What the Trainer hands accelerate's FullyShardedDataParallelPlugin, as transformers read it.
+    plugin = config.fsdp_plugin_args
+    assert plugin is not None
+    assert plugin["fsdp_version"] == 2
+    assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert plugin["state_dict_type"] == "FULL_STATE_DICT"
+    assert plugin["reshard_after_forward"] is True
+    ddp = build_sft_config(WorkerInput.model_validate({**document, "training": {}}), "fp32", False, False)
+    assert ddp.fsdp_plugin_args is None

@@ -365,6 +365,19 @@ def vocabulary_size(model: PreTrainedModel | PeftModel) -> int:
     return int(embeddings.num_embeddings)
 
 
+def check_sharding(trainer: SFTTrainer, distributed: str) -> None:
+    """`fsdp` must shard, not quietly replicate: accelerate (1.15) turns its FSDP plugin on only for
+    accelerator devices, and on CPUs runs the processes as plain data parallel (MULTI_CPU), although
+    torch's FSDP2 itself works with gloo. One process has nothing to shard either way."""
+    if distributed != "fsdp" or trainer.is_fsdp_enabled or trainer.accelerator.num_processes <= 1:
+        return
+    kind = trainer.accelerator.distributed_type.value
+    raise errors.ConfigError(
+        f"training.distributed: fsdp: accelerate runs these {trainer.accelerator.num_processes} processes as "
+        f"{kind}, not FSDP (it shards only on GPUs); set training.distributed to ddp or auto on CPUs"
+    )
+
+
 def adapter_model(trainer: SFTTrainer) -> PeftModel:
     if not isinstance(trainer.model, PeftModel):
         raise TypeError(f"SFTTrainer built a {type(trainer.model).__name__}, not a PeftModel")
@@ -475,6 +488,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             callbacks=[trainer_callback(reporter), *sync.callbacks(config), *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # its python-dict lines duplicate the JSON progress lines
+        check_sharding(trainer, config.training.distributed)
         model = adapter_model(trainer)
         check_servable(model, vocab_size)
         trainable, total = model.get_nb_trainable_parameters()
