@@ -488,8 +488,9 @@ def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(
     DDP. The worker says so as an input error instead of training an unsharded model called FSDP."""
     out = tmp_path / "out"
     message = tmp_path / "termination-log"
-    args = ["--model", str(tiny.model_dir), "--dataset-path", str(tiny.text_dataset), "--output-dir", str(out)]
-    for item in ["training.max_steps=1", "training.max_length=64", "training.distributed=fsdp", "metrics.port=0"]:
+    args = ["--model", str(tiny.model_dir), "--dataset-path", str(tiny.text_dataset)]
+    args += ["--output-dir", str(out)]
+    for item in ["training.max_steps=1", "training.distributed=fsdp", "metrics.port=0"]:
         args += ["--set", item]
     monkeypatch.setenv("LORAPLANE_NPROC", "2")
     finished = run_entry_point(args, message)
@@ -497,7 +498,8 @@ def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(
     failure = json.loads(message.read_text())
     assert failure["error"] == "ConfigError"
     assert failure["inputError"] is True
-    assert failure["message"].startswith("training.distributed: fsdp: accelerate runs these 2 processes as MULTI_CPU")
+    said = "training.distributed: fsdp: accelerate runs these 2 processes as MULTI_CPU, not FSDP"
+    assert failure["message"].startswith(said)
     assert not (out / "adapter_model.safetensors").exists()
 
 

@@ -321,3 +321,47 @@ def test_status_shows_nodes_world_size_and_the_strategy_auto_chose() -> None:
     assert status.distributed.startswith("DDP (auto")
     spec.spec.training.distributed = "fsdp"
     assert status_of.observe(spec, batch(active=2), [], None, NOW).distributed == "FSDP"
+
+
+def indexed(active: int, nodes: int = 2) -> dict:
+    body = batch(active=active)
+    body["spec"] = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes}
+    return body
+
+
+def node_pod(index: int, state: dict, conditions: list | None = None) -> dict:
+    body = pod(state, conditions=conditions, created=f"2026-01-01T11:00:0{index}Z")
+    body["metadata"].update(name=f"opt-350m-quotes-train-{index}-x",
+                            annotations={"batch.kubernetes.io/job-completion-index": str(index)})  # fmt: skip
+    return body
+
+
+@pytest.mark.parametrize("first", [{"running": {}}, {"waiting": {"reason": "ContainerCreating"}}])
+def test_a_peer_pod_the_scheduler_cannot_place_makes_the_run_unschedulable(first: dict) -> None:
+    """Index 0 runs (waiting at the rendezvous) or starts; index 1 is Pending and Unschedulable: the
+    run cannot train until it is placed, so it reads Unschedulable in the scheduler's words."""
+    said = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    unplaced = node_pod(1, {}, [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": said}])  # fmt: skip
+    status = status_of.observe(job(), indexed(active=2), [node_pod(0, first), unplaced], None, NOW)
+    assert summary(status) == ("Unknown", "Unschedulable")
+    assert find(status.conditions, "Running").status == "False"
+    message = find(status.conditions, "Succeeded").message
+    assert message.startswith("index 1 cannot be scheduled")
+    assert said in message
+    assert "retries" in message
+
+
+def test_every_pod_of_a_many_node_run_placed_is_running() -> None:
+    scheduled = [{"type": "PodScheduled", "status": "True"}]
+    pods = [node_pod(0, {"running": {}}, scheduled), node_pod(1, {"running": {}}, scheduled)]
+    assert summary(status_of.observe(job(), indexed(active=2), pods, None, NOW)) == ("Unknown", "Running")
+
+
+def test_a_finished_unplaced_pod_of_an_earlier_attempt_is_not_unschedulable() -> None:
+    gone = node_pod(1, {}, [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}])
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T11:30:00Z"
+    failed = node_pod(1, {"terminated": {"exitCode": 1}}, [{"type": "PodScheduled", "status": "False"}])
+    failed["status"]["phase"] = "Failed"
+    pods = [node_pod(0, {"running": {}}), gone, failed]
+    assert summary(status_of.observe(job(), indexed(active=2), pods, None, NOW)) == ("Unknown", "Running")

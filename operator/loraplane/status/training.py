@@ -49,6 +49,8 @@ QUEUED_HINT = "Kueue admits it when its ClusterQueue has quota; the operator lea
 PREEMPTED_HINT = (
     "Kueue suspended it to free quota; on the next admission it resumes from its newest checkpoint"
 )
+# Set by the Job controller on each pod of an Indexed Job (many-node runs).
+JOB_COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # Not terminal, but nothing improves until someone acts: announced as Warnings.
 STUCK_REASONS = {"Unschedulable", "ImagePullFailed", "VolumeNotReady", *CONTAINER_PROBLEMS}
 
@@ -127,6 +129,25 @@ def _waiting_phase(pods: list[dict[str, Any]]) -> Phase | None:
     return None
 
 
+def _unschedulable_peer(job: dict[str, Any], pods: list[dict[str, Any]]) -> Phase | None:
+    """A pod of a many-node run that the scheduler cannot place, while the others run or wait at the
+    rendezvous: the run cannot make progress until it is placed, so it is not `Running`."""
+    if (job.get("spec", {}).get("completions") or 1) <= 1:
+        return None  # one pod: `_waiting_phase` reads it once nothing runs
+    for pod in _newest(pods):
+        finished = pod.get("status", {}).get("phase") not in (None, "Pending")
+        if finished or pod["metadata"].get("deletionTimestamp"):
+            continue
+        for condition in pod.get("status", {}).get("conditions", []) or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                said = condition.get("message") or "the scheduler found no node"
+                index = (pod["metadata"].get("annotations") or {}).get(JOB_COMPLETION_INDEX_ANNOTATION)
+                which = f"index {index}" if index is not None else pod["metadata"].get("name", "a pod")
+                waits = f"{which} cannot be scheduled, the other nodes wait for it"
+                return Phase("Unschedulable", f"{waits}: {said} ({UNSCHEDULABLE_HINT})")
+    return None
+
+
 def _workload_condition(workload: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     for condition in (workload or {}).get("status", {}).get("conditions", []) or []:
         if condition.get("type") == type_:
@@ -174,6 +195,9 @@ def phase(
     queued = queue_phase(job, workload, ran_before)
     if queued is not None:
         return queued
+    peer = _unschedulable_peer(job, pods)
+    if peer is not None:
+        return peer
     if any("running" in _worker_state(p) for p in pods):
         return Phase("Running", "training")
     if any((_worker_state(p).get("terminated") or {}).get("exitCode") == 0 for p in pods):
