@@ -65,6 +65,39 @@ def test_a_two_node_job_trains_across_two_pods_and_reports_world_size_2(
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
 
 
+def test_one_pod_of_a_two_node_job_deleted_mid_run_restarts_the_group_which_resumes(
+    jobs: Jobs, kube: Kube, namespace: str, volume: Path
+) -> None:
+    """Index 1 deleted after a checkpoint: index 0's collectives break, it fails too, and the new pair
+    meets again at index 0 and resumes from the newest complete checkpoint on the shared volume."""
+    created = jobs.create(nodes_job("regroup", 2, max_steps=120, save_steps=20))
+    checkpoints = volume / "adapters" / created["metadata"]["uid"] / "checkpoints"
+    wait_until(
+        "a complete checkpoint on the volume",
+        lambda: any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")),
+        timeout_s=RUN_TIMEOUT_S,
+    )
+    group = "loraplane.io/training-job=regroup"
+    first_group = {p["metadata"]["uid"] for p in pods_of(kube, namespace, group)}
+    assert len(first_group) == 2
+    index_1 = f"{group},batch.kubernetes.io/job-completion-index=1"
+    kube.kubectl("delete", "pods", "-n", namespace, "-l", index_1, "--wait=false")
+    jobs.wait_reason("regroup", "Succeeded", timeout_s=2 * RUN_TIMEOUT_S)
+    status = jobs.get("ltj", "regroup")["status"]
+    assert status["resumedFromStep"] > 0, "the new group resumed from a checkpoint"
+    assert status["worldSize"] == 2
+    assert status["attempts"] >= 3
+    pods = pods_of(kube, namespace, group)
+    finished = {p["metadata"]["uid"] for p in pods if p["status"]["phase"] == "Succeeded"}
+    assert len(finished) == 2
+    assert not finished & first_group, "both indexes ran again: index 0 failed with its broken peer"
+
+
+def pods_of(kube: Kube, namespace: str, selector: str) -> list[dict]:
+    listed = kube.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
+    return list(json.loads(listed)["items"])
+
+
 def test_a_rendezvous_that_cannot_form_fails_with_its_reason_within_the_timeout(
     jobs: Jobs, volume: Path
 ) -> None:
@@ -77,6 +110,9 @@ def test_a_rendezvous_that_cannot_form_fails_with_its_reason_within_the_timeout(
     body = nodes_job("lonely", 2)
     body["spec"]["resources"]["affinity"] = apart
     jobs.create(body)
+    # While index 0 waits at the rendezvous, the run reads Unschedulable in the scheduler's words.
+    waiting = jobs.wait_reason("lonely", "Unschedulable", timeout_s=RENDEZVOUS_TIMEOUT_S)
+    assert waiting["message"].startswith("index 1 cannot be scheduled")
     failed = wait_until(
         "the Failed condition",
         lambda: (c := jobs.condition("lonely", "Failed")).get("status") == "True" and c,
