@@ -96,6 +96,16 @@ def test_qlora_without_a_gpu_is_the_operators_refusal() -> None:
     assert any("spec.lora.quantization" in p for p in training_jobs.problems_only_the_operator_sees(spec))
 
 
+def test_fsdp_without_a_gpu_is_the_operators_refusal() -> None:
+    """The worker refuses it too (accelerate would run CPU processes as DDP); the operator says so
+    before any pod starts."""
+    cpus = job(training={"distributed": "fsdp"}, resources={"gpus": 0, "nodes": 2})
+    (problem,) = training_jobs.problems_only_the_operator_sees(cpus)
+    assert problem.startswith("spec.training.distributed: fsdp shards the model across GPUs")
+    gpus = job(training={"distributed": "fsdp"}, resources={"gpus": 2, "nodes": 2})
+    assert training_jobs.problems_only_the_operator_sees(gpus) == []
+
+
 # Spec changes the worker's models refuse: each must be refused by the operator's parse (the models'
 # Python twin of a CEL rule) and by the CRD's CEL rule with the same words (the API server, first).
 REFUSED_BY_THE_SCHEMA = {

@@ -82,6 +82,12 @@ def problems_only_the_operator_sees(job: LoraTrainingJob) -> list[str]:
     problems = validate_sft_args(job.spec.training.sft_args)
     if job.spec.lora.quantization != "none" and job.spec.resources.gpus == 0:
         problems.append("spec.lora.quantization: 4bit/8bit (QLoRA) needs a GPU; set spec.resources.gpus >= 1")
+    if job.spec.training.distributed == "fsdp" and job.spec.resources.gpus == 0:
+        # accelerate enables FSDP only on GPUs (and the like): CPU processes would run as plain DDP.
+        problems.append(
+            "spec.training.distributed: fsdp shards the model across GPUs; on CPU-only pods accelerate "
+            "runs the processes data parallel (DDP); set spec.resources.gpus >= 1 or distributed: ddp"
+        )
     used = build.credentials_by_field(job, get_settings())
     if len({secret.model_dump_json() if secret else "" for secret in used.values()}) > 1:
         # The pod's store client reads one set of AWS_* variables.
