@@ -179,6 +179,29 @@ def list_custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | N
     return list(cast(dict[str, Any], found)["items"])
 
 
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
+
+
+def workload_of_job(namespace: str, job_uid: str) -> dict[str, Any] | None:
+    """Kueue's Workload for a Job (Kueue labels it with the Job's UID); None without one or without
+    Kueue. Read on demand, only for a suspended Job: an operator-wide watch on an optional CRD would
+    make every handler wait on that CRD's listings whenever Kueue is installed or removed."""
+    try:
+        found = CustomObjectsApi(api_client()).list_namespaced_custom_object(
+            KUEUE_GROUP,
+            KUEUE_VERSION,
+            namespace,
+            "workloads",
+            label_selector=f"kueue.x-k8s.io/job-uid={job_uid}",
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    items = list(cast(dict[str, Any], found)["items"])
+    return _plain(items[0]) if items else None
+
+
 def get_custom_object(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     try:
         found = CustomObjectsApi(api_client()).get_namespaced_custom_object(

@@ -242,7 +242,7 @@ ALLOWED = [
     ("create", "jobs.batch", []),
     ("create", "configmaps", []),
     ("create", "services", []),
-    ("watch", "workloads.kueue.x-k8s.io", []),
+    ("list", "workloads.kueue.x-k8s.io", []),
     ("patch", "pods", ["--subresource=status"]),
     ("patch", "deployments.apps", []),
     ("create", "events", []),
@@ -258,6 +258,7 @@ FORBIDDEN = [
     ("delete", "jobs.batch", []),
     ("patch", "jobs.batch", []),  # suspend is Kueue's
     ("patch", "workloads.kueue.x-k8s.io", []),
+    ("watch", "workloads.kueue.x-k8s.io", []),
     ("delete", "services", []),
     ("patch", "pods", []),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", []),

@@ -68,13 +68,6 @@ def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, d
     return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.to_plain(body)}
 
 
-# Kueue's Workload for each queued Job, by the Job's UID (its owner): why it waits, or was preempted.
-@kopf.index("kueue.x-k8s.io", "v1beta2", "workloads")
-def training_workloads(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    owners = body.get("metadata", {}).get("ownerReferences") or []
-    return {o["uid"]: kube.to_plain(body) for o in owners if o.get("kind") == "Job" and o.get("uid")}
-
-
 # --- creating the run ---------------------------------------------------------------------------------
 
 
@@ -280,7 +273,6 @@ async def follow_training(
     patch: kopf.Patch,
     training_batch_jobs: kopf.Index[str, dict[str, Any]],
     training_pods: kopf.Index[str, dict[str, Any]],
-    training_workloads: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
     assert namespace is not None  # a namespaced kind
@@ -300,8 +292,10 @@ async def follow_training(
             await asyncio.to_thread(ensure_run, job, body, namespace)  # someone deleted the Job: converge
         current, resumed = await read_progress(pods)
         workload = None
-        if batch_job is not None:
-            workload = next(iter(training_workloads.get(batch_job["metadata"].get("uid", ""), [])), None)
+        if batch_job is not None and (batch_job.get("spec") or {}).get("suspend"):
+            # Why Kueue holds it (quota, flavor) or took it back: the Workload's own conditions.
+            job_uid = str(batch_job["metadata"].get("uid", ""))
+            workload = await asyncio.to_thread(kube.workload_of_job, namespace, job_uid)
         new = status_of.observe(job, batch_job, pods, current, now(), resumed, workload)
         _announce(body, job.status, new)
         _write_status(patch, job.status, new)
