@@ -88,6 +88,13 @@ def patch_adapter(namespace: str, name: str, patch: dict[str, Any]) -> None:
     )
 
 
+def patch_adapter_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge `status` into a LoraAdapter's status subresource (the keys given, whole)."""
+    CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, ADAPTER_PLURAL, name, {"status": status}
+    )
+
+
 def scrape(url: str, timeout_s: float) -> str | None:
     """GET a metrics endpoint; None when it does not answer (the pod is starting or gone)."""
     try:
@@ -113,6 +120,13 @@ def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     api: Any = AppsV1Api(api_client())
     written = api.replace_namespaced_deployment(body["metadata"]["name"], namespace, body)
     return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
+
+
+def patch_deployment_annotations(namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+    """Merge-patch annotations of a Deployment (None removes one). Metadata only: no rollout."""
+    AppsV1Api(api_client()).patch_namespaced_deployment(
+        name, namespace, {"metadata": {"annotations": annotations}}
+    )
 
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:

@@ -96,6 +96,7 @@ class Cluster:
     gates: list[tuple[str, str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (kind, name, type, reason)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)  # annotation patches of the Deployment
 
     def replace_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         version = int(body["metadata"]["resourceVersion"]) + 1
@@ -103,6 +104,15 @@ class Cluster:
         self.deployment["metadata"]["resourceVersion"] = str(version)
         self.written.append(body)
         return self.deployment
+
+    def patch_deployment_annotations(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
+        current = self.deployment["metadata"].setdefault("annotations", {})
+        for key, value in annotations.items():
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        self.records.append(dict(annotations))
 
     def set_pod_condition(self, namespace: str, pod: str, condition: dict[str, Any]) -> None:
         self.gates.append((pod, condition["status"], condition["reason"]))
@@ -200,6 +210,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch, vllm: int, request: pytest.FixtureR
     recorder = Cluster(vllm_deployment(vllm, namespace=request.node.name[:60].lower().replace("_", "-")))
     monkeypatch.setattr(kube, "replace_deployment", recorder.replace_deployment)
     monkeypatch.setattr(kube, "set_pod_condition", recorder.set_pod_condition)
+    monkeypatch.setattr(kube, "patch_deployment_annotations", recorder.patch_deployment_annotations)
     monkeypatch.setattr(kube, "endpoint_ready", lambda namespace, pod: None)
     monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key)
     monkeypatch.setattr(kopf, "event", recorder.event)

@@ -25,6 +25,11 @@ SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
 # Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
 STATIC_ANNOTATION = f"{GROUP}/static-adapters"
 CONTAINER_ANNOTATION = f"{GROUP}/container"
+# JSON list of the served names loraplane loaded (or is about to load) into the Deployment's pods: the
+# cluster remembers what loraplane is responsible for, so a name no LoraAdapter claims any more is
+# unloaded after an operator restart or a finalizer removed by hand, and names users loaded
+# themselves (never listed here) are left alone.
+LOADED_ANNOTATION = f"{GROUP}/loaded-adapters"
 # `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
 # with; loraplane sends it on its calls to the server.
 API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
@@ -42,6 +47,21 @@ LORA_MODULES = "--lora-modules"
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_DEFAULT_PORT = 8000
+
+
+def loaded_record(deployment: dict[str, Any]) -> frozenset[str]:
+    """The served names the Deployment's record says loraplane loaded (empty when unreadable)."""
+    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(LOADED_ANNOTATION)
+    try:
+        names = json.loads(raw) if raw else []
+    except ValueError:
+        names = []
+    return frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
+
+
+def record_value(names: frozenset[str] | set[str]) -> str | None:
+    """The record annotation's value for `names` (None: remove the annotation)."""
+    return json.dumps(sorted(names), separators=(",", ":")) if names else None
 
 
 def is_opted_in(deployment: dict[str, Any]) -> bool:
@@ -472,7 +492,7 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
     touched the Deployment."""
     record = recorded_settings(deployment)
     static = managed_static_names(deployment)
-    if record is None and not static:
+    if record is None and not static and not loaded_record(deployment):
         return None
     spec = deployment["spec"]["template"]["spec"]
     index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
@@ -499,7 +519,7 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
         gates = [g for g in gates if g.get("conditionType") != GATE]
     return {
         "metadata": {
-            "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None},
+            "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None, LOADED_ANNOTATION: None},
             "resourceVersion": deployment["metadata"].get("resourceVersion"),
         },
         "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},

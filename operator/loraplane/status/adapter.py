@@ -282,6 +282,7 @@ class PodResult:
     holdings: dict[str, Holding] = field(default_factory=dict)  # adapter name -> state
     reachable: bool = False
     paths: dict[str, str] = field(default_factory=dict)  # what /v1/models listed: served name -> path
+    waiting: bool = False  # waiting for something no event announces (leaving the Service for a swap)
 
     def settled(self, wanted: list[Wanted]) -> bool:
         """Every wanted adapter is on the pod or has failed for good: the gate may open."""
@@ -321,7 +322,6 @@ def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterSt
     status = adapter.status.model_copy(deep=True)
     live = [p for p in seen.pods if not p.view.deleting]
     status.replicas = len(live)
-    previous = {p.pod: p for p in adapter.status.pods}
     entries = []
     holders = 0
     errors: list[tuple[str, str, str]] = []
@@ -331,18 +331,10 @@ def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterSt
             holders += 1
         elif holding.reason:
             errors.append((holding.reason, result.view.name, holding.error or ""))
-        before = previous.get(result.view.name)
-        loaded_at = holding.loaded_at or (
-            before.loaded_at if before and before.loaded and holding.loaded else None
-        )
+        if holding.loaded:
+            continue  # counted in readyReplicas; only pods that lack it are listed (status stays small)
         entries.append(
-            PodAdapterState(
-                pod=result.view.name,
-                ip=result.view.ip,
-                loaded=holding.loaded,
-                loaded_at=loaded_at if holding.loaded else None,
-                last_error=holding.error if not holding.loaded else None,
-            )
+            PodAdapterState(pod=result.view.name, ip=result.view.ip, loaded=False, last_error=holding.error)
         )
     status.pods = sorted(entries, key=lambda e: e.pod)
     status.ready_replicas = holders
@@ -378,6 +370,10 @@ def _ready(
     if not live:
         return Observed("Ready", "False", "NoReplicas", "the Deployment has no pods")
     waiting = f"{holders}/{len(live)} pods hold it"
+    lacking = sorted(p.view.name for p in live if not (p.holdings.get(name) or Holding()).loaded)
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        waiting = f"{waiting}; not yet on {', '.join(lacking[:3])}{more}"
     if seen.note:
         waiting = f"{waiting}; {seen.note}"
     return Observed("Ready", "False", "Loading", waiting)
