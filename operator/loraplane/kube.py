@@ -95,6 +95,13 @@ def patch_adapter_status(namespace: str, name: str, status: dict[str, Any]) -> N
     )
 
 
+def patch_training_job_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge `status` into a LoraTrainingJob's status subresource (the keys given, whole)."""
+    CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "loratrainingjobs", name, {"status": status}
+    )
+
+
 def scrape(url: str, timeout_s: float) -> str | None:
     """GET a metrics endpoint; None when it does not answer (the pod is starting or gone)."""
     try:
