@@ -99,6 +99,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     if deployment is None:
         # Not indexed: it does not exist, or it has not changed since it became served.
         deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
+    seen_version = None if deployment is None else deployment["metadata"].get("resourceVersion")
     adapters = [LoraAdapter.model_validate(b) for b in bodies]
     live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
     resolved = resolve_all(namespace, live, deployment, indexes)
@@ -115,7 +116,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     current = {(w.adapter, w.path) for w in hot}
     rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
     claimed = frozenset(status_of.served_name(a) for a in live)
-    recorded = await record_loads(namespace, deployment, {w.served_name for w in hot})
+    recorded = await record_loads(rec, seen_version, deployment, {w.served_name for w in hot})
 
     container = serving.serving_container(deployment) or {}
     port = serving.api_port(container)
@@ -135,7 +136,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         outcome.holding_anywhere |= set(result.paths)
     # A deleted Static adapter leaves with the rollout that takes it out of --lora-modules.
     outcome.unwanted_held = set(((recorded | static_before) - claimed) & outcome.holding_anywhere)
-    await forget_unloaded(namespace, rec.deployment, recorded, claimed, results)
+    await forget_unloaded(rec, seen_version, recorded, claimed, results)
     outcome.again_in = again_in(results, rec)
     waiting = sum(1 for v, _ in views if v.gated and not v.deleting and v.gate_status != "True")
     PODS_WAITING_ON_GATE.labels(namespace, rec.deployment).set(waiting)
@@ -149,24 +150,40 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     return outcome
 
 
-async def record_loads(namespace: str, deployment: dict[str, Any], names: set[str]) -> frozenset[str]:
+def current_record(rec: Reconciler, seen_version: str | None, deployment: dict[str, Any]) -> frozenset[str]:
+    """The record as last written by this reconciler while the index has not moved since (the watch
+    has not brought the write back yet), else as the Deployment says."""
+    cached = rec.record_written
+    if cached is not None and cached[0] == seen_version:
+        return cached[1]
+    rec.record_written = None
+    return serving.loaded_record(deployment)
+
+
+async def write_record(rec: Reconciler, seen_version: str | None, names: frozenset[str]) -> None:
+    value = serving.record_value(names)
+    await asyncio.to_thread(
+        kube.patch_deployment_annotations, rec.namespace, rec.deployment, {serving.LOADED_ANNOTATION: value}
+    )
+    rec.record_written = (seen_version, names)
+
+
+async def record_loads(
+    rec: Reconciler, seen_version: str | None, deployment: dict[str, Any], names: set[str]
+) -> frozenset[str]:
     """The Deployment's record of what loraplane loads, with `names` added before any pod loads them
     (an operator that stops mid-load still finds them there)."""
-    recorded = serving.loaded_record(deployment)
+    recorded = current_record(rec, seen_version, deployment)
     if names <= recorded:
         return recorded
     recorded |= names
-    name = deployment["metadata"]["name"]
-    value = serving.record_value(recorded)
-    await asyncio.to_thread(
-        kube.patch_deployment_annotations, namespace, name, {serving.LOADED_ANNOTATION: value}
-    )
+    await write_record(rec, seen_version, recorded)
     return recorded
 
 
 async def forget_unloaded(
-    namespace: str,
-    deployment: str,
+    rec: Reconciler,
+    seen_version: str | None,
     recorded: frozenset[str],
     claimed: frozenset[str],
     results: list[PodResult],
@@ -178,12 +195,8 @@ async def forget_unloaded(
         return
     held = {name for r in live for name in r.paths}
     gone = (recorded - claimed) - held
-    if not gone:
-        return
-    value = serving.record_value(recorded - gone)
-    await asyncio.to_thread(
-        kube.patch_deployment_annotations, namespace, deployment, {serving.LOADED_ANNOTATION: value}
-    )
+    if gone:
+        await write_record(rec, seen_version, recorded - gone)
 
 
 # How soon a pass comes back while something is in progress that no event announces.
