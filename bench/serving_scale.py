@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import kubernetes
 import yaml
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 
+import serving as serving_bench  # bench/serving.py, beside this file
 import vllm_e2e
 
 DEPLOYMENT, GATE = vllm_e2e.DEPLOYMENT, vllm_e2e.GATE
@@ -148,6 +151,68 @@ class Bench:
         return time.monotonic() - began
 
 
+def post(ip: str, route: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"http://{ip}:8000{route}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with vllm_e2e.DIRECT.open(request, timeout=120) as response:
+        response.read()
+
+
+def concurrent_loads(bench: Bench, count: int = 32) -> None:
+    """Does vLLM serialise loads? `count` loads on one pod one after another, then 8 at a time."""
+    ip = bench.pods()[0].status.pod_ip
+    path = f"/models/{bench.adapter_path}"
+    timings: dict[int, float] = {}
+    for width in (1, 8):
+        names = [f"probe-{width}-{i}" for i in range(count)]
+        began = time.monotonic()
+        with ThreadPoolExecutor(width) as pool:
+            list(
+                pool.map(
+                    lambda n: post(ip, "/v1/load_lora_adapter", {"lora_name": n, "lora_path": path}), names
+                )
+            )
+        timings[width] = time.monotonic() - began
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: post(ip, "/v1/unload_lora_adapter", {"lora_name": n}), names))
+    print(f"{count} loads on one vLLM pod: one at a time {timings[1]:.2f} s, 8 at a time {timings[8]:.2f} s "
+          f"(ratio {timings[8] / timings[1]:.2f})")  # fmt: skip
+
+
+def vllm_memory(bench: Bench, kubeconfig: str, cycles: int, swaps: int) -> None:
+    """vLLM's own RSS over `cycles` load/unload cycles of fresh names, and over `swaps` unload+reload
+    of one served name (vllm-project/vllm#54839: unload does not free the cache slot)."""
+    kubectl = serving_bench.Kubectl(kubeconfig, bench.namespace)
+    pod = bench.pods()[0]
+    ip, name, path = pod.status.pod_ip, pod.metadata.name, f"/models/{bench.adapter_path}"
+
+    def rss() -> float:
+        return serving_bench.pods_rss_mib(kubectl, f"app={DEPLOYMENT}")[name]
+
+    start = rss()
+    marks = [(0, start)]
+    for i in range(1, cycles + 1):
+        post(ip, "/v1/load_lora_adapter", {"lora_name": f"cycle-{i}", "lora_path": path})
+        post(ip, "/v1/unload_lora_adapter", {"lora_name": f"cycle-{i}"})
+        if i % max(1, cycles // 4) == 0:
+            marks.append((i, rss()))
+    print(f"vLLM pod {name} RSS over load/unload cycles: "
+          + ", ".join(f"{n}: {m:.0f} MiB" for n, m in marks)
+          + f" (ratio {marks[-1][1] / start:.3f})")  # fmt: skip
+    before = rss()
+    post(ip, "/v1/load_lora_adapter", {"lora_name": "swap-one", "lora_path": path})
+    for _ in range(swaps):
+        post(ip, "/v1/unload_lora_adapter", {"lora_name": "swap-one"})
+        post(ip, "/v1/load_lora_adapter", {"lora_name": "swap-one", "lora_path": path})
+    after = rss()
+    post(ip, "/v1/unload_lora_adapter", {"lora_name": "swap-one"})
+    print(f"vLLM pod {name} RSS over {swaps} swaps of one name: {before:.0f} -> {after:.0f} MiB "
+          f"(ratio {after / before:.3f})")  # fmt: skip
+
+
 def ready_on_all(body: dict[str, Any]) -> bool:
     status = body.get("status") or {}
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
@@ -259,8 +324,13 @@ def main() -> int:
     parser.add_argument("--counts", default="1,100,1000")
     parser.add_argument("--samples", type=int, default=10, help="new adapters timed per count")
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--memory-cycles", type=int, default=1000, help="vLLM load/unload cycles (0: skip)")
+    parser.add_argument("--swaps", type=int, default=50)
     args = parser.parse_args()
     bench = Bench(args.kubeconfig, args.namespace, args.adapter_path)
+    concurrent_loads(bench)
+    if args.memory_cycles:
+        vllm_memory(bench, args.kubeconfig, args.memory_cycles, args.swaps)
     serving(bench, [int(c) for c in args.counts.split(",")], args.samples)
     if args.jobs:
         training(bench, args.jobs)
