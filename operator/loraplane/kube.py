@@ -129,11 +129,22 @@ def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
 
 
-def patch_deployment_annotations(namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-    """Merge-patch annotations of a Deployment (None removes one). Metadata only: no rollout."""
-    AppsV1Api(api_client()).patch_namespaced_deployment(
-        name, namespace, {"metadata": {"annotations": annotations}}
-    )
+def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
+    api: Any = CoreV1Api(api_client())
+    try:
+        found = api.read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+
+
+def write_config_map(namespace: str, body: dict[str, Any]) -> None:
+    """Create the ConfigMap, or merge `data` into the one that exists."""
+    api = CoreV1Api(api_client())
+    if not _created(api.create_namespaced_config_map, namespace, body):
+        api.patch_namespaced_config_map(body["metadata"]["name"], namespace, {"data": body["data"]})
 
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:

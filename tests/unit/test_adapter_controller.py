@@ -28,6 +28,7 @@ from loraplane.handlers.adapters.indexes import (
 )
 from loraplane.handlers.adapters.kopf_handlers import is_gated
 from loraplane.handlers.adapters.reconciler import (
+    RECONCILERS,
     current_views,
     pick_swap,
     previous_stale_pods,
@@ -337,13 +338,12 @@ def test_a_deployment_nobody_serves_and_with_nothing_recorded_has_no_task(
         return Outcome()
 
     monkeypatch.setattr(task, "reconcile_deployment", one_pass)
-    recorded = {"metadata": {"name": "d", "annotations": {serving.LOADED_ANNOTATION: '["x"]'}}}
-    found = Indexes(adapters={}, deployments={("ns", "d"): [recorded]},  # type: ignore[arg-type]
-                    pods={}, training_jobs={})  # type: ignore[arg-type]  # fmt: skip
     empty = Indexes(adapters={}, deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]
+    # What this process read of the Deployment's record: it lists a name loraplane loaded.
+    monkeypatch.setitem(RECONCILERS, ("ns", "d"), Reconciler("ns", "d", record=frozenset({"x"})))
 
     async def scenario() -> None:
-        await task.fresh_outcome("ns", "d", found)
+        await task.fresh_outcome("ns", "d", empty)
         assert ("ns", "d") in task.CONTROLLERS, "its record lists what loraplane loaded: it stays"
         task.CONTROLLERS[("ns", "d")].task.cancel()
         task.CONTROLLERS.clear()

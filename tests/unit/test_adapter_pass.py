@@ -100,7 +100,8 @@ class Cluster:
     gates: list[tuple[str, str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (kind, name, type, reason)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    records: list[dict[str, Any]] = field(default_factory=list)  # annotation patches of the Deployment
+    records: list[list[str]] = field(default_factory=list)  # what each write of the record listed
+    config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def replace_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         version = int(body["metadata"]["resourceVersion"]) + 1
@@ -109,14 +110,12 @@ class Cluster:
         self.written.append(body)
         return self.deployment
 
-    def patch_deployment_annotations(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
-        current = self.deployment["metadata"].setdefault("annotations", {})
-        for key, value in annotations.items():
-            if value is None:
-                current.pop(key, None)
-            else:
-                current[key] = value
-        self.records.append(dict(annotations))
+    def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.config_maps.get(name)
+
+    def write_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        self.config_maps[body["metadata"]["name"]] = copy.deepcopy(body)
+        self.records.append(json.loads(body["data"]["loaded"]))
 
     def set_pod_condition(self, namespace: str, pod: str, condition: dict[str, Any]) -> None:
         self.gates.append((pod, condition["status"], condition["reason"]))
@@ -214,7 +213,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch, vllm: int, request: pytest.FixtureR
     recorder = Cluster(vllm_deployment(vllm, namespace=request.node.name[:60].lower().replace("_", "-")))
     monkeypatch.setattr(kube, "replace_deployment", recorder.replace_deployment)
     monkeypatch.setattr(kube, "set_pod_condition", recorder.set_pod_condition)
-    monkeypatch.setattr(kube, "patch_deployment_annotations", recorder.patch_deployment_annotations)
+    monkeypatch.setattr(kube, "read_config_map", recorder.read_config_map)
+    monkeypatch.setattr(kube, "write_config_map", recorder.write_config_map)
     monkeypatch.setattr(kube, "endpoint_ready", lambda namespace, pod: None)
     monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key)
     monkeypatch.setattr(kopf, "event", recorder.event)
@@ -435,8 +435,11 @@ def pass_over(cluster: Cluster, adapters: list[dict[str, Any]], pods: list[dict[
 
 
 def record(cluster: Cluster) -> list[str]:
-    raw = (cluster.deployment["metadata"].get("annotations") or {}).get("loraplane.io/loaded-adapters")
-    return list(json.loads(raw)) if raw else []
+    """What the record ConfigMap (owned by the Deployment) lists."""
+    found = cluster.config_maps.get("vllm-tiny-loraplane-loaded")
+    if found is not None:
+        assert found["metadata"]["ownerReferences"][0]["uid"] == cluster.deployment["metadata"]["uid"]
+    return list(json.loads(found["data"]["loaded"])) if found else []
 
 
 def test_the_record_names_what_loraplane_loads_before_it_loads_and_forgets_it_once_unloaded(
@@ -445,7 +448,7 @@ def test_the_record_names_what_loraplane_loads_before_it_loads_and_forgets_it_on
     namespace, pods = hot_cluster(cluster)
     Vllm.adapters = {"by-hand": "/models/adapters/x"}  # loaded by a user, not through a LoraAdapter
     pass_over(cluster, [named(namespace, "a"), named(namespace, "b")], pods)
-    assert cluster.records[0] == {"loraplane.io/loaded-adapters": '["a","b"]'}, "written before the loads"
+    assert cluster.records[0] == ["a", "b"], "written before the loads"
     assert Vllm.posts == ["/v1/load_lora_adapter"] * 2
     assert set(Vllm.adapters) == {"a", "b", "by-hand"}
 
@@ -458,6 +461,12 @@ def test_the_record_names_what_loraplane_loads_before_it_loads_and_forgets_it_on
     pass_over(cluster, [], pods)
     assert set(Vllm.adapters) == {"by-hand"}
     assert record(cluster) == []
+    # Another operator process (a restart) reads the record from the cluster, not from memory.
+    RECONCILERS.clear()
+    cluster.config_maps["vllm-tiny-loraplane-loaded"]["data"]["loaded"] = '["gone-while-down"]'
+    Vllm.adapters["gone-while-down"] = "/models/adapters/y"
+    pass_over(cluster, [], pods)
+    assert set(Vllm.adapters) == {"by-hand"}
 
 
 def test_a_name_stays_recorded_while_a_pod_that_may_hold_it_does_not_answer(cluster: Cluster) -> None:

@@ -25,11 +25,14 @@ SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
 # Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
 STATIC_ANNOTATION = f"{GROUP}/static-adapters"
 CONTAINER_ANNOTATION = f"{GROUP}/container"
-# JSON list of the served names loraplane loaded (or is about to load) into the Deployment's pods: the
+# The record of what loraplane loaded into a Deployment's pods: a ConfigMap the Deployment owns (goes
+# with it), labelled with the Deployment's name, its key `loaded` a JSON list of served names. The
 # cluster remembers what loraplane is responsible for, so a name no LoraAdapter claims any more is
 # unloaded after an operator restart or a finalizer removed by hand, and names users loaded
-# themselves (never listed here) are left alone.
-LOADED_ANNOTATION = f"{GROUP}/loaded-adapters"
+# themselves (never listed there) are left alone. Not an annotation of the Deployment: a Deployment's
+# generation counts its annotation changes too.
+RECORD_LABEL = f"{GROUP}/loaded-adapters-of"
+RECORD_KEY = "loaded"
 # `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
 # with; loraplane sends it on its calls to the server.
 API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
@@ -49,9 +52,13 @@ VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_DEFAULT_PORT = 8000
 
 
-def loaded_record(deployment: dict[str, Any]) -> frozenset[str]:
-    """The served names the Deployment's record says loraplane loaded (empty when unreadable)."""
-    raw = (deployment.get("metadata", {}).get("annotations") or {}).get(LOADED_ANNOTATION)
+def record_name(deployment: str) -> str:
+    return f"{deployment}-loraplane-loaded"
+
+
+def loaded_record(config_map: dict[str, Any] | None) -> frozenset[str]:
+    """The served names a record ConfigMap lists (empty when there is none, or it is unreadable)."""
+    raw = ((config_map or {}).get("data") or {}).get(RECORD_KEY)
     try:
         names = json.loads(raw) if raw else []
     except ValueError:
@@ -59,9 +66,27 @@ def loaded_record(deployment: dict[str, Any]) -> frozenset[str]:
     return frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
 
 
-def record_value(names: frozenset[str] | set[str]) -> str | None:
-    """The record annotation's value for `names` (None: remove the annotation)."""
-    return json.dumps(sorted(names), separators=(",", ":")) if names else None
+def record_config_map(deployment: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The record ConfigMap listing `names`, owned by the Deployment (deleted with it)."""
+    metadata = deployment["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": record_name(metadata["name"]),
+            "namespace": metadata.get("namespace"),
+            "labels": {RECORD_LABEL: metadata["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": metadata["name"],
+                    "uid": metadata["uid"],
+                }
+            ],
+        },
+        "data": {RECORD_KEY: json.dumps(sorted(names), separators=(",", ":"))},
+    }
 
 
 def is_opted_in(deployment: dict[str, Any]) -> bool:
@@ -492,7 +517,7 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
     touched the Deployment."""
     record = recorded_settings(deployment)
     static = managed_static_names(deployment)
-    if record is None and not static and not loaded_record(deployment):
+    if record is None and not static:
         return None
     spec = deployment["spec"]["template"]["spec"]
     index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
@@ -519,7 +544,7 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
         gates = [g for g in gates if g.get("conditionType") != GATE]
     return {
         "metadata": {
-            "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None, LOADED_ANNOTATION: None},
+            "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None},
             "resourceVersion": deployment["metadata"].get("resourceVersion"),
         },
         "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},

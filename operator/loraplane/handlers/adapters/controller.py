@@ -21,7 +21,6 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus
-from loraplane.builders import serving
 from loraplane.handlers.adapters.common import KIND, DeploymentKey, now
 from loraplane.handlers.adapters.indexes import Indexes
 from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
@@ -87,8 +86,8 @@ class Controller:
         the Deployment, and its record lists nothing loraplane loaded."""
         if self.wakeup.is_set() or self.indexes.adapters.get(self.key):
             return False
-        deployment = self.indexes.one(self.indexes.deployments, self.key)
-        return deployment is None or not serving.loaded_record(deployment)
+        reconciler = RECONCILERS.get(self.key)
+        return reconciler is None or not reconciler.record
 
     async def write_statuses(self, outcome: Outcome) -> None:
         limit = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)

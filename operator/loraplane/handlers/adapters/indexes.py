@@ -30,10 +30,7 @@ def deployment_is_served(deployment: Mapping[str, Any], targeted: bool) -> bool:
     if targeted or serving.is_opted_in(dict(deployment)):
         return True
     annotations = deployment.get("metadata", {}).get("annotations") or {}
-    if any(
-        annotations.get(key)
-        for key in (serving.SETTINGS_ANNOTATION, serving.STATIC_ANNOTATION, serving.LOADED_ANNOTATION)
-    ):
+    if annotations.get(serving.SETTINGS_ANNOTATION) or annotations.get(serving.STATIC_ANNOTATION):
         return True
     template = deployment.get("spec", {}).get("template", {}).get("spec", {})
     return has_gate(template)

@@ -26,6 +26,7 @@ from loraplane.builders import serving
 from loraplane.handlers.adapters import indexes
 from loraplane.handlers.adapters.common import RESOURCE, parse
 from loraplane.handlers.adapters.controller import fresh_outcome, wake
+from loraplane.handlers.adapters.reconciler import RECONCILERS
 from loraplane.status import adapter as status_of
 
 # (kind, namespace, name) -> the signature last seen; one small entry per watched object.
@@ -68,7 +69,6 @@ def pod_signature(body: kopf.Body) -> tuple[Any, ...]:
 def deployment_signature(body: kopf.Body) -> tuple[Any, ...]:
     metadata, status = body.get("metadata", {}), body.get("status") or {}
     annotations = dict(metadata.get("annotations") or {})
-    annotations.pop(serving.LOADED_ANNOTATION, None)  # written by the pass itself
     return (metadata.get("generation"), json.dumps(annotations, sort_keys=True), status.get("replicas"))
 
 
@@ -137,6 +137,21 @@ async def training_job_changed(
             if job.get("name") == name:
                 wake(namespace, deployment, found)
                 break
+
+
+@kopf.on.event("", "v1", "configmaps", labels={serving.RECORD_LABEL: kopf.PRESENT})
+async def record_seen(
+    body: kopf.Body, namespace: str | None, labels: kopf.Labels, type: str | None, **kwargs: Any
+) -> None:
+    """A record of what loraplane loaded, seen by a process that has not read it yet (at start-up):
+    its Deployment gets a pass, also when no LoraAdapter names it any more (they went while the
+    operator was down), so what nobody claims is unloaded. Later changes are this process's own."""
+    deployment = labels.get(serving.RECORD_LABEL)
+    if namespace is None or not deployment or type == "DELETED":
+        return
+    known = RECONCILERS.get((namespace, str(deployment)))
+    if (known is None or known.record is None) and serving.loaded_record(dict(body)):
+        wake(namespace, str(deployment), indexes.from_kwargs(kwargs))
 
 
 @kopf.on.delete(*RESOURCE)

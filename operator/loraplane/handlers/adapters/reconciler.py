@@ -99,7 +99,6 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     if deployment is None:
         # Not indexed: it does not exist, or it has not changed since it became served.
         deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
-    seen_version = None if deployment is None else deployment["metadata"].get("resourceVersion")
     adapters = [LoraAdapter.model_validate(b) for b in bodies]
     live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
     resolved = resolve_all(namespace, live, deployment, indexes)
@@ -116,7 +115,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     current = {(w.adapter, w.path) for w in hot}
     rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
     claimed = frozenset(status_of.served_name(a) for a in live)
-    recorded = await record_loads(rec, seen_version, deployment, {w.served_name for w in hot})
+    recorded = await record_loads(rec, deployment, {w.served_name for w in hot})
 
     container = serving.serving_container(deployment) or {}
     port = serving.api_port(container)
@@ -136,7 +135,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         outcome.holding_anywhere |= set(result.paths)
     # A deleted Static adapter leaves with the rollout that takes it out of --lora-modules.
     outcome.unwanted_held = set(((recorded | static_before) - claimed) & outcome.holding_anywhere)
-    await forget_unloaded(rec, seen_version, recorded, claimed, results)
+    await forget_unloaded(rec, deployment, recorded, claimed, results)
     outcome.again_in = again_in(results, rec)
     waiting = sum(1 for v, _ in views if v.gated and not v.deleting and v.gate_status != "True")
     PODS_WAITING_ON_GATE.labels(namespace, rec.deployment).set(waiting)
@@ -150,40 +149,37 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     return outcome
 
 
-def current_record(rec: Reconciler, seen_version: str | None, deployment: dict[str, Any]) -> frozenset[str]:
-    """The record as last written by this reconciler while the index has not moved since (the watch
-    has not brought the write back yet), else as the Deployment says."""
-    cached = rec.record_written
-    if cached is not None and cached[0] == seen_version:
-        return cached[1]
-    rec.record_written = None
-    return serving.loaded_record(deployment)
+async def current_record(rec: Reconciler) -> frozenset[str]:
+    """The record of what loraplane loaded into the Deployment's pods: read from its ConfigMap once
+    per operator process, then as this reconciler (its only writer) last wrote it."""
+    if rec.record is None:
+        found = await asyncio.to_thread(
+            kube.read_config_map, rec.namespace, serving.record_name(rec.deployment)
+        )
+        rec.record = serving.loaded_record(found)
+    return rec.record
 
 
-async def write_record(rec: Reconciler, seen_version: str | None, names: frozenset[str]) -> None:
-    value = serving.record_value(names)
-    await asyncio.to_thread(
-        kube.patch_deployment_annotations, rec.namespace, rec.deployment, {serving.LOADED_ANNOTATION: value}
-    )
-    rec.record_written = (seen_version, names)
+async def write_record(rec: Reconciler, deployment: dict[str, Any], names: frozenset[str]) -> None:
+    body = serving.record_config_map(deployment, names)
+    await asyncio.to_thread(kube.write_config_map, rec.namespace, body)
+    rec.record = names
 
 
-async def record_loads(
-    rec: Reconciler, seen_version: str | None, deployment: dict[str, Any], names: set[str]
-) -> frozenset[str]:
-    """The Deployment's record of what loraplane loads, with `names` added before any pod loads them
-    (an operator that stops mid-load still finds them there)."""
-    recorded = current_record(rec, seen_version, deployment)
+async def record_loads(rec: Reconciler, deployment: dict[str, Any], names: set[str]) -> frozenset[str]:
+    """The record, with `names` added before any pod loads them (an operator that stops mid-load
+    still finds them there)."""
+    recorded = await current_record(rec)
     if names <= recorded:
         return recorded
     recorded |= names
-    await write_record(rec, seen_version, recorded)
+    await write_record(rec, deployment, recorded)
     return recorded
 
 
 async def forget_unloaded(
     rec: Reconciler,
-    seen_version: str | None,
+    deployment: dict[str, Any],
     recorded: frozenset[str],
     claimed: frozenset[str],
     results: list[PodResult],
@@ -196,7 +192,7 @@ async def forget_unloaded(
     held = {name for r in live for name in r.paths}
     gone = (recorded - claimed) - held
     if gone:
-        await write_record(rec, seen_version, recorded - gone)
+        await write_record(rec, deployment, recorded - gone)
 
 
 # How soon a pass comes back while something is in progress that no event announces.

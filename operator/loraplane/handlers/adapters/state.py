@@ -46,9 +46,9 @@ class Reconciler:
     # ("pod/startedAt", adapter, path) -> when a pass first saw it loaded there (status.pods[].loadedAt).
     loaded_at: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
     reported_pods: set[str] = field(default_factory=set)  # pods with an adapters-loaded gauge
-    # (the Deployment's resourceVersion as indexed when the pass read it, the record this reconciler
-    # wrote then): used until the index moves on, so a pass never judges by a record older than its own.
-    record_written: tuple[str | None, frozenset[str]] | None = None
+    # The record of the served names loraplane loaded (its ConfigMap), as last read or written; None:
+    # not read yet by this process.
+    record: frozenset[str] | None = None
 
     def forget_pods_except(self, uids: set[str], names: set[str]) -> set[str]:
         """Drop what is remembered about pods that are gone (the Deployment's pods are ``uids`` and
