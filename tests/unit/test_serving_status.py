@@ -109,6 +109,12 @@ def test_the_older_adapter_keeps_a_served_name() -> None:
     assert status_of.conflicts([second, first]) == {"b": "a"}
 
 
+def test_in_a_tie_of_creation_seconds_the_adapter_already_serving_keeps_the_name() -> None:
+    serving = Wanted("winner", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z", serving=True)
+    newcomer = Wanted("loser", "same", "/q", "HotLoad", "m", created="2025-01-01T00:00:00Z")
+    assert status_of.conflicts([newcomer, serving]) == {"loser": "winner"}
+
+
 def test_the_base_model_may_be_named_by_id_path_or_training_claim_path() -> None:
     served = deployment()
     by_id = Wanted("a", "a", "/p", "HotLoad", "tiny-llama")

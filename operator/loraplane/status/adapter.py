@@ -43,6 +43,9 @@ class Wanted:
     rank: int | None = None
     sha256: str | None = None
     created: str = ""
+    # Its status said Ready before this pass: in a tie of creation times (one-second resolution) the
+    # adapter already serving keeps its served name, so a newcomer never takes it over.
+    serving: bool = False
 
     def as_base_model_path(self, deployment: dict[str, Any]) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
@@ -97,6 +100,7 @@ def resolve(
         rank=rank,
         sha256=sha256,
         created=str(adapter.metadata.get("creationTimestamp", "")),
+        serving=any(c.type == "Ready" and c.status == "True" for c in adapter.status.conditions),
     )
 
 
@@ -157,11 +161,11 @@ def _job_state(job: dict[str, Any] | None) -> str:
 
 
 def conflicts(wanted: list[Wanted]) -> dict[str, str]:
-    """Adapters whose served name an older LoraAdapter on the same Deployment already uses:
-    adapter name -> the one that keeps the name."""
+    """Adapters whose served name an older LoraAdapter on the same Deployment already uses (created in
+    the same second: the one already serving, then by name): adapter name -> the one that keeps it."""
     owner: dict[str, str] = {}
     lost: dict[str, str] = {}
-    for candidate in sorted(wanted, key=lambda w: (w.created, w.adapter)):
+    for candidate in sorted(wanted, key=lambda w: (w.created, not w.serving, w.adapter)):
         if candidate.served_name in owner:
             lost[candidate.adapter] = owner[candidate.served_name]
         else:
