@@ -28,4 +28,6 @@ cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
 echo "==> bench/serving.py"
 "$py" bench/serving.py --kubeconfig "$KUBECONFIG" --namespace demo --volume "$cache/demo/demo/loraplane-tiny" \
   --adapter-path "$adapter_path"
+echo "==> bench/serving_scale.py"
+"$py" bench/serving_scale.py --kubeconfig "$KUBECONFIG" --namespace demo --adapter-path "$adapter_path"
 "$py" -m loraplane_devcluster down

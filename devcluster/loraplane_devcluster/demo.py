@@ -247,23 +247,38 @@ def _adapter_ready(
         return None
 
     adapter = wait_until("the adapter to be Ready on 2 replicas", ready, timeout_s=scenario.serving_timeout_s)
-    for pod in adapter["status"].get("pods", []):
-        say(f"    {pod['pod']} ({pod.get('ip')}): loaded at {pod.get('loadedAt')}")
+    # status.pods lists only pods that lack the adapter; the ones that hold it are the Ready pods.
+    for pod in _serving_pods(kube, namespace, adapter):
+        say(f"    {pod}: holds {adapter['metadata']['name']}")
     return adapter
+
+
+def _serving_pods(kube: Kube, namespace: str, adapter: dict[str, Any]) -> list[str]:
+    """The Ready pods of the adapter's Deployment (its status says all of them hold it)."""
+    deployment = _get(kube, "deployment", adapter["spec"]["serving"]["deployment"], namespace)
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    listed = json.loads(kube.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)
+    return sorted(
+        p["metadata"]["name"]
+        for p in listed["items"]
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    )
 
 
 def _ask(kube: Kube, namespace: str, adapter: dict[str, Any]) -> tuple[str, str, str, dict[str, str]]:
     """The base model's answer on one replica and the adapter's on every replica."""
     served = adapter["spec"].get("servedModelName") or adapter["metadata"]["name"]
-    pods = [p for p in adapter["status"]["pods"] if p.get("loaded")]
-    base_model = next(c["id"] for c in models(kube, namespace, pods[0]["pod"]) if not c.get("parent"))
-    base = complete(kube, namespace, pods[0]["pod"], base_model, PROMPT)
+    pods = _serving_pods(kube, namespace, adapter)
+    base_model = next(c["id"] for c in models(kube, namespace, pods[0]) if not c.get("parent"))
+    base = complete(kube, namespace, pods[0], base_model, PROMPT)
     answers = {}
     for pod in pods:
-        reply = complete(kube, namespace, pod["pod"], served, PROMPT)
+        reply = complete(kube, namespace, pod, served, PROMPT)
         if reply.get("model") != served:
-            raise DemoError(f"{pod['pod']} answered as {reply.get('model')!r}, not {served!r}")
-        answers[pod["pod"]] = reply["choices"][0]["text"]
+            raise DemoError(f"{pod} answered as {reply.get('model')!r}, not {served!r}")
+        answers[pod] = reply["choices"][0]["text"]
     return base_model, served, base["choices"][0]["text"], answers
 
 

@@ -94,6 +94,20 @@ def patch_adapter(namespace: str, name: str, patch: dict[str, Any]) -> None:
     )
 
 
+def patch_adapter_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge `status` into a LoraAdapter's status subresource (the keys given, whole)."""
+    CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, ADAPTER_PLURAL, name, {"status": status}
+    )
+
+
+def patch_training_job_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge `status` into a LoraTrainingJob's status subresource (the keys given, whole)."""
+    CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "loratrainingjobs", name, {"status": status}
+    )
+
+
 def scrape(url: str, timeout_s: float) -> str | None:
     """GET a metrics endpoint; None when it does not answer (the pod is starting or gone)."""
     try:
@@ -119,6 +133,24 @@ def replace_deployment(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     api: Any = AppsV1Api(api_client())
     written = api.replace_namespaced_deployment(body["metadata"]["name"], namespace, body)
     return cast(dict[str, Any], api_client().sanitize_for_serialization(written))  # type: ignore[no-untyped-call]
+
+
+def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
+    api: Any = CoreV1Api(api_client())
+    try:
+        found = api.read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], api_client().sanitize_for_serialization(found))  # type: ignore[no-untyped-call]
+
+
+def write_config_map(namespace: str, body: dict[str, Any]) -> None:
+    """Create the ConfigMap, or merge `data` into the one that exists."""
+    api = CoreV1Api(api_client())
+    if not _created(api.create_namespaced_config_map, namespace, body):
+        api.patch_namespaced_config_map(body["metadata"]["name"], namespace, {"data": body["data"]})
 
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any] | None:

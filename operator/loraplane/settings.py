@@ -33,7 +33,14 @@ class Settings(BaseSettings):
         default=8, ge=1, description="`--max-cpu-loras` written when enabling LoRA."
     )
     serving_resync_seconds: float = Field(
-        default=3.0, gt=0, description="How often each LoraAdapter's Deployment is reconciled."
+        default=60.0,
+        gt=0,
+        description=(
+            "How often each served Deployment is reconciled when nothing changes (events wake it at once)."
+        ),
+    )
+    serving_load_concurrency: int = Field(
+        default=8, ge=1, description="Adapters loaded onto one pod at the same time."
     )
     serving_gate_timeout_seconds: float = Field(
         default=600.0,

@@ -243,6 +243,7 @@ ALLOWED = [
     ("create", "configmaps", []),
     ("create", "services", []),
     ("list", "workloads.kueue.x-k8s.io", []),
+    ("watch", "workloads.kueue.x-k8s.io", []),
     ("patch", "pods", ["--subresource=status"]),
     ("patch", "deployments.apps", []),
     ("create", "events", []),
@@ -258,7 +259,6 @@ FORBIDDEN = [
     ("delete", "jobs.batch", []),
     ("patch", "jobs.batch", []),  # suspend is Kueue's
     ("patch", "workloads.kueue.x-k8s.io", []),
-    ("watch", "workloads.kueue.x-k8s.io", []),
     ("delete", "services", []),
     ("patch", "pods", []),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", []),

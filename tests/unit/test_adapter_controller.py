@@ -13,6 +13,7 @@ import yaml
 
 from loraplane import kube
 from loraplane.builders import serving
+from loraplane.handlers.adapters import controller as task
 from loraplane.handlers.adapters.deployment_changes import base_model_name
 from loraplane.handlers.adapters.gate import gate_condition
 from loraplane.handlers.adapters.indexes import (
@@ -27,6 +28,7 @@ from loraplane.handlers.adapters.indexes import (
 )
 from loraplane.handlers.adapters.kopf_handlers import is_gated
 from loraplane.handlers.adapters.reconciler import (
+    RECONCILERS,
     current_views,
     pick_swap,
     previous_stale_pods,
@@ -293,3 +295,59 @@ def test_what_a_reconciler_remembers_about_a_pod_goes_with_the_pod() -> None:
     assert set(rec.announced) == {"vllm-b/2026-11-28T10:00:00Z/quotes//models/v1", "deployment"}
     assert [k[0] for k in rec.loaded_at] == ["vllm-b/2026-11-28T10:00:00Z"]
     assert rec.reported_pods == {"vllm-b"}
+
+
+# --- the Deployment's task: passes on events, coalesced ---------------------------------------------------
+
+
+def test_events_during_a_pass_make_one_more_pass_and_a_deletion_waits_for_a_pass_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passes: list[int] = []
+    release = asyncio.Event()
+
+    async def one_pass(namespace: str, deployment: str, _: Any) -> Outcome:
+        passes.append(len(passes) + 1)
+        if len(passes) == 1:
+            await release.wait()  # the first pass runs while events arrive
+        return Outcome()
+
+    monkeypatch.setattr(task, "reconcile_deployment", one_pass)
+    found = Indexes(adapters={("ns", "d"): [{"metadata": {"name": "a", "uid": "u"}}]},  # type: ignore[arg-type]
+                    deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]  # fmt: skip
+
+    async def scenario() -> None:
+        task.wake("ns", "d", found)
+        while not passes:  # until the task is inside its first pass
+            await asyncio.sleep(0)
+        for _ in range(50):
+            task.wake("ns", "d", found)
+        waiting = asyncio.create_task(task.fresh_outcome("ns", "d", found))
+        release.set()
+        assert await waiting is not None
+        assert passes == [1, 2], "fifty events during a pass: one pass after it"
+        task.CONTROLLERS[("ns", "d")].task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_deployment_nobody_serves_and_with_nothing_recorded_has_no_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def one_pass(namespace: str, deployment: str, _: Any) -> Outcome:
+        return Outcome()
+
+    monkeypatch.setattr(task, "reconcile_deployment", one_pass)
+    empty = Indexes(adapters={}, deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]
+    # What this process read of the Deployment's record: it lists a name loraplane loaded.
+    monkeypatch.setitem(RECONCILERS, ("ns", "d"), Reconciler("ns", "d", record=frozenset({"x"})))
+
+    async def scenario() -> None:
+        await task.fresh_outcome("ns", "d", empty)
+        assert ("ns", "d") in task.CONTROLLERS, "its record lists what loraplane loaded: it stays"
+        task.CONTROLLERS[("ns", "d")].task.cancel()
+        task.CONTROLLERS.clear()
+        await task.fresh_outcome("ns", "e", empty)
+        assert ("ns", "e") not in task.CONTROLLERS
+
+    asyncio.run(scenario())

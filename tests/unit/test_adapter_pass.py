@@ -38,6 +38,7 @@ class Vllm(BaseHTTPRequestHandler):
     adapters: dict[str, str] = {}
     posts: list[str] = []
     auth: list[str | None] = []
+    barrier: threading.Barrier | None = None
 
     def _reply(self, status: int, body: Any) -> None:
         data = (body if isinstance(body, str) else json.dumps(body)).encode()
@@ -68,6 +69,8 @@ class Vllm(BaseHTTPRequestHandler):
         if not self.runtime_api:
             self._reply(404, {"detail": "Not Found"})
         elif self.path == "/v1/load_lora_adapter":
+            if self.barrier is not None:
+                self.barrier.wait()  # raises BrokenBarrierError unless enough loads are in flight together
             self.adapters[body["lora_name"]] = body["lora_path"]
             self._reply(200, "Success")
         else:
@@ -80,6 +83,7 @@ class Vllm(BaseHTTPRequestHandler):
 @pytest.fixture
 def vllm() -> Iterator[int]:
     Vllm.runtime_api, Vllm.api_key, Vllm.adapters, Vllm.posts, Vllm.auth = False, None, {}, [], []
+    Vllm.barrier = None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Vllm)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -96,6 +100,8 @@ class Cluster:
     gates: list[tuple[str, str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (kind, name, type, reason)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    records: list[list[str]] = field(default_factory=list)  # what each write of the record listed
+    config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def replace_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         version = int(body["metadata"]["resourceVersion"]) + 1
@@ -103,6 +109,13 @@ class Cluster:
         self.deployment["metadata"]["resourceVersion"] = str(version)
         self.written.append(body)
         return self.deployment
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.config_maps.get(name)
+
+    def write_config_map(self, namespace: str, body: dict[str, Any]) -> None:
+        self.config_maps[body["metadata"]["name"]] = copy.deepcopy(body)
+        self.records.append(json.loads(body["data"]["loaded"]))
 
     def set_pod_condition(self, namespace: str, pod: str, condition: dict[str, Any]) -> None:
         self.gates.append((pod, condition["status"], condition["reason"]))
@@ -200,6 +213,8 @@ def cluster(monkeypatch: pytest.MonkeyPatch, vllm: int, request: pytest.FixtureR
     recorder = Cluster(vllm_deployment(vllm, namespace=request.node.name[:60].lower().replace("_", "-")))
     monkeypatch.setattr(kube, "replace_deployment", recorder.replace_deployment)
     monkeypatch.setattr(kube, "set_pod_condition", recorder.set_pod_condition)
+    monkeypatch.setattr(kube, "read_config_map", recorder.read_config_map)
+    monkeypatch.setattr(kube, "write_config_map", recorder.write_config_map)
     monkeypatch.setattr(kube, "endpoint_ready", lambda namespace, pod: None)
     monkeypatch.setattr(kube, "read_secret_key", recorder.read_secret_key)
     monkeypatch.setattr(kopf, "event", recorder.event)
@@ -384,3 +399,111 @@ def test_a_deployment_and_pods_the_filtered_indexes_lack_are_read_directly(
     status = status_of.observe(LoraAdapter.model_validate(adapter), outcome.passes["quotes"], now())
     assert read == ["deployment vllm-tiny", "pods app=vllm-tiny"]
     assert ready(status)[:2] == ("True", "Loaded")
+
+
+# --- what loraplane loaded, and what nobody wants any more -----------------------------------------------
+
+
+def hot_cluster(cluster: Cluster) -> tuple[str, list[dict[str, Any]]]:
+    """LoRA and the runtime API already on, no opt-in needed; one pod of the current template."""
+    Vllm.runtime_api = True
+    container = cluster.deployment["spec"]["template"]["spec"]["containers"][0]
+    container["args"] += ["--enable-lora"]
+    container["env"] += [RUNTIME_ENV]
+    cluster.deployment["metadata"]["annotations"] = {}
+    namespace = cluster.deployment["metadata"]["namespace"]
+    return namespace, [pod_of(cluster.deployment, "vllm-tiny-r-1", "r")]
+
+
+def named(namespace: str, name: str, served: str | None = None, created: str = "2025-01-01T00:00:00Z") -> Any:
+    adapter = lora_adapter(namespace)
+    adapter["metadata"] |= {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
+    if served:
+        adapter["spec"]["servedModelName"] = served
+    return adapter
+
+
+def pass_over(cluster: Cluster, adapters: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Any:
+    namespace = cluster.deployment["metadata"]["namespace"]
+    indexes = Indexes(
+        adapters={(namespace, "vllm-tiny"): adapters},  # type: ignore[arg-type]
+        deployments={(namespace, "vllm-tiny"): [cluster.deployment]},  # type: ignore[arg-type]
+        pods={namespace: [slim_pod(p) for p in pods]},  # type: ignore[arg-type]
+        training_jobs={},  # type: ignore[arg-type]
+    )
+    return asyncio.run(reconcile_deployment(namespace, "vllm-tiny", indexes))
+
+
+def record(cluster: Cluster) -> list[str]:
+    """What the record ConfigMap (owned by the Deployment) lists."""
+    found = cluster.config_maps.get("vllm-tiny-loraplane-loaded")
+    if found is not None:
+        assert found["metadata"]["ownerReferences"][0]["uid"] == cluster.deployment["metadata"]["uid"]
+    return list(json.loads(found["data"]["loaded"])) if found else []
+
+
+def test_the_record_names_what_loraplane_loads_before_it_loads_and_forgets_it_once_unloaded(
+    cluster: Cluster,
+) -> None:
+    namespace, pods = hot_cluster(cluster)
+    Vllm.adapters = {"by-hand": "/models/adapters/x"}  # loaded by a user, not through a LoraAdapter
+    pass_over(cluster, [named(namespace, "a"), named(namespace, "b")], pods)
+    assert cluster.records[0] == ["a", "b"], "written before the loads"
+    assert Vllm.posts == ["/v1/load_lora_adapter"] * 2
+    assert set(Vllm.adapters) == {"a", "b", "by-hand"}
+
+    # b's LoraAdapter went without its finalizer (or while the operator was down): the index lacks it.
+    outcome = pass_over(cluster, [named(namespace, "a")], pods)
+    assert set(Vllm.adapters) == {"a", "by-hand"}, "unloaded what nobody claims; the user's own stays"
+    assert record(cluster) == ["a"]
+    assert outcome.unwanted_held == set()
+
+    pass_over(cluster, [], pods)
+    assert set(Vllm.adapters) == {"by-hand"}
+    assert record(cluster) == []
+    # Another operator process (a restart) reads the record from the cluster, not from memory.
+    RECONCILERS.clear()
+    cluster.config_maps["vllm-tiny-loraplane-loaded"]["data"]["loaded"] = '["gone-while-down"]'
+    Vllm.adapters["gone-while-down"] = "/models/adapters/y"
+    pass_over(cluster, [], pods)
+    assert set(Vllm.adapters) == {"by-hand"}
+
+
+def test_a_name_stays_recorded_while_a_pod_that_may_hold_it_does_not_answer(cluster: Cluster) -> None:
+    namespace, pods = hot_cluster(cluster)
+    pass_over(cluster, [named(namespace, "a")], pods)
+    silent = pod_of(cluster.deployment, "vllm-tiny-r-2", "r")
+    silent["status"]["podIP"] = "127.0.0.2"  # nothing listens there
+    cluster.deployment["status"]["replicas"] = 2
+    pass_over(cluster, [], [*pods, silent])
+    assert Vllm.adapters == {}
+    assert record(cluster) == ["a"], "the pod that did not answer may still hold it"
+
+
+def test_deleting_the_conflict_loser_never_unloads_the_winner(cluster: Cluster) -> None:
+    namespace, pods = hot_cluster(cluster)
+    winner = named(namespace, "winner", served="quotes", created="2025-01-01T00:00:00Z")
+    loser = named(namespace, "loser", served="quotes", created="2025-01-02T00:00:00Z")
+    outcome = pass_over(cluster, [winner, loser], pods)
+    assert outcome.passes["loser"].problem.reason == "Conflict"
+    assert set(Vllm.adapters) == {"quotes"}
+
+    loser["metadata"]["deletionTimestamp"] = "2025-01-03T00:00:00Z"
+    outcome = pass_over(cluster, [winner, loser], pods)
+    assert "quotes" not in outcome.unwanted_held, "the loser's finalizer finishes at once"
+    assert set(Vllm.adapters) == {"quotes"}, "the winner keeps serving"
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 0
+
+
+def test_a_pod_loads_its_adapters_side_by_side(cluster: Cluster) -> None:
+    cluster.deployment["spec"]["template"]["spec"]["readinessGates"] = [{"conditionType": GATE}]
+    namespace, pods = hot_cluster(cluster)
+    # Four loads must be in flight at once, or the barrier breaks and the loads fail.
+    Vllm.barrier = threading.Barrier(4, timeout=10)
+    outcome = pass_over(cluster, [named(namespace, f"a{i}") for i in range(8)], pods)
+    assert set(Vllm.adapters) == {f"a{i}" for i in range(8)}
+    assert all(h.loaded for h in outcome.passes["a0"].pods[0].holdings.values())
+    assert cluster.gates == [
+        ("vllm-tiny-r-1", "False", "LoadingAdapters"),
+        ("vllm-tiny-r-1", "True", "AdaptersLoaded"),
+    ]

@@ -109,6 +109,12 @@ def test_the_older_adapter_keeps_a_served_name() -> None:
     assert status_of.conflicts([second, first]) == {"b": "a"}
 
 
+def test_in_a_tie_of_creation_seconds_the_adapter_already_serving_keeps_the_name() -> None:
+    serving = Wanted("winner", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z", serving=True)
+    newcomer = Wanted("loser", "same", "/q", "HotLoad", "m", created="2025-01-01T00:00:00Z")
+    assert status_of.conflicts([newcomer, serving]) == {"loser": "winner"}
+
+
 def test_the_base_model_may_be_named_by_id_path_or_training_claim_path() -> None:
     served = deployment()
     by_id = Wanted("a", "a", "/p", "HotLoad", "tiny-llama")
@@ -225,8 +231,7 @@ def test_ready_when_every_ready_pod_holds_it() -> None:
         "/models/adapters/a",
         8,
     )
-    assert [p.pod for p in status.pods] == ["p1", "p2"]
-    assert status.pods[0].loaded_at == NOW
+    assert status.pods == []  # pods that hold it are counted, not listed: the status stays small
 
 
 def test_a_starting_pod_does_not_make_a_served_adapter_unready() -> None:
@@ -234,6 +239,16 @@ def test_a_starting_pod_does_not_make_a_served_adapter_unready() -> None:
     status = outcome(lora_adapter(), (pod("p1"), Holding(loaded=True)), (starting, Holding()))
     assert status.conditions[0].status == "True"
     assert (status.replicas, status.ready_replicas) == (2, 1)
+    assert [(p.pod, p.loaded) for p in status.pods] == [("p2", False)]
+
+
+def test_while_loading_the_message_names_the_pods_that_lack_it() -> None:
+    pods = [(pod(f"p{i}"), Holding()) for i in range(5)]
+    status = outcome(lora_adapter(), (pod("p9"), Holding(loaded=True)), *pods)
+    ready = status.conditions[0]
+    assert (ready.status, ready.reason) == ("False", "Loading")
+    assert ready.message == "1/6 pods hold it; not yet on p0, p1, p2 and 2 more"
+    assert [p.pod for p in status.pods] == ["p0", "p1", "p2", "p3", "p4"]
 
 
 @pytest.mark.parametrize(

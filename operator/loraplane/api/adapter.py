@@ -139,7 +139,13 @@ class LoraAdapterStatus(ApiModel):
     path: str | None = Field(default=None, description="Adapter path the serving pods load.")
     rank: int | None = Field(default=None, description="LoRA rank read from the adapter's config.")
     sha256: str | None = Field(default=None, description="SHA-256 of the adapter weights, when known.")
-    pods: list[PodAdapterState] = Field(default_factory=list, description="Per-pod state.")
+    pods: list[PodAdapterState] = Field(
+        default_factory=list,
+        description=(
+            "The serving pods that do not hold the adapter, and why; pods that hold it are only counted "
+            "(readyReplicas), so the status stays small with many adapters and replicas."
+        ),
+    )
 
 
 class LoraAdapter(ApiModel):

@@ -25,6 +25,14 @@ SETTINGS_ANNOTATION = f"{GROUP}/lora-settings"
 # Names of the adapters loraplane put into `--lora-modules` (Static mode); other entries are the user's.
 STATIC_ANNOTATION = f"{GROUP}/static-adapters"
 CONTAINER_ANNOTATION = f"{GROUP}/container"
+# The record of what loraplane loaded into a Deployment's pods: a ConfigMap the Deployment owns (goes
+# with it), labelled with the Deployment's name, its key `loaded` a JSON list of served names. The
+# cluster remembers what loraplane is responsible for, so a name no LoraAdapter claims any more is
+# unloaded after an operator restart or a finalizer removed by hand, and names users loaded
+# themselves (never listed there) are left alone. Not an annotation of the Deployment: a Deployment's
+# generation counts its annotation changes too.
+RECORD_LABEL = f"{GROUP}/loaded-adapters-of"
+RECORD_KEY = "loaded"
 # `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
 # with; loraplane sends it on its calls to the server.
 API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
@@ -42,6 +50,43 @@ LORA_MODULES = "--lora-modules"
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_DEFAULT_PORT = 8000
+
+
+def record_name(deployment: str) -> str:
+    return f"{deployment}-loraplane-loaded"
+
+
+def loaded_record(config_map: dict[str, Any] | None) -> frozenset[str]:
+    """The served names a record ConfigMap lists (empty when there is none, or it is unreadable)."""
+    raw = ((config_map or {}).get("data") or {}).get(RECORD_KEY)
+    try:
+        names = json.loads(raw) if raw else []
+    except ValueError:
+        names = []
+    return frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
+
+
+def record_config_map(deployment: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The record ConfigMap listing `names`, owned by the Deployment (deleted with it)."""
+    metadata = deployment["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": record_name(metadata["name"]),
+            "namespace": metadata.get("namespace"),
+            "labels": {RECORD_LABEL: metadata["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": metadata["name"],
+                    "uid": metadata["uid"],
+                }
+            ],
+        },
+        "data": {RECORD_KEY: json.dumps(sorted(names), separators=(",", ":"))},
+    }
 
 
 def is_opted_in(deployment: dict[str, Any]) -> bool:

@@ -1,8 +1,15 @@
 """LoraTrainingJob handlers: make sure the run's ConfigMap and Job exist, and keep the status true.
 
-Level-based: creation (and operator restarts, via `resume`) runs the same idempotent `ensure_run`;
-a timer reads the run's Job and pods from in-memory indexes (no API calls) and the worker's metrics,
-and writes the status only when it changed.
+Level-based: creation (and operator restarts, via `resume`) runs the same idempotent `ensure_run`.
+The status follows the run's Job and pods: their events (read from in-memory indexes, no API calls)
+refresh the job that owns them, and only while the worker runs does a timer read its metrics every
+`progress_interval_seconds`. Each refresh writes the status only when it changed.
+
+Cost at rest: a waiting job (Pending, Unschedulable) has no timer and wakes only on its Job's and
+pods' events; a finished job has no timer, is left out of the index of live jobs, and its children's
+events are ignored at a dictionary lookup. kopf's own per-job costs: `start_training` (a changing
+handler) writes kopf's `last-handled-configuration` annotation once; the timer, while it exists (the
+worker runs), is an asyncio task and a kopf finalizer on the job.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -55,17 +62,53 @@ def parse(body: kopf.Body) -> LoraTrainingJob:
     return LoraTrainingJob.model_validate(kube.to_plain(body))
 
 
-# --- indexes over the children: what the timer reads instead of calling the API ----------------------
+# --- indexes over the children: what a refresh reads instead of calling the API ----------------------
+
+
+# Of a Job's spec, what the status reads: Kueue's suspend (Queued, Preempted) and the group size.
+_JOB_SPEC_READ = ("suspend", "completions", "parallelism")
+
+
+def _slim(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
+    """What a refresh reads of a Job or pod (metadata names and times, the status, the few Job spec
+    fields above); the pod template is not kept in memory."""
+    metadata = body.get("metadata", {})
+    spec = body.get("spec") or {}
+    kept = {
+        "metadata": {
+            key: metadata.get(key)
+            for key in ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+        },
+        "spec": {key: spec[key] for key in _JOB_SPEC_READ if key in spec},
+        "status": body.get("status", {}),
+    }
+    return kube.to_plain(kept)
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
 def training_batch_jobs(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.to_plain(body)}
+    return {labels[naming.LABEL_TRAINING_JOB_UID]: _slim(body)}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
 def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.to_plain(body)}
+    return {labels[naming.LABEL_TRAINING_JOB_UID]: _slim(body)}
+
+
+def _is_live(status: dict[str, Any]) -> bool:
+    """Started (it has a Succeeded condition), not refused, not finished: its children's events count."""
+    summary = next((c for c in status.get("conditions") or [] if c.get("type") == "Succeeded"), None)
+    if summary is None or summary.get("reason") == "InvalidSpec":
+        return False
+    return summary.get("reason") not in status_of.TERMINAL_REASONS
+
+
+@kopf.index(*RESOURCE)
+def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Jobs whose run is under way, by uid (finished jobs are not kept: nothing is done for them)."""
+    if uid is None or not _is_live(dict(body.get("status") or {})):
+        return None
+    return {uid: kube.to_plain(body)}
 
 
 # --- creating the run ---------------------------------------------------------------------------------
@@ -265,59 +308,219 @@ async def publish_adapter(job: LoraTrainingJob, body: kopf.Body, namespace: str)
     kopf.info(body, reason="AdapterUpdated", message=f"LoraAdapter {name} now serves this run's adapter")
 
 
-# kopf passes the indexes by their names; its handler Protocols cannot list them, hence the ignore.
-@kopf.timer(*RESOURCE, interval=get_settings().progress_interval_seconds)  # type: ignore[arg-type]
+# One refresh of a job at a time (its children's events and its timer may coincide).
+_REFRESHING: dict[str, asyncio.Lock] = {}
+# uid -> (the resourceVersion it was judged against, the status written): until the watch brings the
+# write back, the next refresh starts from what was written (no second write, no repeated Event).
+_WRITTEN: dict[str, tuple[Any, LoraTrainingJobStatus]] = {}
+_SEEN_LIVE: set[str] = set()  # live jobs refreshed once since this process started
+
+
+def _worker_running(body: kopf.Body, **_: Any) -> bool:
+    """The timer's filter: the run's phase is Running (kopf stops the timer when it no longer is)."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    summary = next((c for c in conditions if c.get("type") == "Succeeded"), None)
+    return summary is not None and summary.get("reason") == "Running"
+
+
+async def refresh(
+    body: dict[str, Any],
+    batch_jobs: kopf.Index[str, dict[str, Any]],
+    pods_index: kopf.Index[str, dict[str, Any]],
+    read_metrics: bool,
+) -> None:
+    """The job's status from its Job and pods (and, while the worker runs, its metrics), written
+    straight away when it changed; then the adapter published, once the status says Succeeded."""
+    job = LoraTrainingJob.model_validate(body)
+    namespace, uid = str(job.metadata["namespace"]), str(job.metadata["uid"])
+    written = _WRITTEN.get(uid)
+    if written is not None and written[0] == job.metadata.get("resourceVersion"):
+        # The index has not seen the status written last yet: judge against what was written.
+        job = job.model_copy(update={"status": written[1]})
+    summary = find(job.status.conditions, "Succeeded")
+    if summary is None or summary.reason == "InvalidSpec":
+        return  # not started yet, or never will be
+    async with _REFRESHING.setdefault(uid, asyncio.Lock()):
+        RECONCILES.labels(KIND).inc()
+        try:
+            finished = await _refresh(job, body, namespace, batch_jobs, pods_index, read_metrics)
+        except Exception:
+            RECONCILE_ERRORS.labels(KIND).inc()
+            raise
+    if finished:
+        # No more refreshes: its children's events are ignored from now on.
+        _REFRESHING.pop(uid, None)
+        _WRITTEN.pop(uid, None)
+        _SEEN_LIVE.discard(uid)
+
+
+async def _refresh(
+    job: LoraTrainingJob,
+    body: dict[str, Any],
+    namespace: str,
+    batch_jobs: kopf.Index[str, dict[str, Any]],
+    pods_index: kopf.Index[str, dict[str, Any]],
+    read_metrics: bool,
+) -> bool:
+    """One refresh; True when the run has finished (and its adapter, if any, is published)."""
+    uid = job.metadata["uid"]
+    batch_job = next(iter(batch_jobs.get(uid, [])), None)
+    pods = list(pods_index.get(uid, []))
+    was_terminal = status_of.is_terminal(job.status)
+    if was_terminal and (job.status.adapter is None or job.spec.adapter is None or uid in _PUBLISHED):
+        return True
+    if batch_job is None and not was_terminal:
+        await asyncio.to_thread(ensure_run, job, cast(kopf.Body, body), namespace)  # the Job was deleted
+    current, resumed = await read_progress(pods) if read_metrics else (None, None)
+    workload = None
+    if batch_job is not None and (batch_job.get("spec") or {}).get("suspend"):
+        # Why Kueue holds it (quota, flavor) or took it back: the Workload's own conditions.
+        job_uid = str(batch_job["metadata"].get("uid", ""))
+        workload = await asyncio.to_thread(kube.workload_of_job, namespace, job_uid)
+    new = status_of.observe(job, batch_job, pods, current, now(), resumed, workload)
+    await _write_refreshed(job, new)
+    _announce(cast(kopf.Body, body), job.status, new)
+    summary = find(new.conditions, "Succeeded")
+    _count_phase(namespace, job.metadata["name"], summary.reason if summary else None)
+    if new.progress is not None:
+        TRAINING_PROGRESS.labels(namespace, job.metadata["name"]).set(new.progress.percent)
+    if new.adapter is not None and status_of.is_terminal(new):
+        # The status saying Succeeded is written above, before the LoraAdapter exists: it never sees
+        # its training job unfinished.
+        finished = job.model_copy(update={"status": new})
+        promoted = await promote_or_publish(finished, cast(kopf.Body, body), namespace)
+        if promoted is not None:
+            decided = new.model_copy(deep=True)
+            decided.conditions = merge(decided.conditions, [promoted], decided.observed_generation, now())
+            await _write_refreshed(finished, decided)
+    return status_of.is_terminal(new)
+
+
+async def _write_refreshed(job: LoraTrainingJob, new: LoraTrainingJobStatus) -> None:
+    """Patch what changed in the status, and remember it until the index brings it back."""
+    wire, before = new.to_wire(), job.status.to_wire()
+    changed = {key: value for key, value in wire.items() if before.get(key) != value}
+    if changed:
+        await asyncio.to_thread(
+            kube.patch_training_job_status, job.metadata["namespace"], job.metadata["name"], changed
+        )
+        _WRITTEN[job.metadata["uid"]] = (job.metadata.get("resourceVersion"), new)
+
+
+@kopf.on.resume(*RESOURCE)
+async def publish_after_restart(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """A run that finished while the operator was down, or just before it stopped, may not have
+    published its adapter yet (publishing is idempotent: an existing LoraAdapter of ours is kept)."""
+    job = parse(body)
+    if namespace and status_of.is_terminal(job.status) and job.status.adapter and job.spec.adapter:
+        promoted = await promote_or_publish(job, body, namespace)
+        if promoted is not None:
+            decided = job.status.model_copy(deep=True)
+            decided.conditions = merge(decided.conditions, [promoted], decided.observed_generation, now())
+            await _write_refreshed(job, decided)
+
+
+# kopf passes the indexes by their names; its handler Protocols cannot list them, hence the ignores.
+@kopf.timer(  # type: ignore[arg-type]
+    *RESOURCE, interval=get_settings().progress_interval_seconds, when=_worker_running
+)
 async def follow_training(
     body: kopf.Body,
-    namespace: str | None,
-    patch: kopf.Patch,
     training_batch_jobs: kopf.Index[str, dict[str, Any]],
     training_pods: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
-    assert namespace is not None  # a namespaced kind
-    job = parse(body)
-    summary = find(job.status.conditions, "Succeeded")
-    if summary is None or summary.reason == "InvalidSpec":
-        return  # not started yet, or never will be
-    RECONCILES.labels(KIND).inc()
-    try:
-        uid = job.metadata["uid"]
-        batch_job = next(iter(training_batch_jobs.get(uid, [])), None)
-        pods = list(training_pods.get(uid, []))
-        was_terminal = status_of.is_terminal(job.status)
-        if was_terminal and (job.status.adapter is None or job.spec.adapter is None or uid in _PUBLISHED):
-            return
-        if batch_job is None and not was_terminal:
-            await asyncio.to_thread(ensure_run, job, body, namespace)  # someone deleted the Job: converge
-        current, resumed = await read_progress(pods)
-        workload = None
-        if batch_job is not None and (batch_job.get("spec") or {}).get("suspend"):
-            # Why Kueue holds it (quota, flavor) or took it back: the Workload's own conditions.
-            job_uid = str(batch_job["metadata"].get("uid", ""))
-            workload = await asyncio.to_thread(kube.workload_of_job, namespace, job_uid)
-        new = status_of.observe(job, batch_job, pods, current, now(), resumed, workload)
-        _announce(body, job.status, new)
-        _write_status(patch, job.status, new)
-        summary = find(new.conditions, "Succeeded")
-        _count_phase(namespace, job.metadata["name"], summary.reason if summary else None)
-        if new.progress is not None:
-            TRAINING_PROGRESS.labels(namespace, job.metadata["name"]).set(new.progress.percent)
-        if job.status.adapter is not None:
-            # Published on the pass after the one that recorded the adapter, so the LoraAdapter never
-            # sees its training job before the job's status says Succeeded.
-            promoted = await promote_or_publish(job, body, namespace)
-            if promoted is not None:
-                new.conditions = merge(new.conditions, [promoted], new.observed_generation, now())
-                _write_status(patch, job.status, new)
-    except Exception:
-        RECONCILE_ERRORS.labels(KIND).inc()
-        raise
+    """While the worker runs: its progress, every `progress_interval_seconds`."""
+    await refresh(kube.to_plain(body), training_batch_jobs, training_pods, read_metrics=True)
+
+
+@kopf.on.event(*RESOURCE)  # type: ignore[arg-type]
+async def training_job_seen(
+    body: kopf.Body,
+    uid: str | None,
+    type: str | None,
+    training_batch_jobs: kopf.Index[str, dict[str, Any]],
+    training_pods: kopf.Index[str, dict[str, Any]],
+    **_: Any,
+) -> None:
+    """A run under way is refreshed once when this process first sees it live: after an operator
+    restart, and after `start_training` marked it started (its children's first events may have come
+    before that and were not for a live job yet). Later changes come from its children."""
+    if uid is None or type == "DELETED":
+        _SEEN_LIVE.discard(uid or "")
+        return
+    if uid in _SEEN_LIVE or not _is_live(dict(body.get("status") or {})):
+        return
+    _SEEN_LIVE.add(uid)
+    await refresh(kube.to_plain(body), training_batch_jobs, training_pods, read_metrics=False)
+
+
+async def _child_changed(
+    labels: kopf.Labels,
+    live_training_jobs: kopf.Index[str, dict[str, Any]],
+    training_batch_jobs: kopf.Index[str, dict[str, Any]],
+    training_pods: kopf.Index[str, dict[str, Any]],
+) -> None:
+    """A run's Job or pod changed: refresh its job, unless the job has finished (not in the index)."""
+    body = next(iter(live_training_jobs.get(labels.get(naming.LABEL_TRAINING_JOB_UID, ""), [])), None)
+    if body is not None:
+        await refresh(body, training_batch_jobs, training_pods, read_metrics=False)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)  # type: ignore[arg-type]
+async def training_batch_job_changed(
+    labels: kopf.Labels,
+    live_training_jobs: kopf.Index[str, dict[str, Any]],
+    training_batch_jobs: kopf.Index[str, dict[str, Any]],
+    training_pods: kopf.Index[str, dict[str, Any]],
+    **_: Any,
+) -> None:
+    await _child_changed(labels, live_training_jobs, training_batch_jobs, training_pods)
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED)  # type: ignore[arg-type]
+async def training_pod_changed(
+    labels: kopf.Labels,
+    live_training_jobs: kopf.Index[str, dict[str, Any]],
+    training_batch_jobs: kopf.Index[str, dict[str, Any]],
+    training_pods: kopf.Index[str, dict[str, Any]],
+    **_: Any,
+) -> None:
+    await _child_changed(labels, live_training_jobs, training_batch_jobs, training_pods)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)  # optional: no finalizer, Kubernetes deletes the children
-def forget_training(namespace: str | None, name: str | None, **_: Any) -> None:
+def forget_training(namespace: str | None, name: str | None, uid: str | None, **_: Any) -> None:
+    _REFRESHING.pop(uid or "", None)
+    _WRITTEN.pop(uid or "", None)
+    _SEEN_LIVE.discard(uid or "")
     if namespace and name:
         _count_phase(namespace, name, None)
         with contextlib.suppress(KeyError):  # never reported progress
             TRAINING_PROGRESS.remove(namespace, name)
+
+
+def _owned_by_a_job(body: kopf.Body, **_: Any) -> bool:
+    return any(owner.get("kind") == "Job" for owner in body.get("metadata", {}).get("ownerReferences") or [])
+
+
+# Kueue's Workload of a queued run changes (quota reserved, admitted, evicted): refresh that run, so
+# `Queued`/`Preempted` carry the Workload's current words. An event handler, not an index: kopf makes
+# every handler wait for the listings of indexed kinds, and Kueue's CRDs may come and go at runtime.
+@kopf.on.event(kube.KUEUE_GROUP, kube.KUEUE_VERSION, "workloads", when=_owned_by_a_job)  # type: ignore[arg-type]
+async def training_workload_changed(
+    body: kopf.Body,
+    live_training_jobs: kopf.Index[str, dict[str, Any]],
+    training_batch_jobs: kopf.Index[str, dict[str, Any]],
+    training_pods: kopf.Index[str, dict[str, Any]],
+    **_: Any,
+) -> None:
+    owners = {
+        o.get("uid") for o in body.get("metadata", {}).get("ownerReferences") or [] if o.get("kind") == "Job"
+    }
+    for run_uid, batch_jobs in training_batch_jobs.items():
+        if any(job["metadata"].get("uid") in owners for job in batch_jobs):
+            run = next(iter(live_training_jobs.get(run_uid, [])), None)
+            if run is not None:
+                await refresh(run, training_batch_jobs, training_pods, read_metrics=False)
+            return

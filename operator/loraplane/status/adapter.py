@@ -43,6 +43,9 @@ class Wanted:
     rank: int | None = None
     sha256: str | None = None
     created: str = ""
+    # Its status said Ready before this pass: in a tie of creation times (one-second resolution) the
+    # adapter already serving keeps its served name, so a newcomer never takes it over.
+    serving: bool = False
 
     def as_base_model_path(self, deployment: dict[str, Any]) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
@@ -104,6 +107,7 @@ def resolve(
         rank=rank,
         sha256=sha256,
         created=str(adapter.metadata.get("creationTimestamp", "")),
+        serving=any(c.type == "Ready" and c.status == "True" for c in adapter.status.conditions),
     )
 
 
@@ -164,11 +168,11 @@ def _job_state(job: dict[str, Any] | None) -> str:
 
 
 def conflicts(wanted: list[Wanted]) -> dict[str, str]:
-    """Adapters whose served name an older LoraAdapter on the same Deployment already uses:
-    adapter name -> the one that keeps the name."""
+    """Adapters whose served name an older LoraAdapter on the same Deployment already uses (created in
+    the same second: the one already serving, then by name): adapter name -> the one that keeps it."""
     owner: dict[str, str] = {}
     lost: dict[str, str] = {}
-    for candidate in sorted(wanted, key=lambda w: (w.created, w.adapter)):
+    for candidate in sorted(wanted, key=lambda w: (w.created, not w.serving, w.adapter)):
         if candidate.served_name in owner:
             lost[candidate.adapter] = owner[candidate.served_name]
         else:
@@ -289,6 +293,7 @@ class PodResult:
     holdings: dict[str, Holding] = field(default_factory=dict)  # adapter name -> state
     reachable: bool = False
     paths: dict[str, str] = field(default_factory=dict)  # what /v1/models listed: served name -> path
+    waiting: bool = False  # waiting for something no event announces (leaving the Service for a swap)
 
     def settled(self, wanted: list[Wanted]) -> bool:
         """Every wanted adapter is on the pod or has failed for good: the gate may open."""
@@ -328,7 +333,6 @@ def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterSt
     status = adapter.status.model_copy(deep=True)
     live = [p for p in seen.pods if not p.view.deleting]
     status.replicas = len(live)
-    previous = {p.pod: p for p in adapter.status.pods}
     entries = []
     holders = 0
     errors: list[tuple[str, str, str]] = []
@@ -338,18 +342,10 @@ def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterSt
             holders += 1
         elif holding.reason:
             errors.append((holding.reason, result.view.name, holding.error or ""))
-        before = previous.get(result.view.name)
-        loaded_at = holding.loaded_at or (
-            before.loaded_at if before and before.loaded and holding.loaded else None
-        )
+        if holding.loaded:
+            continue  # counted in readyReplicas; only pods that lack it are listed (status stays small)
         entries.append(
-            PodAdapterState(
-                pod=result.view.name,
-                ip=result.view.ip,
-                loaded=holding.loaded,
-                loaded_at=loaded_at if holding.loaded else None,
-                last_error=holding.error if not holding.loaded else None,
-            )
+            PodAdapterState(pod=result.view.name, ip=result.view.ip, loaded=False, last_error=holding.error)
         )
     status.pods = sorted(entries, key=lambda e: e.pod)
     status.ready_replicas = holders
@@ -385,6 +381,10 @@ def _ready(
     if not live:
         return Observed("Ready", "False", "NoReplicas", "the Deployment has no pods")
     waiting = f"{holders}/{len(live)} pods hold it"
+    lacking = sorted(p.view.name for p in live if not (p.holdings.get(name) or Holding()).loaded)
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        waiting = f"{waiting}; not yet on {', '.join(lacking[:3])}{more}"
     if seen.note:
         waiting = f"{waiting}; {seen.note}"
     return Observed("Ready", "False", "Loading", waiting)

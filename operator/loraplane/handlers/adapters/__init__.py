@@ -1,17 +1,20 @@
 """LoraAdapter controller: one reconciler per target Deployment decides what every pod must hold.
 
 The desired set of a Deployment comes from an index of the LoraAdapters that name it; its pods and the
-Deployment itself come from indexes too. Each LoraAdapter's timer (and every event of a gated pod)
-asks its Deployment's reconciler for a pass; passes of one Deployment never overlap (a lock) and a
-caller that asked while a pass was queued reuses that pass, so handlers of different adapters never
-race on a pod. A pass: enable LoRA under the Deployment's opt-in (once: a restart), keep Static
-adapters in the one merged `--lora-modules`, then per pod: list `/v1/models`, unload what was deleted,
-load what is missing, swap versions one pod at a time, and open the pod's readiness gate once it holds
-every adapter that can load. Each adapter's status is then a pure function of the pass.
+Deployment itself come from indexes too. Each served Deployment has one task (`controller`) that wakes
+on events (its LoraAdapters, the Deployment, its pods, training jobs its adapters read), coalesces
+what arrives during a pass, and resyncs once per `serving_resync_seconds`: cost follows change, not
+the number of adapters. A pass: enable LoRA under the Deployment's opt-in (once: a restart), keep
+Static adapters in the one merged `--lora-modules`, record in the Deployment's annotation what it is
+about to load, then per pod: list `/v1/models`, unload what loraplane loaded and nobody claims any
+more, load what is missing (bounded, in parallel), swap versions one pod at a time, and open the
+pod's readiness gate once it holds every adapter that can load. Each adapter's status is then a pure
+function of the pass, written only when it changed.
 
 Modules, from the outside in:
 
-- `kopf_handlers`: the kopf handlers (the adapters' timer and finalizer, gated pods' events);
+- `kopf_handlers`: the kopf handlers (events that wake a Deployment's task, the finalizer);
+- `controller`: one task per served Deployment: when to pass, and the status writes after it;
 - `indexes`: the kopf indexes the passes read instead of calling the API;
 - `reconciler`: one Deployment's pass, and the pure choices it makes (pods, the pod that may swap);
 - `deployment_changes`: Deployment-level writes (enable LoRA for HotLoad, Static `--lora-modules`),

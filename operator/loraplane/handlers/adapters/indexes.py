@@ -102,7 +102,21 @@ def served_pod_filter(body: kopf.Body, namespace: str | None, **kwargs: Any) -> 
 def adapters_by_deployment(
     body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
 ) -> dict[DeploymentKey, dict[str, Any]]:
-    return {(str(namespace), spec["serving"]["deployment"]): kube.to_plain(body)}
+    return {(str(namespace), spec["serving"]["deployment"]): slim_adapter(body)}
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim_adapter(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A LoraAdapter as a pass needs it: without managedFields and kubectl's copy of the spec (with a
+    thousand adapters they would be most of the index)."""
+    plain = kube.to_plain(body)
+    metadata = plain.setdefault("metadata", {})
+    metadata.pop("managedFields", None)
+    annotations = metadata.get("annotations") or {}
+    annotations.pop(LAST_APPLIED, None)
+    return plain
 
 
 @kopf.index("apps", "v1", "deployments", when=served_deployment_filter)

@@ -4,7 +4,6 @@ missing (swapping versions only when the pass says this pod may), then open its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from typing import Any
@@ -22,8 +21,6 @@ from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
 from loraplane.status.adapter import Holding, PodResult, PodView, Wanted
 from loraplane.vllm import Models, Server, VllmError
-
-# (pod name/run, adapter, path) -> when the pod was first seen holding it.
 
 
 async def reconcile_pod(
@@ -45,23 +42,21 @@ async def reconcile_pod(
             result.holdings = {w.adapter: unauthorized(plan) for w in plan.wanted}
         return result
     result.reachable = True
-    models = await unload_deleted(rec, server, client, view, models, plan.deleting)
+    models = await unload_unwanted(rec, server, client, view, models, plan)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
     if swap_now and view.gate_status == "True":
         message = "out of rotation to swap an adapter version"
         await set_gate(namespace, view, "False", "SwappingVersion", message)
+        result.waiting = True
         return result
     if swap_now and not plan.single:
         endpoint = await asyncio.to_thread(kube.endpoint_ready, namespace, view.name)
         if view.ready or endpoint:
+            result.waiting = True
             return result  # wait until no Service routes to it any more
     may_swap = swap_now or view.gate_status != "True"
-    for want in plan.wanted:
-        holding = await hold(rec, server, client, plan, view, uid, want, models, may_swap)
-        result.holdings[want.adapter] = holding
-    with contextlib.suppress(VllmError):
-        models = await server.models(client)
+    result.holdings, models = await hold_all(rec, server, client, plan, view, uid, models, may_swap)
     ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
     rec.reported_pods.add(view.name)
     result.paths = dict(models.adapters)
@@ -70,20 +65,32 @@ async def reconcile_pod(
     return result
 
 
-async def unload_deleted(
+async def unload_unwanted(
     rec: Reconciler,
     server: Server,
     client: aiohttp.ClientSession,
     view: PodView,
     models: Models,
-    names: set[str],
+    plan: PodPlan,
 ) -> Models:
-    for name in sorted(names & set(models.adapters)):
-        if await unload_quietly(server, client, name):
-            for adapter in adapters_named(rec, name):
-                event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
+    """Unload what loraplane loaded (the Deployment's record) and no live LoraAdapter claims any more:
+    deleted adapters, also those whose finalizer was removed by hand or that went while the operator
+    was down. Names users loaded themselves are not in the record and stay."""
+    names = sorted((plan.recorded - plan.claimed) & set(models.adapters))
+    if not names:
+        return models
+    limit = asyncio.Semaphore(get_settings().serving_load_concurrency)
+
+    async def one(name: str) -> str | None:
+        async with limit:
+            return name if await unload_quietly(server, client, name) else None
+
+    unloaded = {n for n in await asyncio.gather(*(one(n) for n in names)) if n is not None}
+    for name in sorted(unloaded):
+        for adapter in adapters_named(rec, name):
+            event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
     return Models(
-        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in names}
+        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
     )
 
 
@@ -107,20 +114,11 @@ def base_model_mismatch(
     return Holding(reason="BaseModelMismatch", error=mismatch)
 
 
-async def hold(
-    rec: Reconciler,
-    server: Server,
-    client: aiohttp.ClientSession,
-    plan: PodPlan,
-    view: PodView,
-    uid: str,
-    want: Wanted,
-    models: Models,
-    may_swap: bool,
-) -> Holding:
-    """Make the pod hold `want` (HotLoad), or report whether it does (Static)."""
-    settings, deployment = get_settings(), plan.deployment
-    mismatch = base_model_mismatch(rec, want, view, models, deployment)
+def decide(
+    rec: Reconciler, plan: PodPlan, view: PodView, uid: str, want: Wanted, models: Models, may_swap: bool
+) -> Holding | None:
+    """What the pod's listing says about `want` without a call: a Holding, or None when it must load."""
+    mismatch = base_model_mismatch(rec, want, view, models, plan.deployment)
     if mismatch is not None:
         return mismatch
     if models.holds(want.served_name, want.path):
@@ -128,38 +126,95 @@ async def hold(
     if want.mode == "Static":
         return Holding(reason="WaitingForRollout", error="the pod predates the --lora-modules change")
     held_path = models.adapters.get(want.served_name)
-    if held_path is not None:
-        if not may_swap:
-            return Holding(reason="VersionSwapPending", error=f"holds the previous version ({held_path})")
-        await unload_quietly(server, client, want.served_name)
-    key = (uid, view.restart_count, want.adapter, want.path)
-    failed = rec.failures.get(key)
-    if failed and time.monotonic() - failed[0] < settings.serving_retry_failed_seconds:
+    if held_path is not None and not may_swap:
+        return Holding(reason="VersionSwapPending", error=f"holds the previous version ({held_path})")
+    failed = rec.failures.get((uid, view.restart_count, want.adapter, want.path))
+    if failed and time.monotonic() - failed[0] < get_settings().serving_retry_failed_seconds:
         return Holding(reason=failed[1], error=failed[2])
-    began = time.monotonic()
+    return None
+
+
+async def hold_all(
+    rec: Reconciler,
+    server: Server,
+    client: aiohttp.ClientSession,
+    plan: PodPlan,
+    view: PodView,
+    uid: str,
+    models: Models,
+    may_swap: bool,
+) -> tuple[dict[str, Holding], Models]:
+    """Make the pod hold every wanted adapter (HotLoad), or report whether it does (Static). The loads
+    run side by side, at most `serving_load_concurrency` at a time, and one listing afterwards confirms
+    them all (a listing per load would cost the size of the catalogue each time)."""
+    holdings: dict[str, Holding] = {}
+    to_load: list[Wanted] = []
+    for want in plan.wanted:
+        decided = decide(rec, plan, view, uid, want, models, may_swap)
+        if decided is None:
+            to_load.append(want)
+        else:
+            holdings[want.adapter] = decided
+    if not to_load:
+        return holdings, models
+    limit = asyncio.Semaphore(get_settings().serving_load_concurrency)
+    before = dict(models.adapters)
+
+    async def one(want: Wanted) -> tuple[Holding | None, float]:
+        async with limit:
+            if want.served_name in before:  # an old version: this pod may swap now
+                await unload_quietly(server, client, want.served_name)
+            began = time.monotonic()
+            return await load_one(rec, server, client, plan, view, uid, want), began
+
+    attempts = await asyncio.gather(*(one(w) for w in to_load))
+    try:
+        listed = await server.models(client)
+    except VllmError as error:
+        for want, (refused, _) in zip(to_load, attempts, strict=True):
+            holdings[want.adapter] = refused or (
+                unauthorized(plan)
+                if error.reason == "Unauthorized"
+                else Holding(reason="Unreachable", error=error.message)
+            )
+        return holdings, models
+    for want, (refused, began) in zip(to_load, attempts, strict=True):
+        if refused is not None:
+            holdings[want.adapter] = refused
+        elif not listed.holds(want.served_name, want.path):
+            message = f"/v1/models does not list {want.served_name} at {want.path} after the load"
+            holdings[want.adapter] = Holding(reason="LoadFailed", error=message)
+        else:
+            ADAPTER_LOAD_SECONDS.observe(time.monotonic() - began)
+            rec.failures.pop((uid, view.restart_count, want.adapter, want.path), None)
+            held_path = before.get(want.served_name)
+            swapped = f" (replacing {held_path})" if held_path else ""
+            message = f"loaded on pod {view.name} from {want.path}{swapped}"
+            announce(rec, want, view, "Normal", "Loaded", message)
+            holdings[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+    return holdings, listed
+
+
+async def load_one(
+    rec: Reconciler,
+    server: Server,
+    client: aiohttp.ClientSession,
+    plan: PodPlan,
+    view: PodView,
+    uid: str,
+    want: Wanted,
+) -> Holding | None:
+    """One load call: None when the server took it (or had it already: the listing confirms), else
+    why not."""
     try:
         await server.load(client, want.served_name, want.path)
     except VllmError as error:
         if error.reason == "Unauthorized":
             rec.api_key_refused = True
             return unauthorized(plan)
-        failed_now = load_failed(rec, deployment, view, want, key, error)
-        if failed_now is not None:
-            return failed_now
-    try:
-        confirmed = (await server.models(client)).holds(want.served_name, want.path)
-    except VllmError as error:
-        if error.reason == "Unauthorized":
-            return unauthorized(plan)
-        return Holding(reason="Unreachable", error=error.message)
-    if not confirmed:
-        message = f"/v1/models does not list {want.served_name} at {want.path} after the load"
-        return Holding(reason="LoadFailed", error=message)
-    ADAPTER_LOAD_SECONDS.observe(time.monotonic() - began)
-    rec.failures.pop(key, None)
-    swapped = f" (replacing {held_path})" if held_path else ""
-    announce(rec, want, view, "Normal", "Loaded", f"loaded on pod {view.name} from {want.path}{swapped}")
-    return Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+        key = (uid, view.restart_count, want.adapter, want.path)
+        return load_failed(rec, plan.deployment, view, want, key, error)
+    return None
 
 
 def unauthorized(plan: PodPlan) -> Holding:

@@ -21,8 +21,9 @@ from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
 from loraplane.metrics import ADAPTERS_LOADED, PODS_WAITING_ON_GATE
+from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodView, Problem, Wanted
+from loraplane.status.adapter import PodResult, PodView, Problem, Wanted
 from loraplane.vllm import session
 
 RECONCILERS: dict[DeploymentKey, Reconciler] = {}
@@ -108,9 +109,13 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         return outcome
     note, deployment = await ensure_hotload(rec, deployment, resolved, bodies)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
+    static_before = frozenset(serving.managed_static_names(deployment))
     deployment = await ensure_static(rec, deployment, wanted)
-    deleting = {status_of.served_name(a) for a in adapters if a.metadata.get("deletionTimestamp")}
-    deleting -= {w.served_name for w in wanted}
+    hot = [w for w in wanted if w.mode == "HotLoad"]
+    current = {(w.adapter, w.path) for w in hot}
+    rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
+    claimed = frozenset(status_of.served_name(a) for a in live)
+    recorded = await record_loads(rec, deployment, {w.served_name for w in hot})
 
     container = serving.serving_container(deployment) or {}
     port = serving.api_port(container)
@@ -120,14 +125,18 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     for gone in rec.forget_pods_except(*present):
         with contextlib.suppress(KeyError):
             ADAPTERS_LOADED.remove(namespace, gone)
-    hot = [w for w in wanted if w.mode == "HotLoad"]
-    plan = PodPlan(deployment, port, wanted, deleting, pick_swap(views, hot, rec.outcome))
+    plan = PodPlan(deployment, port, wanted, pick_swap(views, hot, rec.outcome))
+    plan.claimed, plan.recorded = claimed, recorded
     plan.api_key, plan.unauthorized = await server_api_key(rec, deployment, adapters)
     plan.single = sum(1 for v, _ in views if not v.deleting) == 1
     async with session() as client:
         results = await asyncio.gather(*(reconcile_pod(rec, client, plan, view, uid) for view, uid in views))
     for result in results:
         outcome.holding_anywhere |= set(result.paths)
+    # A deleted Static adapter leaves with the rollout that takes it out of --lora-modules.
+    outcome.unwanted_held = set(((recorded | static_before) - claimed) & outcome.holding_anywhere)
+    await forget_unloaded(rec, deployment, recorded, claimed, results)
+    outcome.again_in = again_in(results, rec)
     waiting = sum(1 for v, _ in views if v.gated and not v.deleting and v.gate_status != "True")
     PODS_WAITING_ON_GATE.labels(namespace, rec.deployment).set(waiting)
     if plan.single and hot and plan.swapping:
@@ -138,6 +147,75 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         else:
             outcome.passes[name] = status_of.Pass(None, found, list(results), note, predating)
     return outcome
+
+
+async def current_record(rec: Reconciler) -> frozenset[str]:
+    """The record of what loraplane loaded into the Deployment's pods: read from its ConfigMap once
+    per operator process, then as this reconciler (its only writer) last wrote it."""
+    if rec.record is None:
+        found = await asyncio.to_thread(
+            kube.read_config_map, rec.namespace, serving.record_name(rec.deployment)
+        )
+        rec.record = serving.loaded_record(found)
+    return rec.record
+
+
+async def write_record(rec: Reconciler, deployment: dict[str, Any], names: frozenset[str]) -> None:
+    body = serving.record_config_map(deployment, names)
+    await asyncio.to_thread(kube.write_config_map, rec.namespace, body)
+    rec.record = names
+
+
+async def record_loads(rec: Reconciler, deployment: dict[str, Any], names: set[str]) -> frozenset[str]:
+    """The record, with `names` added before any pod loads them (an operator that stops mid-load
+    still finds them there)."""
+    recorded = await current_record(rec)
+    if names <= recorded:
+        return recorded
+    recorded |= names
+    await write_record(rec, deployment, recorded)
+    return recorded
+
+
+async def forget_unloaded(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    recorded: frozenset[str],
+    claimed: frozenset[str],
+    results: list[PodResult],
+) -> None:
+    """Take names out of the record once nobody claims them and no pod holds them. Only after a pass
+    that reached every live pod: a pod that did not answer may still hold one."""
+    live = [r for r in results if not r.view.deleting]
+    if any(not r.reachable for r in live):
+        return
+    held = {name for r in live for name in r.paths}
+    gone = (recorded - claimed) - held
+    if gone:
+        await write_record(rec, deployment, recorded - gone)
+
+
+# How soon a pass comes back while something is in progress that no event announces.
+SWAP_POLL_S = 2.0
+IN_PROGRESS_POLL_S = 10.0
+
+
+def again_in(results: list[PodResult], rec: Reconciler) -> float | None:
+    """When the next pass must come without an event: soon while a pod waits to leave its Service or
+    its gate is closed, at the retry time of a failed load; None when only events can change things."""
+    settings = get_settings()
+    soon: list[float] = []
+    for result in results:
+        if result.waiting:
+            soon.append(SWAP_POLL_S)
+        elif result.view.gated and not result.view.deleting and result.view.gate_status != "True":
+            soon.append(IN_PROGRESS_POLL_S)
+        if any(h.reason == "Unreachable" for h in result.holdings.values()):
+            soon.append(IN_PROGRESS_POLL_S)
+    if rec.failures:
+        oldest = min(when for when, _, _ in rec.failures.values())
+        soon.append(max(1.0, settings.serving_retry_failed_seconds - (time.monotonic() - oldest)))
+    return min(soon) if soon else None
 
 
 def current_views(

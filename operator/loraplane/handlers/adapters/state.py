@@ -18,6 +18,12 @@ class Outcome:
     passes: dict[str, status_of.Pass] = field(default_factory=dict)
     holding_anywhere: set[str] = field(default_factory=set)  # served names some reachable pod still lists
     unreachable_pods: int = 0
+    # Served names that loraplane loaded, no live LoraAdapter claims, and a reachable pod still lists
+    # after the pass (an unload that failed): a deleting adapter of that name waits for them.
+    unwanted_held: set[str] = field(default_factory=set)
+    # Something is in progress that no event will announce (a failed load waiting for its retry, a
+    # pod waiting to leave its Service before a swap): the next pass, in seconds; None: on events.
+    again_in: float | None = None
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Reconciler:
     # ("pod/startedAt", adapter, path) -> when a pass first saw it loaded there (status.pods[].loadedAt).
     loaded_at: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
     reported_pods: set[str] = field(default_factory=set)  # pods with an adapters-loaded gauge
+    # The record of the served names loraplane loaded (its ConfigMap), as last read or written; None:
+    # not read yet by this process.
+    record: frozenset[str] | None = None
 
     def forget_pods_except(self, uids: set[str], names: set[str]) -> set[str]:
         """Drop what is remembered about pods that are gone (the Deployment's pods are ``uids`` and
@@ -61,8 +70,11 @@ class PodPlan:
     deployment: dict[str, Any]
     port: int
     wanted: list[Wanted]
-    deleting: set[str]
     swapping: str | None
     single: bool = False
+    # Served names of every live LoraAdapter of the Deployment, served or not (a name in the record
+    # that none claims is unloaded), and the record of what loraplane loaded.
+    claimed: frozenset[str] = frozenset()
+    recorded: frozenset[str] = frozenset()
     api_key: str | None = field(default=None, repr=False)  # sent as `Authorization: Bearer`
     unauthorized: str = ""  # what a pod's 401 means here, and the fix

@@ -1,0 +1,166 @@
+"""One long-lived task per served Deployment: it sleeps until something changes, runs a pass, writes
+the statuses that changed, and sleeps again.
+
+Cost follows change: the task wakes on an event (a LoraAdapter, the Deployment, one of its pods, a
+training job an adapter reads), when a pass left something in progress (`Outcome.again_in`), or once
+per `serving_resync_seconds` (what no event announces: a server that lost adapters, a hand-made
+load). Whatever arrives while a pass runs is coalesced into the one pass after it. A Deployment that
+no LoraAdapter names and whose record lists nothing loraplane loaded has no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from loraplane import kube
+from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus
+from loraplane.handlers.adapters.common import KIND, DeploymentKey, now
+from loraplane.handlers.adapters.indexes import Indexes
+from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
+from loraplane.handlers.adapters.state import Outcome
+from loraplane.metrics import RECONCILE_ERRORS, RECONCILES
+from loraplane.settings import get_settings
+from loraplane.status import adapter as status_of
+from loraplane.status.conditions import find
+
+logger = logging.getLogger(__name__)
+
+ERROR_RETRY_S = 5.0  # a pass that raised comes back this soon
+STATUS_WRITES_IN_FLIGHT = 8
+
+
+@dataclass
+class Controller:
+    namespace: str
+    deployment: str
+    indexes: Indexes
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Condition = field(default_factory=asyncio.Condition)
+    task: asyncio.Task[None] | None = None
+    started: int = 0  # passes started
+    finished: int = 0  # passes finished (passes never overlap: finished is started or started - 1)
+    last: Outcome | None = None  # the last finished pass (None: it raised)
+    # adapter uid -> (the indexed resourceVersion it was written against, the status written): a pass
+    # that runs before the write comes back through the watch judges against what was written.
+    written: dict[str, tuple[str, LoraAdapterStatus]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> DeploymentKey:
+        return (self.namespace, self.deployment)
+
+    async def run(self) -> None:
+        settings = get_settings()
+        delay = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
+            self.wakeup.clear()
+            self.started += 1
+            number, outcome = self.started, None
+            RECONCILES.labels(KIND).inc()
+            try:
+                outcome = await reconcile_deployment(self.namespace, self.deployment, self.indexes)
+                await self.write_statuses(outcome)
+            except Exception:
+                RECONCILE_ERRORS.labels(KIND).inc()
+                logger.exception("reconciling Deployment %s/%s failed", self.namespace, self.deployment)
+            self.last, self.finished = outcome, number
+            async with self.done:
+                self.done.notify_all()
+            resync = settings.serving_resync_seconds
+            delay = ERROR_RETRY_S if outcome is None else min(resync, outcome.again_in or resync)
+            if self.idle():
+                CONTROLLERS.pop(self.key, None)
+                RECONCILERS.pop(self.key, None)
+                return
+
+    def idle(self) -> bool:
+        """Nothing for this task to do, ever, until an event starts a new one: no LoraAdapter names
+        the Deployment, and its record lists nothing loraplane loaded."""
+        if self.wakeup.is_set() or self.indexes.adapters.get(self.key):
+            return False
+        reconciler = RECONCILERS.get(self.key)
+        return reconciler is None or not reconciler.record
+
+    async def write_statuses(self, outcome: Outcome) -> None:
+        limit = asyncio.Semaphore(STATUS_WRITES_IN_FLIGHT)
+
+        async def one(body: dict[str, Any]) -> None:
+            async with limit:
+                await self.write_status(body, outcome)
+
+        bodies = list(self.indexes.adapters.get(self.key, []))
+        await asyncio.gather(*(one(b) for b in bodies))
+        uids = {b["metadata"].get("uid") for b in bodies}
+        self.written = {uid: entry for uid, entry in self.written.items() if uid in uids}
+
+    async def write_status(self, body: dict[str, Any], outcome: Outcome) -> None:
+        """The adapter's status from the pass, written only when it changed."""
+        metadata = body["metadata"]
+        seen = outcome.passes.get(metadata["name"])
+        if seen is None or metadata.get("deletionTimestamp"):
+            return
+        adapter = LoraAdapter.model_validate(body)
+        version, uid = str(metadata.get("resourceVersion")), str(metadata.get("uid"))
+        cached = self.written.get(uid)
+        if cached is not None and cached[0] == version:
+            adapter = adapter.model_copy(update={"status": cached[1]})
+        new = status_of.observe(adapter, seen, now())
+        wire, before = new.to_wire(), adapter.status.to_wire()
+        changed = {key: value for key, value in wire.items() if before.get(key) != value}
+        if not changed:
+            return
+        try:
+            await asyncio.to_thread(kube.patch_adapter_status, self.namespace, metadata["name"], changed)
+        except ApiException as error:
+            if error.status == 404:
+                return  # deleted meanwhile
+            raise
+        self.written[uid] = (version, new)
+        announce_ready(body, adapter.status, new)
+
+
+def announce_ready(body: dict[str, Any], old: LoraAdapterStatus, new: LoraAdapterStatus) -> None:
+    """An Event when the Ready condition changes its status or reason."""
+    before, after = find(old.conditions, "Ready"), find(new.conditions, "Ready")
+    if after is None or (
+        before is not None and (before.status, before.reason) == (after.status, after.reason)
+    ):
+        return
+    target: Any = body
+    if after.status == "True":
+        kopf.info(target, reason="Ready", message=after.message)
+    elif after.reason not in {"Loading", "NoReplicas", "WaitingForRollout"}:
+        kopf.warn(target, reason=after.reason, message=after.message)
+
+
+CONTROLLERS: dict[DeploymentKey, Controller] = {}
+
+
+def wake(namespace: str, deployment: str, indexes: Indexes) -> Controller:
+    """Ask the Deployment's task for a pass (starting the task if there is none)."""
+    key = (namespace, deployment)
+    controller = CONTROLLERS.get(key)
+    if controller is None or controller.task is None or controller.task.done():
+        controller = Controller(namespace, deployment, indexes)
+        CONTROLLERS[key] = controller
+        controller.task = asyncio.create_task(controller.run(), name=f"serve {namespace}/{deployment}")
+    controller.indexes = indexes
+    controller.wakeup.set()
+    return controller
+
+
+async def fresh_outcome(namespace: str, deployment: str, indexes: Indexes) -> Outcome | None:
+    """The outcome of a pass that started after this call (None: that pass raised)."""
+    controller = wake(namespace, deployment, indexes)
+    wanted = controller.started + 1
+    async with controller.done:
+        await controller.done.wait_for(lambda: controller.finished >= wanted)
+    return controller.last
