@@ -74,10 +74,17 @@ def _slim(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
     fields above); the pod template is not kept in memory."""
     metadata = body.get("metadata", {})
     spec = body.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
     kept = {
         "metadata": {
-            key: metadata.get(key)
-            for key in ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+            **{
+                key: metadata.get(key)
+                for key in ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+            },
+            # Which index of a many-node run a pod is: named in the Unschedulable message.
+            "annotations": {
+                k: v for k, v in annotations.items() if k == status_of.JOB_COMPLETION_INDEX_ANNOTATION
+            },
         },
         "spec": {key: spec[key] for key in _JOB_SPEC_READ if key in spec},
         "status": body.get("status", {}),

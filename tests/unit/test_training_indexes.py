@@ -1,0 +1,45 @@
+"""The Job and pod indexes keep only what a refresh reads: enough for every status the run can
+show (Kueue's suspend, a many-node group, which index a pod is), not the pod template."""
+
+from typing import Any
+
+from loraplane.handlers.training_jobs import _slim
+from loraplane.status import training as status_of
+
+
+def test_a_jobs_slim_copy_keeps_suspend_and_the_group_size_but_not_the_template() -> None:
+    job: dict[str, Any] = {
+        "metadata": {"name": "j", "uid": "u", "labels": {"a": "b"}, "annotations": {"big": "x" * 100}},
+        "spec": {
+            "suspend": True,
+            "completions": 2,
+            "parallelism": 2,
+            "template": {"spec": {"containers": []}},
+        },
+        "status": {"active": 1},
+    }
+    slim = _slim(job)
+    assert slim["spec"] == {"suspend": True, "completions": 2, "parallelism": 2}
+    assert slim["metadata"]["annotations"] == {}
+    assert slim["status"] == {"active": 1}
+
+
+def test_a_pods_slim_copy_keeps_its_completion_index_for_the_unschedulable_message() -> None:
+    pod: dict[str, Any] = {
+        "metadata": {
+            "name": "p-1",
+            "annotations": {status_of.JOB_COMPLETION_INDEX_ANNOTATION: "1", "other": "dropped"},
+        },
+        "spec": {"containers": [{"name": "worker"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "message": "0/1 nodes are available"}],
+        },
+    }
+    slim = _slim(pod)
+    assert slim["metadata"]["annotations"] == {status_of.JOB_COMPLETION_INDEX_ANNOTATION: "1"}
+    assert "containers" not in slim["spec"]
+    job = {"metadata": {"name": "j"}, "spec": {"completions": 2}, "status": {}}
+    phase = status_of._unschedulable_peer(job, [slim])
+    assert phase is not None
+    assert phase.message.startswith("index 1 cannot be scheduled")
