@@ -120,8 +120,20 @@ def test_a_rendezvous_that_cannot_form_fails_with_its_reason_within_the_timeout(
     )
     assert failed["reason"] == "RendezvousTimeout"
     assert "did not all join the rendezvous at lonely-train-0.lonely-train." in failed["message"]
-    batch = jobs.get("job", "lonely-train")
-    ended = next(c for c in batch["status"]["conditions"] if c["type"] == "Failed")
+    # The run reads the worker's own report as soon as index 0 exits; the Job controller marks the Job
+    # Failed once the other pod is gone too.
+    ended = wait_until(
+        "the Job's Failed condition",
+        lambda: next(
+            (
+                c
+                for c in jobs.get("job", "lonely-train")["status"].get("conditions") or []
+                if c["type"] == "Failed"
+            ),
+            None,
+        ),
+        timeout_s=120,
+    )
     assert ended["reason"] == "PodFailurePolicy", "failed at once by the exit-69 rule, not retried"
 
 
