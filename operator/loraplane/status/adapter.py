@@ -9,6 +9,7 @@ from typing import Any
 
 from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus, PodAdapterState
 from loraplane.builders import serving
+from loraplane.builders.serving import DeploymentView
 from loraplane.status.conditions import Observed, merge
 
 # Reasons that end an adapter's attempts on a pod until its spec or the Deployment changes: such an
@@ -47,12 +48,12 @@ class Wanted:
     # adapter already serving keeps its served name, so a newcomer never takes it over.
     serving: bool = False
 
-    def as_base_model_path(self, deployment: dict[str, Any]) -> str | None:
+    def as_base_model_path(self, deployment: DeploymentView) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
         if not self.base_model.startswith(CLAIM_MOUNT_PREFIX):
             return None
         claim, _, sub_path = self.base_model[len(CLAIM_MOUNT_PREFIX) :].partition("/")
-        return serving.path_in_deployment(deployment, claim, sub_path)
+        return deployment.path_of(claim, sub_path)
 
 
 def served_name(adapter: LoraAdapter) -> str:
@@ -60,7 +61,7 @@ def served_name(adapter: LoraAdapter) -> str:
 
 
 def resolve(
-    adapter: LoraAdapter, deployment: dict[str, Any] | None, training_job: dict[str, Any] | None
+    adapter: LoraAdapter, deployment: DeploymentView | None, training_job: dict[str, Any] | None
 ) -> Wanted | Problem:
     """The path (as the serving pods see it) and rank of an adapter, or why there is none yet."""
     name = adapter.metadata["name"]
@@ -90,7 +91,7 @@ def resolve(
         else:
             assert source.volume is not None  # the CRD's CEL rule: exactly one source
             claim, sub_path = source.volume.claim_name, source.volume.path
-        found = serving.path_in_deployment(deployment, claim, sub_path)
+        found = deployment.path_of(claim, sub_path)
         if found is None:
             return Problem(
                 "VolumeNotMounted",
@@ -120,12 +121,14 @@ class ApiKeySource:
     named_by: str
 
 
-def api_key_source(deployment: dict[str, Any], adapters: list[LoraAdapter]) -> ApiKeySource | None:
+def api_key_source(deployment: DeploymentView, adapters: list[LoraAdapter]) -> ApiKeySource | None:
     """The server's API key (one per server): the Deployment's annotation, else the oldest LoraAdapter
     that names one in `spec.serving.apiKeySecretRef`; None when nobody names one. Raises ValueError for
     a malformed annotation."""
-    name = deployment.get("metadata", {}).get("name")
-    annotated = serving.api_key_annotation(deployment)
+    name = deployment.name
+    if deployment.api_key_error is not None:
+        raise ValueError(deployment.api_key_error)
+    annotated = deployment.api_key
     if annotated is not None:
         return ApiKeySource(*annotated, f"annotation {serving.API_KEY_ANNOTATION} of Deployment {name}")
     by_age = sorted(
@@ -181,7 +184,7 @@ def conflicts(wanted: list[Wanted]) -> dict[str, str]:
 
 
 def base_model_matches(
-    wanted: Wanted, base_id: str | None, base_root: str | None, deployment: dict[str, Any]
+    wanted: Wanted, base_id: str | None, base_root: str | None, deployment: DeploymentView
 ) -> bool:
     """spec.baseModel names what the pod serves: its card id, its path, or the same claim path as seen
     through the serving Deployment's mounts (training and serving pods may mount it differently)."""

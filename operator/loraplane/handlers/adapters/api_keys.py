@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
+from loraplane.builders import serving
 from loraplane.handlers.adapters.state import Reconciler
 from loraplane.status import adapter as status_of
 
@@ -20,7 +20,7 @@ REREAD_AFTER_S = 300.0
 
 
 async def server_api_key(
-    rec: Reconciler, deployment: dict[str, Any], adapters: list[LoraAdapter]
+    rec: Reconciler, deployment: serving.DeploymentView, adapters: list[LoraAdapter]
 ) -> tuple[str | None, str]:
     """The key to send (None: none is named, or it cannot be read), and what a 401 means here."""
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import Any
 
 import aiohttp
 
@@ -102,7 +101,7 @@ async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: st
 
 
 def base_model_mismatch(
-    rec: Reconciler, want: Wanted, view: PodView, models: Models, deployment: dict[str, Any]
+    rec: Reconciler, want: Wanted, view: PodView, models: Models, deployment: serving.DeploymentView
 ) -> Holding | None:
     """`BaseModelMismatch` (a Warning and a counted failure, once per pod run) when the pod serves
     another base model than the adapter's spec.baseModel; None when they match."""
@@ -225,7 +224,7 @@ def unauthorized(plan: PodPlan) -> Holding:
 
 def load_failed(
     rec: Reconciler,
-    deployment: dict[str, Any],
+    deployment: serving.DeploymentView,
     view: PodView,
     want: Wanted,
     key: tuple[str, int, str, str],
@@ -233,7 +232,7 @@ def load_failed(
 ) -> Holding | None:
     """What a refused load means for the pod; None for `AlreadyLoaded` (the caller confirms it). A
     failure for good is remembered (retried later) and announced once."""
-    template = serving.lora_state(deployment)
+    template = deployment.lora
     if error.reason == "RuntimeLoadingDisabled" and template.runtime_api:
         # The template has the runtime API on: this pod predates that change and the rollout replaces it.
         return Holding(reason="WaitingForRollout", error="the pod predates LoRA being enabled")
