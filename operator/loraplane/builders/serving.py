@@ -266,6 +266,7 @@ class DeploymentView:
     def of(cls, deployment: dict[str, Any]) -> DeploymentView:
         metadata = deployment.get("metadata") or {}
         container = serving_container(deployment) or {}
+        lora = container_lora_state(container, gated=_gated(deployment))
         args = [str(a) for a in container.get("args") or []]
         served = flag_values(args, "--served-model-name", multi=True) or []
         try:
@@ -286,7 +287,7 @@ class DeploymentView:
                 for e in container.get("env") or []
                 if "valueFrom" not in e
             ),
-            lora=lora_state(deployment),
+            lora=lora,
             port=api_port(container),
             base_model_name=served[0] if served else flag_value(args, "--model") or "",
             served_model_names=tuple(served),
@@ -295,7 +296,7 @@ class DeploymentView:
             api_key=api_key,
             api_key_error=api_key_error,
             managed_static=tuple(managed_static_names(deployment)),
-            additions_removed=tuple(additions_removed(deployment)),
+            additions_removed=tuple(_removed(recorded_settings(deployment), lora)),
             claim_mounts=_claim_mounts(deployment, container),
         )
 
@@ -371,8 +372,12 @@ class LoraState:
 
 def lora_state(deployment: dict[str, Any]) -> LoraState:
     container = serving_container(deployment) or {}
+    return container_lora_state(container, gated=_gated(deployment))
+
+
+def _gated(deployment: dict[str, Any]) -> bool:
     gates = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("readinessGates") or []
-    return container_lora_state(container, gated=any(g.get("conditionType") == GATE for g in gates))
+    return any(g.get("conditionType") == GATE for g in gates)
 
 
 def container_lora_state(container: dict[str, Any], gated: bool = False) -> LoraState:
@@ -401,9 +406,12 @@ def recorded_settings(deployment: dict[str, Any]) -> dict[str, Any] | None:
 def additions_removed(deployment: dict[str, Any]) -> list[str]:
     """loraplane's additions that someone else's apply took away since loraplane wrote them."""
     record = recorded_settings(deployment)
+    return [] if record is None else _removed(record, lora_state(deployment))
+
+
+def _removed(record: dict[str, Any] | None, state: LoraState) -> list[str]:
     if record is None:
         return []
-    state = lora_state(deployment)
     removed = []
     if ENABLE_LORA in record.get("flags", {}) and not state.lora_enabled:
         removed.append(ENABLE_LORA)
