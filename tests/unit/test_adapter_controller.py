@@ -36,7 +36,8 @@ from loraplane.handlers.adapters.reconciler import (
 )
 from loraplane.handlers.adapters.state import Outcome, Reconciler
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodResult, PodView, Wanted
+from loraplane.status.adapter import PodResult, PodView
+from loraplane.status.resolution import Wanted
 from manifests import EXAMPLES
 
 GATE = "loraplane.io/adapters-loaded"

@@ -1,4 +1,5 @@
-"""Pure functions over a vLLM Deployment: what loraplane adds to enable LoRA, the merged
+"""Pure functions over a vLLM Deployment: `DeploymentView`, what a serving pass reads of it (parsed
+once per pass), and the patches: what loraplane adds to enable LoRA, the merged
 `--lora-modules` of Static mode, adapter paths through the Deployment's own volume mounts, and what
 cleanup takes away again.
 

@@ -14,7 +14,7 @@ from loraplane.builders import serving
 from loraplane.handlers.adapters.events import deployment_ref, event
 from loraplane.handlers.adapters.state import Reconciler
 from loraplane.settings import get_settings
-from loraplane.status.adapter import Problem, Wanted
+from loraplane.status.resolution import Problem, Wanted
 
 
 async def write_deployment(

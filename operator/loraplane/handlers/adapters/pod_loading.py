@@ -17,8 +17,9 @@ from loraplane.handlers.adapters.gate import open_gate_when_settled, prepare_gat
 from loraplane.handlers.adapters.state import PodPlan, Reconciler
 from loraplane.metrics import ADAPTER_LOAD_FAILURES, ADAPTER_LOAD_SECONDS, ADAPTERS_LOADED
 from loraplane.settings import get_settings
-from loraplane.status import adapter as status_of
-from loraplane.status.adapter import Holding, PodResult, PodView, Wanted
+from loraplane.status import resolution
+from loraplane.status.adapter import Holding, PodResult, PodView
+from loraplane.status.resolution import Wanted
 from loraplane.vllm import Models, Server, VllmError
 
 
@@ -105,7 +106,7 @@ def base_model_mismatch(
 ) -> Holding | None:
     """`BaseModelMismatch` (a Warning and a counted failure, once per pod run) when the pod serves
     another base model than the adapter's spec.baseModel; None when they match."""
-    if status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
+    if resolution.base_model_matches(want, models.base_id, models.base_root, deployment):
         return None
     mismatch = f"spec.baseModel is {want.base_model} but the pod serves {models.base_id}"
     if announce(rec, want, view, "Warning", "BaseModelMismatch", f"pod {view.name}: {mismatch}"):

@@ -23,7 +23,9 @@ from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
 from loraplane.metrics import ADAPTERS_LOADED, PODS_WAITING_ON_GATE
 from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodResult, PodView, Problem, Wanted
+from loraplane.status import resolution
+from loraplane.status.adapter import PodResult, PodView
+from loraplane.status.resolution import Problem, Wanted
 from loraplane.vllm import session
 
 RECONCILERS: dict[DeploymentKey, Reconciler] = {}
@@ -87,9 +89,9 @@ def resolve_all(
         job = None
         if adapter.spec.source.training_job is not None:
             job = indexes.one(indexes.training_jobs, (namespace, adapter.spec.source.training_job.name))
-        resolved[adapter.metadata["name"]] = status_of.resolve(adapter, deployment, job)
+        resolved[adapter.metadata["name"]] = resolution.resolve(adapter, deployment, job)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
-    for loser, keeper in status_of.conflicts(wanted).items():
+    for loser, keeper in resolution.conflicts(wanted).items():
         name = next(w.served_name for w in wanted if w.adapter == loser)
         resolved[loser] = Problem("Conflict", f"served name {name} is already taken by LoraAdapter {keeper}")
     return resolved
@@ -123,7 +125,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     hot = [w for w in wanted if w.mode == "HotLoad"]
     current = {(w.adapter, w.path) for w in hot}
     rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
-    claimed = frozenset(status_of.served_name(a) for a in live)
+    claimed = frozenset(resolution.served_name(a) for a in live)
     recorded = await record_loads(rec, deployment, {w.served_name for w in hot})
 
     pods = await serving_pods(namespace, deployment, indexes)

@@ -9,7 +9,7 @@ from typing import Any
 
 from loraplane.builders import serving
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import Wanted
+from loraplane.status.resolution import Wanted
 
 
 @dataclass
