@@ -14,7 +14,6 @@ import yaml
 from loraplane import kube
 from loraplane.builders import serving
 from loraplane.handlers.adapters import controller as task
-from loraplane.handlers.adapters.deployment_changes import base_model_name
 from loraplane.handlers.adapters.gate import gate_condition
 from loraplane.handlers.adapters.indexes import (
     Indexes,
@@ -37,7 +36,8 @@ from loraplane.handlers.adapters.reconciler import (
 )
 from loraplane.handlers.adapters.state import Outcome, Reconciler
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodResult, PodView, Wanted
+from loraplane.status.adapter import PodResult, PodView
+from loraplane.status.resolution import Wanted
 from manifests import EXAMPLES
 
 GATE = "loraplane.io/adapters-loaded"
@@ -131,10 +131,10 @@ def test_only_pods_with_loraplanes_readiness_gate_are_gated() -> None:
 
 def test_the_base_model_name_is_the_served_model_name_else_the_model() -> None:
     body = deployment()
-    assert base_model_name(body) == "tiny-llama"
+    assert serving.DeploymentView.of(body).base_model_name == "tiny-llama"
     args = body["spec"]["template"]["spec"]["containers"][0]["args"]
     del args[2:4]  # --served-model-name tiny-llama
-    assert base_model_name(body) == "/models/model"
+    assert serving.DeploymentView.of(body).base_model_name == "/models/model"
 
 
 def test_the_gate_condition_is_loraplanes_condition_type_with_a_transition_time() -> None:

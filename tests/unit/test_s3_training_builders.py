@@ -17,9 +17,9 @@ from loraplane.api.worker import TrainingReport, WorkerInput
 from loraplane.builders import training as build
 from loraplane.handlers import training_jobs
 from loraplane.settings import Settings
-from loraplane.status import adapter as adapter_status
+from loraplane.status import resolution
 from loraplane.status import training as status_of
-from loraplane.status.adapter import Problem
+from loraplane.status.resolution import Problem
 from manifests import example_training_job
 
 UID = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -194,7 +194,7 @@ def test_an_adapter_from_a_store_run_says_serving_from_the_store_is_not_wired_ye
         },
     }
     result = {"uri": f"s3://runs/adapters/{UID}", "sha256": "ab" * 32, "r": 8}
-    problem = adapter_status.resolve(
+    problem = resolution.resolve(
         LoraAdapter.model_validate(body), {"spec": {}}, {"status": {"adapter": result}}
     )
     assert isinstance(problem, Problem)

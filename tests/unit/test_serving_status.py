@@ -12,7 +12,9 @@ import yaml
 from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import Holding, PodResult, PodView, Problem, Wanted
+from loraplane.status import resolution
+from loraplane.status.adapter import Holding, PodResult, PodView
+from loraplane.status.resolution import Problem, Wanted
 from manifests import EXAMPLES
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -20,6 +22,10 @@ NOW = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 def deployment() -> dict[str, Any]:
     return dict(next(yaml.safe_load_all((EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text())))
+
+
+def view() -> serving.DeploymentView:
+    return serving.DeploymentView.of(deployment())
 
 
 def lora_adapter(name: str = "quotes", **spec: Any) -> LoraAdapter:
@@ -41,7 +47,7 @@ def succeeded_job(path: str = "adapters/uid-1", r: int = 8) -> dict[str, Any]:
 
 
 def test_a_volume_path_is_resolved_through_the_serving_mounts() -> None:
-    found = status_of.resolve(lora_adapter(), deployment(), None)
+    found = resolution.resolve(lora_adapter(), view(), None)
     assert isinstance(found, Wanted)
     assert found.path == "/models/adapters/a"
     assert found.served_name == "quotes"
@@ -49,9 +55,9 @@ def test_a_volume_path_is_resolved_through_the_serving_mounts() -> None:
 
 def test_a_training_job_gives_path_rank_and_hash_once_it_succeeded() -> None:
     body = lora_adapter(source={"trainingJob": {"name": "tiny"}}, servedModelName="q")
-    waiting = status_of.resolve(body, deployment(), {"status": {}})
+    waiting = resolution.resolve(body, view(), {"status": {}})
     assert waiting == Problem("WaitingForTrainingJob", "LoraTrainingJob tiny has not succeeded yet")
-    found = status_of.resolve(body, deployment(), succeeded_job())
+    found = resolution.resolve(body, view(), succeeded_job())
     assert isinstance(found, Wanted)
     assert (found.path, found.rank, found.served_name) == ("/models/adapters/uid-1", 8, "q")
 
@@ -62,7 +68,7 @@ def test_a_failed_training_job_says_so() -> None:
             "conditions": [{"type": "Succeeded", "status": "False", "reason": "Failed", "message": "x"}]
         }
     }
-    problem = status_of.resolve(lora_adapter(source={"trainingJob": {"name": "tiny"}}), deployment(), failed)
+    problem = resolution.resolve(lora_adapter(source={"trainingJob": {"name": "tiny"}}), view(), failed)
     assert isinstance(problem, Problem)
     assert problem.reason == "WaitingForTrainingJob"
     assert "failed (Failed)" in problem.message
@@ -70,18 +76,18 @@ def test_a_failed_training_job_says_so() -> None:
 
 def test_an_unmounted_claim_and_a_missing_deployment_have_their_reasons() -> None:
     other = lora_adapter(source={"volume": {"claimName": "elsewhere", "path": "a"}})
-    problem = status_of.resolve(other, deployment(), None)
+    problem = resolution.resolve(other, view(), None)
     assert isinstance(problem, Problem)
     assert problem.reason == "VolumeNotMounted"
     assert problem.terminal
-    missing = status_of.resolve(lora_adapter(), None, None)
+    missing = resolution.resolve(lora_adapter(), None, None)
     assert isinstance(missing, Problem)
     assert missing.reason == "DeploymentNotFound"
 
 
 def test_a_hugging_face_id_is_handed_to_vllm_as_is() -> None:
-    found = status_of.resolve(
-        lora_adapter(source={"huggingFace": {"name": "org/adapter"}}, rank=4), deployment(), None
+    found = resolution.resolve(
+        lora_adapter(source={"huggingFace": {"name": "org/adapter"}}, rank=4), view(), None
     )
     assert isinstance(found, Wanted)
     assert (found.path, found.rank) == ("org/adapter", 4)
@@ -93,11 +99,11 @@ def test_the_api_key_is_the_deployments_annotation_else_the_oldest_adapters_refe
     older = lora_adapter(serving={"deployment": "vllm-tiny", "apiKeySecretRef": {"name": "a", "key": "k"}})
     plain = deployment()
     plain["metadata"]["annotations"] = {}
-    assert status_of.api_key_source(plain, []) is None
-    found = status_of.api_key_source(plain, [newer, older])
-    assert found == status_of.ApiKeySource("a", "k", "spec.serving.apiKeySecretRef of LoraAdapter quotes")
+    assert resolution.api_key_source(serving.DeploymentView.of(plain), []) is None
+    found = resolution.api_key_source(serving.DeploymentView.of(plain), [newer, older])
+    assert found == resolution.ApiKeySource("a", "k", "spec.serving.apiKeySecretRef of LoraAdapter quotes")
     plain["metadata"]["annotations"] = {"loraplane.io/api-key-secret": "server-key/api"}
-    found = status_of.api_key_source(plain, [newer, older])
+    found = resolution.api_key_source(serving.DeploymentView.of(plain), [newer, older])
     assert found is not None
     assert (found.secret, found.key) == ("server-key", "api")
     assert "annotation loraplane.io/api-key-secret of Deployment vllm-tiny" in found.named_by
@@ -106,23 +112,23 @@ def test_the_api_key_is_the_deployments_annotation_else_the_oldest_adapters_refe
 def test_the_older_adapter_keeps_a_served_name() -> None:
     first = Wanted("a", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z")
     second = Wanted("b", "same", "/q", "HotLoad", "m", created="2025-01-02T00:00:00Z")
-    assert status_of.conflicts([second, first]) == {"b": "a"}
+    assert resolution.conflicts([second, first]) == {"b": "a"}
 
 
 def test_in_a_tie_of_creation_seconds_the_adapter_already_serving_keeps_the_name() -> None:
     serving = Wanted("winner", "same", "/p", "HotLoad", "m", created="2025-01-01T00:00:00Z", serving=True)
     newcomer = Wanted("loser", "same", "/q", "HotLoad", "m", created="2025-01-01T00:00:00Z")
-    assert status_of.conflicts([newcomer, serving]) == {"loser": "winner"}
+    assert resolution.conflicts([newcomer, serving]) == {"loser": "winner"}
 
 
 def test_the_base_model_may_be_named_by_id_path_or_training_claim_path() -> None:
-    served = deployment()
+    served = view()
     by_id = Wanted("a", "a", "/p", "HotLoad", "tiny-llama")
     by_training_path = Wanted("a", "a", "/p", "HotLoad", "/mnt/claims/loraplane-tiny/model")
     other = Wanted("a", "a", "/p", "HotLoad", "facebook/opt-350m")
-    assert status_of.base_model_matches(by_id, "tiny-llama", "/models/model", served)
-    assert status_of.base_model_matches(by_training_path, "tiny-llama", "/models/model", served)
-    assert not status_of.base_model_matches(other, "tiny-llama", "/models/model", served)
+    assert resolution.base_model_matches(by_id, "tiny-llama", "/models/model", served)
+    assert resolution.base_model_matches(by_training_path, "tiny-llama", "/models/model", served)
+    assert not resolution.base_model_matches(other, "tiny-llama", "/models/model", served)
 
 
 def pod(

@@ -1,4 +1,5 @@
-"""Pure functions over a vLLM Deployment: what loraplane adds to enable LoRA, the merged
+"""Pure functions over a vLLM Deployment: `DeploymentView`, what a serving pass reads of it (parsed
+once per pass), and the patches: what loraplane adds to enable LoRA, the merged
 `--lora-modules` of Static mode, adapter paths through the Deployment's own volume mounts, and what
 cleanup takes away again.
 
@@ -222,6 +223,115 @@ def env_value(container: dict[str, Any], name: str) -> str | None:
     return None
 
 
+# --- the Deployment as one pass reads it ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimMount:
+    """A mount of (part of) a PersistentVolumeClaim in the vLLM container."""
+
+    claim: str
+    sub_path: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """A served Deployment as a pass reads it, parsed once (as `PodView` does for a pod): the vLLM
+    container's arguments and environment, what they say about LoRA, loraplane's annotations, the
+    claims the container mounts. Patches are still built from the body itself (`enable_lora_patch`,
+    `static_patch`, `cleanup_patch`): they return whole lists of it."""
+
+    name: str
+    namespace: str | None
+    uid: str | None
+    resource_version: str | None
+    replicas: int | None
+    container_name: str | None  # None: no container is recognisably vLLM's
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # (name, value) of plain-value entries
+    lora: LoraState
+    port: int
+    base_model_name: str  # `--served-model-name`, else `--model`
+    served_model_names: tuple[str, ...]
+    lora_modules: tuple[tuple[str, str], ...]  # (name, path) of every `--lora-modules` entry
+    opted_in: bool
+    # The API-key annotation: (secret, key), None without one, or why it is malformed.
+    api_key: tuple[str, str] | None
+    api_key_error: str | None
+    managed_static: tuple[str, ...]
+    additions_removed: tuple[str, ...]
+    claim_mounts: tuple[ClaimMount, ...]
+
+    @classmethod
+    def of(cls, deployment: dict[str, Any]) -> DeploymentView:
+        metadata = deployment.get("metadata") or {}
+        container = serving_container(deployment) or {}
+        lora = container_lora_state(container, gated=_gated(deployment))
+        args = [str(a) for a in container.get("args") or []]
+        served = flag_values(args, "--served-model-name", multi=True) or []
+        try:
+            api_key, api_key_error = api_key_annotation(deployment), None
+        except ValueError as error:
+            api_key, api_key_error = None, str(error)
+        replicas = (deployment.get("spec") or {}).get("replicas")
+        return cls(
+            name=str(metadata.get("name", "")),
+            namespace=metadata.get("namespace"),
+            uid=metadata.get("uid"),
+            resource_version=metadata.get("resourceVersion"),
+            replicas=None if replicas is None else int(replicas),
+            container_name=container.get("name"),
+            args=tuple(args),
+            env=tuple(
+                (str(e.get("name")), str(e.get("value", "")))
+                for e in container.get("env") or []
+                if "valueFrom" not in e
+            ),
+            lora=lora,
+            port=api_port(container),
+            base_model_name=served[0] if served else flag_value(args, "--model") or "",
+            served_model_names=tuple(served),
+            lora_modules=tuple(module_paths(args).items()),
+            opted_in=is_opted_in(deployment),
+            api_key=api_key,
+            api_key_error=api_key_error,
+            managed_static=tuple(managed_static_names(deployment)),
+            additions_removed=tuple(_removed(recorded_settings(deployment), lora)),
+            claim_mounts=_claim_mounts(deployment, container),
+        )
+
+    def path_of(self, claim: str, sub_path: str) -> str | None:
+        """Where `sub_path` inside claim `claim` appears in the serving container; None when the
+        container does not mount that part of the claim."""
+        wanted = sub_path.strip("/")
+        for mount in self.claim_mounts:
+            if mount.claim != claim:
+                continue
+            mounted = mount.sub_path
+            if mounted and wanted != mounted and not wanted.startswith(mounted + "/"):
+                continue
+            rest = wanted[len(mounted) :].strip("/") if mounted else wanted
+            base = mount.mount_path.rstrip("/") or "/"
+            return f"{base.rstrip('/')}/{rest}" if rest else base
+        return None
+
+
+def _claim_mounts(deployment: dict[str, Any], container: dict[str, Any]) -> tuple[ClaimMount, ...]:
+    """The container's mounts of claim volumes, in the container's order."""
+    spec = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    claims = {
+        v["name"]: str((v.get("persistentVolumeClaim") or {})["claimName"])
+        for v in spec.get("volumes") or []
+        if (v.get("persistentVolumeClaim") or {}).get("claimName")
+    }
+    return tuple(
+        ClaimMount(claims[m["name"]], str(m.get("subPath", "")).strip("/"), str(m["mountPath"]))
+        for m in container.get("volumeMounts") or []
+        if m.get("name") in claims
+    )
+
+
 # --- enabling LoRA (HotLoad) ---------------------------------------------------------------------------
 
 
@@ -263,8 +373,12 @@ class LoraState:
 
 def lora_state(deployment: dict[str, Any]) -> LoraState:
     container = serving_container(deployment) or {}
+    return container_lora_state(container, gated=_gated(deployment))
+
+
+def _gated(deployment: dict[str, Any]) -> bool:
     gates = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("readinessGates") or []
-    return container_lora_state(container, gated=any(g.get("conditionType") == GATE for g in gates))
+    return any(g.get("conditionType") == GATE for g in gates)
 
 
 def container_lora_state(container: dict[str, Any], gated: bool = False) -> LoraState:
@@ -293,9 +407,12 @@ def recorded_settings(deployment: dict[str, Any]) -> dict[str, Any] | None:
 def additions_removed(deployment: dict[str, Any]) -> list[str]:
     """loraplane's additions that someone else's apply took away since loraplane wrote them."""
     record = recorded_settings(deployment)
+    return [] if record is None else _removed(record, lora_state(deployment))
+
+
+def _removed(record: dict[str, Any] | None, state: LoraState) -> list[str]:
     if record is None:
         return []
-    state = lora_state(deployment)
     removed = []
     if ENABLE_LORA in record.get("flags", {}) and not state.lora_enabled:
         removed.append(ENABLE_LORA)
@@ -487,24 +604,7 @@ def static_patch(deployment: dict[str, Any], modules: list[StaticModule]) -> dic
 def path_in_deployment(deployment: dict[str, Any], claim: str, sub_path: str) -> str | None:
     """Where `sub_path` inside claim `claim` appears in the serving container, from the Deployment's
     own volumes and volumeMounts; None when it does not mount that part of the claim."""
-    spec = deployment.get("spec", {}).get("template", {}).get("spec", {})
-    container = serving_container(deployment) or {}
-    volumes = {
-        v["name"]
-        for v in spec.get("volumes") or []
-        if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
-    }
-    wanted = sub_path.strip("/")
-    for mount in container.get("volumeMounts") or []:
-        if mount.get("name") not in volumes:
-            continue
-        mounted = str(mount.get("subPath", "")).strip("/")
-        if mounted and wanted != mounted and not wanted.startswith(mounted + "/"):
-            continue
-        rest = wanted[len(mounted) :].strip("/") if mounted else wanted
-        base = str(mount["mountPath"]).rstrip("/") or "/"
-        return f"{base.rstrip('/')}/{rest}" if rest else base
-    return None
+    return DeploymentView.of(deployment).path_of(claim, sub_path)
 
 
 # --- uninstall: what cleanup takes away ------------------------------------------------------------------

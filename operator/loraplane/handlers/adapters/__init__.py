@@ -4,14 +4,27 @@ The desired set of a Deployment comes from an index of the LoraAdapters that nam
 Deployment itself come from indexes too. Each served Deployment has one task (`controller`) that wakes
 on events (its LoraAdapters, the Deployment, its pods, training jobs its adapters read), coalesces
 what arrives during a pass, and resyncs once per `serving_resync_seconds`: cost follows change, not
-the number of adapters. A pass: enable LoRA under the Deployment's opt-in (once: a restart), keep
-Static adapters in the one merged `--lora-modules`, record in the Deployment's annotation what it is
-about to load, then per pod: list `/v1/models`, unload what loraplane loaded and nobody claims any
-more, load what is missing (bounded, in parallel), swap versions one pod at a time, and open the
-pod's readiness gate once it holds every adapter that can load. Each adapter's status is then a pure
+the number of adapters. A pass: read the Deployment once into a frozen `DeploymentView` (again only
+after the pass writes it), enable LoRA under the Deployment's opt-in (once: a restart), keep Static
+adapters in the one merged `--lora-modules`, record what it is about to load in the ConfigMap
+`<deployment>-loraplane-loaded` (owned by the Deployment), then per pod: list `/v1/models`, unload
+what loraplane loaded and nobody claims any more, load what is missing (bounded, in parallel), swap
+versions one pod at a time, and open the pod's readiness gate once it holds every adapter that can
+load. Each adapter's status is then a pure
 function of the pass, written only when it changed.
 
-Modules, from the outside in:
+The pure logic, each in one place and tested without a cluster:
+
+- `loraplane.builders.serving`: the Deployment: `DeploymentView` (what a pass reads of it: the vLLM
+  container's arguments, flags and environment, LoRA on/off, gate, opt-in and API-key annotations,
+  claim mounts) and the patches written to it (`enable_lora_patch`, `static_patch`, `cleanup_patch`)
+  and to the record ConfigMap (`record_config_map`);
+- `loraplane.status.resolution`: resolution and plan: each adapter's served name, path and rank, or why
+  it has none (`resolve`), served-name conflicts, the base-model check, the server's API key;
+- `loraplane.status.adapter`: status: the pods as a pass sees them (`PodView`, `PodResult`), when a
+  gate may open, each LoraAdapter's status from a pass (`observe`).
+
+Modules here (the side effects), from the outside in:
 
 - `kopf_handlers`: the kopf handlers (events that wake a Deployment's task, the finalizer);
 - `controller`: one task per served Deployment: when to pass, and the status writes after it;

@@ -6,30 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
+from loraplane.builders import serving
 from loraplane.handlers.adapters.state import Reconciler
-from loraplane.status import adapter as status_of
+from loraplane.status import resolution
 
 # A key read is reused this long (a rotated key is read again at once when a pod answers 401).
 REREAD_AFTER_S = 300.0
 
 
 async def server_api_key(
-    rec: Reconciler, deployment: dict[str, Any], adapters: list[LoraAdapter]
+    rec: Reconciler, deployment: serving.DeploymentView, adapters: list[LoraAdapter]
 ) -> tuple[str | None, str]:
     """The key to send (None: none is named, or it cannot be read), and what a 401 means here."""
     try:
-        source = status_of.api_key_source(deployment, adapters)
+        source = resolution.api_key_source(deployment, adapters)
     except ValueError as error:
-        return None, status_of.unauthorized_message(rec.deployment, None, None) + f" ({error})"
+        return None, resolution.unauthorized_message(rec.deployment, None, None) + f" ({error})"
     if source is None:
         rec.api_key = None
-        return None, status_of.unauthorized_message(rec.deployment, None, None)
+        return None, resolution.unauthorized_message(rec.deployment, None, None)
     wanted = (source.secret, source.key)
     cached = rec.api_key
     if (
@@ -38,22 +38,22 @@ async def server_api_key(
         and not rec.api_key_refused
         and time.monotonic() - cached[2] < REREAD_AFTER_S
     ):
-        return cached[1], status_of.unauthorized_message(rec.deployment, source, None)
+        return cached[1], resolution.unauthorized_message(rec.deployment, source, None)
     rec.api_key_refused = False
     try:
         value = await asyncio.to_thread(kube.read_secret_key, rec.namespace, source.secret, source.key)
     except ApiException as error:
         rec.api_key = None
-        return None, status_of.unauthorized_message(rec.deployment, source, _unreadable(rec, source, error))
+        return None, resolution.unauthorized_message(rec.deployment, source, _unreadable(rec, source, error))
     except KeyError:
         rec.api_key = None
         unreadable = f"Secret {source.secret} has no key {source.key}"
-        return None, status_of.unauthorized_message(rec.deployment, source, unreadable)
+        return None, resolution.unauthorized_message(rec.deployment, source, unreadable)
     rec.api_key = (wanted, value, time.monotonic())
-    return value, status_of.unauthorized_message(rec.deployment, source, None)
+    return value, resolution.unauthorized_message(rec.deployment, source, None)
 
 
-def _unreadable(rec: Reconciler, source: status_of.ApiKeySource, error: ApiException) -> str:
+def _unreadable(rec: Reconciler, source: resolution.ApiKeySource, error: ApiException) -> str:
     if error.status == 404:
         return f"Secret {source.secret} does not exist in namespace {rec.namespace}"
     if error.status == 403:

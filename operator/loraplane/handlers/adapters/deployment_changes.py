@@ -14,7 +14,7 @@ from loraplane.builders import serving
 from loraplane.handlers.adapters.events import deployment_ref, event
 from loraplane.handlers.adapters.state import Reconciler
 from loraplane.settings import get_settings
-from loraplane.status.adapter import Problem, Wanted
+from loraplane.status.resolution import Problem, Wanted
 
 
 async def write_deployment(
@@ -35,17 +35,10 @@ async def write_deployment(
     return {**written, "status": deployment.get("status") or {}}
 
 
-def base_model_name(deployment: dict[str, Any]) -> str:
-    """The name the server serves its base model under: `--served-model-name`, else `--model`."""
-    container = serving.serving_container(deployment) or {}
-    args = container.get("args") or []
-    names = serving.flag_values(args, "--served-model-name", multi=True)
-    return names[0] if names else serving.flag_value(args, "--model") or ""
-
-
 async def ensure_hotload(
     rec: Reconciler,
     deployment: dict[str, Any],
+    view: serving.DeploymentView,
     resolved: dict[str, Wanted | Problem],
     bodies: list[dict[str, Any]],
 ) -> tuple[str, dict[str, Any]]:
@@ -56,12 +49,12 @@ async def ensure_hotload(
     hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode == "HotLoad"]
     if not hot:
         return "", deployment
-    state = serving.lora_state(deployment)
+    state = view.lora
     ranks = [w.rank for w in resolved.values() if isinstance(w, Wanted) and w.rank is not None]
     needed_rank = max(ranks) if ranks else None
-    opted_in = serving.is_opted_in(deployment) or not settings.serving_require_opt_in
-    removed = serving.additions_removed(deployment)
-    key = f"removed:{deployment['metadata'].get('resourceVersion')}"
+    opted_in = view.opted_in or not settings.serving_require_opt_in
+    removed = view.additions_removed
+    key = f"removed:{view.resource_version}"
     if removed and rec.announced.get("deployment") != key:
         rec.announced["deployment"] = key
         message = f"someone else's change removed loraplane's {', '.join(removed)}"
@@ -91,11 +84,13 @@ async def ensure_hotload(
     return "", deployment
 
 
-async def ensure_static(rec: Reconciler, deployment: dict[str, Any], wanted: list[Wanted]) -> dict[str, Any]:
+async def ensure_static(
+    rec: Reconciler, deployment: dict[str, Any], view: serving.DeploymentView, wanted: list[Wanted]
+) -> dict[str, Any]:
     """Keep the Deployment's one merged `--lora-modules` equal to its Static adapters (a rollout).
     Returns the Deployment as the rest of the pass must see it."""
     modules = [
-        serving.StaticModule(w.served_name, w.path, base_model_name(deployment))
+        serving.StaticModule(w.served_name, w.path, view.base_model_name)
         for w in wanted
         if w.mode == "Static"
     ]

@@ -9,7 +9,8 @@ import kopf
 from loraplane import GROUP, VERSION
 from loraplane.handlers.adapters.common import KIND
 from loraplane.handlers.adapters.state import Reconciler
-from loraplane.status.adapter import PodView, Wanted
+from loraplane.status.adapter import PodView
+from loraplane.status.resolution import Wanted
 
 
 def event(target: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -14,7 +14,8 @@ from loraplane.handlers.adapters.events import event, pod_ref
 from loraplane.handlers.adapters.state import Reconciler
 from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodResult, PodView, Wanted
+from loraplane.status.adapter import PodResult, PodView
+from loraplane.status.resolution import Wanted
 
 
 def gate_condition(status: str, reason: str, message: str) -> dict[str, Any]:

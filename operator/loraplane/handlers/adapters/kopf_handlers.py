@@ -28,6 +28,7 @@ from loraplane.handlers.adapters.common import RESOURCE, parse
 from loraplane.handlers.adapters.controller import fresh_outcome, wake
 from loraplane.handlers.adapters.reconciler import RECONCILERS
 from loraplane.status import adapter as status_of
+from loraplane.status import resolution
 
 # (kind, namespace, name) -> the signature last seen; one small entry per watched object.
 _SEEN: dict[tuple[str, str, str], Any] = {}
@@ -165,7 +166,7 @@ async def unload_adapter(body: kopf.Body, namespace: str | None, **kwargs: Any) 
     outcome = await fresh_outcome(namespace, deployment, indexes.from_kwargs(kwargs))
     if outcome is None:
         raise kopf.TemporaryError(f"the pass of Deployment {deployment} failed; trying again", delay=5)
-    name = status_of.served_name(adapter)
+    name = resolution.served_name(adapter)
     if name in outcome.unwanted_held:
         raise kopf.TemporaryError(f"{name} is still loaded on some pods", delay=2)
     kopf.info(body, reason="Unloaded", message=f"{name} is on no pod of {deployment} for this adapter")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import Any
 
 import aiohttp
 
@@ -18,8 +17,9 @@ from loraplane.handlers.adapters.gate import open_gate_when_settled, prepare_gat
 from loraplane.handlers.adapters.state import PodPlan, Reconciler
 from loraplane.metrics import ADAPTER_LOAD_FAILURES, ADAPTER_LOAD_SECONDS, ADAPTERS_LOADED
 from loraplane.settings import get_settings
-from loraplane.status import adapter as status_of
-from loraplane.status.adapter import Holding, PodResult, PodView, Wanted
+from loraplane.status import resolution
+from loraplane.status.adapter import Holding, PodResult, PodView
+from loraplane.status.resolution import Wanted
 from loraplane.vllm import Models, Server, VllmError
 
 
@@ -102,11 +102,11 @@ async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: st
 
 
 def base_model_mismatch(
-    rec: Reconciler, want: Wanted, view: PodView, models: Models, deployment: dict[str, Any]
+    rec: Reconciler, want: Wanted, view: PodView, models: Models, deployment: serving.DeploymentView
 ) -> Holding | None:
     """`BaseModelMismatch` (a Warning and a counted failure, once per pod run) when the pod serves
     another base model than the adapter's spec.baseModel; None when they match."""
-    if status_of.base_model_matches(want, models.base_id, models.base_root, deployment):
+    if resolution.base_model_matches(want, models.base_id, models.base_root, deployment):
         return None
     mismatch = f"spec.baseModel is {want.base_model} but the pod serves {models.base_id}"
     if announce(rec, want, view, "Warning", "BaseModelMismatch", f"pod {view.name}: {mismatch}"):
@@ -225,7 +225,7 @@ def unauthorized(plan: PodPlan) -> Holding:
 
 def load_failed(
     rec: Reconciler,
-    deployment: dict[str, Any],
+    deployment: serving.DeploymentView,
     view: PodView,
     want: Wanted,
     key: tuple[str, int, str, str],
@@ -233,7 +233,7 @@ def load_failed(
 ) -> Holding | None:
     """What a refused load means for the pod; None for `AlreadyLoaded` (the caller confirms it). A
     failure for good is remembered (retried later) and announced once."""
-    template = serving.lora_state(deployment)
+    template = deployment.lora
     if error.reason == "RuntimeLoadingDisabled" and template.runtime_api:
         # The template has the runtime API on: this pod predates that change and the rollout replaces it.
         return Holding(reason="WaitingForRollout", error="the pod predates LoRA being enabled")

@@ -23,7 +23,9 @@ from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
 from loraplane.metrics import ADAPTERS_LOADED, PODS_WAITING_ON_GATE
 from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import PodResult, PodView, Problem, Wanted
+from loraplane.status import resolution
+from loraplane.status.adapter import PodResult, PodView
+from loraplane.status.resolution import Problem, Wanted
 from loraplane.vllm import session
 
 RECONCILERS: dict[DeploymentKey, Reconciler] = {}
@@ -75,7 +77,10 @@ def selects(deployment: dict[str, Any], pod: dict[str, Any]) -> bool:
 
 
 def resolve_all(
-    namespace: str, adapters: list[LoraAdapter], deployment: dict[str, Any] | None, indexes: Indexes
+    namespace: str,
+    adapters: list[LoraAdapter],
+    deployment: serving.DeploymentView | None,
+    indexes: Indexes,
 ) -> dict[str, Wanted | Problem]:
     """Each live adapter's path and rank, or why it cannot be served; a served name taken twice goes to
     the older LoraAdapter."""
@@ -84,9 +89,9 @@ def resolve_all(
         job = None
         if adapter.spec.source.training_job is not None:
             job = indexes.one(indexes.training_jobs, (namespace, adapter.spec.source.training_job.name))
-        resolved[adapter.metadata["name"]] = status_of.resolve(adapter, deployment, job)
+        resolved[adapter.metadata["name"]] = resolution.resolve(adapter, deployment, job)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
-    for loser, keeper in status_of.conflicts(wanted).items():
+    for loser, keeper in resolution.conflicts(wanted).items():
         name = next(w.served_name for w in wanted if w.adapter == loser)
         resolved[loser] = Problem("Conflict", f"served name {name} is already taken by LoraAdapter {keeper}")
     return resolved
@@ -101,33 +106,37 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         deployment = await asyncio.to_thread(kube.read_deployment, namespace, rec.deployment)
     adapters = [LoraAdapter.model_validate(b) for b in bodies]
     live = [a for a in adapters if not a.metadata.get("deletionTimestamp")]
-    resolved = resolve_all(namespace, live, deployment, indexes)
+    # The Deployment is parsed once here, and again only after this pass writes it.
+    view = None if deployment is None else serving.DeploymentView.of(deployment)
+    resolved = resolve_all(namespace, live, view, indexes)
     outcome = Outcome()
-    if deployment is None:
+    if deployment is None or view is None:
         for name, found in resolved.items():
             outcome.passes[name] = status_of.Pass(found if isinstance(found, Problem) else None, None, [])
         return outcome
-    note, deployment = await ensure_hotload(rec, deployment, resolved, bodies)
+    note, written = await ensure_hotload(rec, deployment, view, resolved, bodies)
+    if written is not deployment:
+        deployment, view = written, serving.DeploymentView.of(written)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
-    static_before = frozenset(serving.managed_static_names(deployment))
-    deployment = await ensure_static(rec, deployment, wanted)
+    static_before = frozenset(view.managed_static)
+    written = await ensure_static(rec, deployment, view, wanted)
+    if written is not deployment:
+        deployment, view = written, serving.DeploymentView.of(written)
     hot = [w for w in wanted if w.mode == "HotLoad"]
     current = {(w.adapter, w.path) for w in hot}
     rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
-    claimed = frozenset(status_of.served_name(a) for a in live)
+    claimed = frozenset(resolution.served_name(a) for a in live)
     recorded = await record_loads(rec, deployment, {w.served_name for w in hot})
 
-    container = serving.serving_container(deployment) or {}
-    port = serving.api_port(container)
     pods = await serving_pods(namespace, deployment, indexes)
-    views, predating = current_views(pods, container.get("name"), serving.lora_state(deployment))
+    views, predating = current_views(pods, view.container_name, view.lora)
     present = ({p["metadata"]["uid"] for p in pods}, {p["metadata"]["name"] for p in pods})
     for gone in rec.forget_pods_except(*present):
         with contextlib.suppress(KeyError):
             ADAPTERS_LOADED.remove(namespace, gone)
-    plan = PodPlan(deployment, port, wanted, pick_swap(views, hot, rec.outcome))
+    plan = PodPlan(view, view.port, wanted, pick_swap(views, hot, rec.outcome))
     plan.claimed, plan.recorded = claimed, recorded
-    plan.api_key, plan.unauthorized = await server_api_key(rec, deployment, adapters)
+    plan.api_key, plan.unauthorized = await server_api_key(rec, view, adapters)
     plan.single = sum(1 for v, _ in views if not v.deleting) == 1
     async with session() as client:
         results = await asyncio.gather(*(reconcile_pod(rec, client, plan, view, uid) for view, uid in views))

@@ -7,8 +7,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraplane.builders import serving
 from loraplane.status import adapter as status_of
-from loraplane.status.adapter import Wanted
+from loraplane.status.resolution import Wanted
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Reconciler:
 class PodPlan:
     """What every pod of a pass must hold, and which one may swap versions now."""
 
-    deployment: dict[str, Any]
+    deployment: serving.DeploymentView
     port: int
     wanted: list[Wanted]
     swapping: str | None
