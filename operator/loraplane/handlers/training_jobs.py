@@ -462,38 +462,20 @@ async def training_job_seen(
     await refresh(kube.to_plain(body), training_batch_jobs, training_pods, read_metrics=False)
 
 
-async def _child_changed(
+# One handler for both kinds of child: kopf registers it once per decorator.
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+@kopf.on.event("", "v1", "pods", labels=OWNED)  # type: ignore[arg-type]
+async def training_child_changed(
     labels: kopf.Labels,
     live_training_jobs: kopf.Index[str, dict[str, Any]],
     training_batch_jobs: kopf.Index[str, dict[str, Any]],
     training_pods: kopf.Index[str, dict[str, Any]],
+    **_: Any,
 ) -> None:
     """A run's Job or pod changed: refresh its job, unless the job has finished (not in the index)."""
     body = next(iter(live_training_jobs.get(labels.get(naming.LABEL_TRAINING_JOB_UID, ""), [])), None)
     if body is not None:
         await refresh(body, training_batch_jobs, training_pods, read_metrics=False)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=OWNED)  # type: ignore[arg-type]
-async def training_batch_job_changed(
-    labels: kopf.Labels,
-    live_training_jobs: kopf.Index[str, dict[str, Any]],
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
-    **_: Any,
-) -> None:
-    await _child_changed(labels, live_training_jobs, training_batch_jobs, training_pods)
-
-
-@kopf.on.event("", "v1", "pods", labels=OWNED)  # type: ignore[arg-type]
-async def training_pod_changed(
-    labels: kopf.Labels,
-    live_training_jobs: kopf.Index[str, dict[str, Any]],
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
-    **_: Any,
-) -> None:
-    await _child_changed(labels, live_training_jobs, training_batch_jobs, training_pods)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)  # optional: no finalizer, Kubernetes deletes the children
