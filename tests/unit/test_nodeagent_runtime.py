@@ -72,6 +72,20 @@ def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
     assert other.stdout.strip() == "2"
 
 
+def test_an_index_held_outside_this_file_system_is_skipped(tmp_path) -> None:
+    """Another checkout's agent (its own /run/netns and lock files, the same network) keeps its index."""
+    from loraplane_devcluster.nodeagent.network import claim_node_index  # noqa: PLC0415
+
+    seen: list[int] = []
+
+    def held_elsewhere(index: int) -> bool:
+        seen.append(index)
+        return index == 1
+
+    assert claim_node_index(tmp_path, taken_elsewhere=held_elsewhere) == 2
+    assert seen == [1, 2]
+
+
 def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> None:
     subnet = Subnet(3)
     node = node_setup_commands(subnet)

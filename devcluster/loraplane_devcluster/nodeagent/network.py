@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -144,14 +145,30 @@ class AddressPool:
 _CLAIMS: list[IO[bytes]] = []
 
 
-def claim_node_index(lock_dir: Path, first: int = 1, last: int = 250) -> int:
-    """An index (the N of 10.250.N.0/24) that no other running agent on this machine holds."""
+def claim_node_index(
+    lock_dir: Path,
+    first: int = 1,
+    last: int = 250,
+    taken_elsewhere: Callable[[int], bool] | None = None,
+) -> int:
+    """An index (the N of 10.250.N.0/24) that no other running agent on this machine holds.
+
+    The lock files only see agents that share this file system. An agent in another mount
+    namespace (a CI checkout in a container that shares the host's network) holds its index
+    through its host link alone, so an index whose link exists while its node namespace is not
+    ours to see is skipped too.
+    """
+    taken = _taken_by_an_unseen_agent if taken_elsewhere is None else taken_elsewhere
     lock_dir.mkdir(parents=True, exist_ok=True)
     for index in range(first, last + 1):
         handle = (lock_dir / f"node-{index}.lock").open("ab")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
+            continue
+        if taken(index):
+            log.warning("pod subnet %s0/24 is held by an agent outside this filesystem", Subnet(index).prefix)
             handle.close()
             continue
         os.set_inheritable(handle.fileno(), False)  # containers must not keep the claim alive
@@ -178,6 +195,23 @@ def remove_stale_networks(lock_dir: Path, own_index: int) -> list[int]:
 
 
 _INDEXED = re.compile(r"lp(\d+)-")
+
+
+def _taken_by_an_unseen_agent(index: int) -> bool:
+    """The index's host link exists but its node namespace is not in this file system's /run/netns.
+
+    (A node namespace that is visible here and unlocked is an earlier agent's leftover, which
+    :meth:`NodeNetwork.create` removes, taking the host link with it.)
+    """
+    subnet = Subnet(index)
+    result = subprocess.run(
+        ["ip", "-o", "link", "show", "dev", subnet.host_link],
+        capture_output=True,
+        text=True,
+        timeout=IP_TIMEOUT_S,
+        check=False,
+    )
+    return result.returncode == 0 and subnet.node_namespace not in namespaces()
 
 
 # ---- the commands, as pure lists (unit-tested) -----------------------------------------------------
