@@ -15,6 +15,7 @@ to the 1-adapter (1-job) figure from the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -38,6 +39,8 @@ import vllm_e2e
 DEPLOYMENT, GATE = vllm_e2e.DEPLOYMENT, vllm_e2e.GATE
 LABEL = "bench=serving-scale"
 REST_S = 30.0
+QUIET_S = 10.0
+TRAINING_POD = "loraplane.io/training-job-uid"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -278,12 +281,16 @@ def training(bench: Bench, jobs: int) -> None:
     def started(count: int) -> bool:
         return sum(1 for j in listed() if (j.get("status") or {}).get("conditions")) >= count
 
+    quiet = Quiet(bench, ["pods", "jobs", "loratrainingjobs"])
     results: list[tuple[str, float, float]] = []
     for label, count in (("1 waiting", 1), (f"{jobs} waiting", jobs)):
         names = [f"scale-job-{i:04d}" for i in range(count)]
         bench.apply([body(n) for n in names])
         bench.wait(f"{count} jobs started", lambda count=count: started(count), interval_s=2.0)
-        time.sleep(10)  # let the Job controller and scheduler settle the pods
+        # At rest means after the Job controller made every pod and the scheduler turned each down.
+        bench.wait(f"{count} pods unschedulable", lambda count=count: unschedulable(bench) >= count,
+                   interval_s=2.0)  # fmt: skip
+        quiet.wait()
         results.append((label, *at_rest()))
         if count == jobs:
             # Finished: the same jobs, their status marked Failed (what a run's end writes).
@@ -292,7 +299,7 @@ def training(bench: Bench, jobs: int) -> None:
                 thread.start()
             for thread in threads:
                 thread.join()
-            time.sleep(5)
+            quiet.wait()
             results.append((f"{jobs} finished", *at_rest()))
         subprocess.run([*bench.kubectl, "delete", "ltj", "-l", LABEL, "--wait=true"], check=True,
                        capture_output=True, timeout=900)  # fmt: skip
@@ -301,6 +308,49 @@ def training(bench: Bench, jobs: int) -> None:
     for label, cores, rss in results:
         print(f"  {label:>14}: at rest {cores:.4f} cores {ratio(cores, base[1]):>7}   "
               f"RSS {rss:.0f} MiB {ratio(rss, base[2]):>6}")  # fmt: skip
+
+
+def unschedulable(bench: Bench) -> int:
+    """Training pods the scheduler has turned down (PodScheduled False)."""
+    pods = bench.core.list_namespaced_pod(bench.namespace, label_selector=TRAINING_POD).items
+    return sum(
+        1
+        for p in pods
+        if any(c.type == "PodScheduled" and c.status == "False" for c in p.status.conditions or [])
+    )
+
+
+class Quiet:
+    """Watches kinds in the bench's namespace; `wait` returns once none has changed for QUIET_S
+    (what the operator is measured on at rest has then stopped arriving)."""
+
+    def __init__(self, bench: Bench, plurals: list[str]) -> None:
+        self.last = time.monotonic()
+        api = kubernetes.client.ApiClient(bench.api.configuration)
+        listers = {
+            "pods": CoreV1Api(api).list_namespaced_pod,
+            "jobs": kubernetes.client.BatchV1Api(api).list_namespaced_job,
+        }
+        for plural in plurals:
+            lister = listers.get(plural) or functools.partial(
+                CustomObjectsApi(api).list_namespaced_custom_object, "loraplane.io", "v1alpha1", plural=plural
+            )
+            threading.Thread(target=self._watch, args=(lister, bench.namespace), daemon=True).start()
+
+    def _watch(self, lister: Any, namespace: str) -> None:
+        while True:
+            try:
+                for _ in kubernetes.watch.Watch().stream(lister, namespace=namespace, timeout_seconds=300):
+                    self.last = time.monotonic()
+            except Exception:  # a dropped watch is restarted; the bench's end stops it
+                time.sleep(1)
+
+    def wait(self, timeout_s: float = 900) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - self.last < QUIET_S:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the namespace never went {QUIET_S:.0f} s without a change")
+            time.sleep(1)
 
 
 def finish(bench: Bench, names: list[str]) -> None:

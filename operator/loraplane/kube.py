@@ -124,6 +124,22 @@ def to_plain(body: Any) -> dict[str, Any]:
     return plain
 
 
+# Copies of an object's spec that clients keep on it: kubectl's, and kopf's own diff base (main.py).
+SPEC_COPIES = ("kubectl.kubernetes.io/last-applied-configuration", f"{GROUP}/last-handled-configuration")
+
+
+def slim(body: Any) -> dict[str, Any]:
+    """`to_plain` without managedFields and the annotations that copy the spec: with a thousand objects
+    in an index they would be most of it, and no handler reads them."""
+    plain = to_plain(body)
+    metadata = plain.setdefault("metadata", {})
+    metadata.pop("managedFields", None)
+    annotations = metadata.get("annotations") or {}
+    for key in SPEC_COPIES:
+        annotations.pop(key, None)
+    return plain
+
+
 # --- serving: Deployments, pod readiness gates, EndpointSlices --------------------------------------------
 
 

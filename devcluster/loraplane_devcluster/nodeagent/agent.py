@@ -119,8 +119,15 @@ def network_file(run_dir: Path) -> Path:
 
 
 def pod_network_locks() -> Path:
-    """Where agents of every local cluster on this machine claim their pod address ranges."""
-    return cache_dir() / "run" / ".pod-networks"
+    """Where agents of every local cluster on this machine claim their pod address ranges.
+
+    Beside /run/netns, not under the cache: network namespaces are one per machine, while checkouts
+    with their own LORAPLANE_CACHE would otherwise each claim index 1 and delete each other's.
+    """
+    return RUN_LOCKS if os.access(RUN_LOCKS.parent.parent, os.W_OK) else cache_dir() / "run" / ".pod-networks"
+
+
+RUN_LOCKS = Path("/run/loraplane/pod-networks")
 
 
 class Agent:

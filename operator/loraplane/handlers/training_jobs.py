@@ -115,7 +115,7 @@ def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, 
     """Jobs whose run is under way, by uid (finished jobs are not kept: nothing is done for them)."""
     if uid is None or not _is_live(dict(body.get("status") or {})):
         return None
-    return {uid: kube.to_plain(body)}
+    return {uid: kube.slim(body)}
 
 
 # --- creating the run ---------------------------------------------------------------------------------

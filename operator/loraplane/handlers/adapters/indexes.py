@@ -102,21 +102,8 @@ def served_pod_filter(body: kopf.Body, namespace: str | None, **kwargs: Any) -> 
 def adapters_by_deployment(
     body: kopf.Body, namespace: str | None, spec: kopf.Spec, **_: Any
 ) -> dict[DeploymentKey, dict[str, Any]]:
-    return {(str(namespace), spec["serving"]["deployment"]): slim_adapter(body)}
-
-
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-
-
-def slim_adapter(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A LoraAdapter as a pass needs it: without managedFields and kubectl's copy of the spec (with a
-    thousand adapters they would be most of the index)."""
-    plain = kube.to_plain(body)
-    metadata = plain.setdefault("metadata", {})
-    metadata.pop("managedFields", None)
-    annotations = metadata.get("annotations") or {}
-    annotations.pop(LAST_APPLIED, None)
-    return plain
+    # Without managedFields and the spec's copies (kubectl's, kopf's): most of a LoraAdapter's bytes.
+    return {(str(namespace), spec["serving"]["deployment"]): kube.slim(body)}
 
 
 @kopf.index("apps", "v1", "deployments", when=served_deployment_filter)
@@ -162,7 +149,15 @@ def pods_by_namespace(body: kopf.Body, namespace: str | None, **_: Any) -> dict[
 def training_jobs_by_name(
     body: kopf.Body, namespace: str | None, name: str | None, **_: Any
 ) -> dict[DeploymentKey, dict[str, Any]]:
-    return {(str(namespace), str(name)): {"status": kube.to_plain(body.get("status", {}))}}
+    return {(str(namespace), str(name)): {"status": job_result(body.get("status") or {})}}
+
+
+def job_result(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What serving reads of a training job's status: its adapter, its evaluation, and how it ended
+    (the `Succeeded` condition); not the progress, history or other conditions of a thousand jobs."""
+    kept = {key: status[key] for key in ("adapter", "evaluation") if status.get(key) is not None}
+    kept["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") == "Succeeded"]
+    return kube.to_plain(kept)
 
 
 @dataclass(frozen=True)
