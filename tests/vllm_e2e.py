@@ -106,7 +106,11 @@ def models_on(ip: str) -> dict[str, str]:
     return {c["id"]: c["root"] for c in cards if c.get("parent")}
 
 
-def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True) -> list[dict[str, Any]]:
+def vllm_deployment(
+    name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True, lora: bool = False
+) -> list[dict[str, Any]]:
+    """The example's Deployment and Service under `name`. `lora`: with everything loraplane would add
+    to serve adapters already in the template, so that its pods start once (no enabling rollout)."""
     docs = [d for d in yaml.safe_load_all((EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text()) if d]
     deployment, service = docs
     for doc in docs:
@@ -117,6 +121,12 @@ def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = Tr
     service["spec"]["selector"] = {"app": name}
     if not opt_in:
         deployment["metadata"]["annotations"] = {}
+    if lora:
+        template = deployment["spec"]["template"]["spec"]
+        container = template["containers"][0]
+        container["args"] += ["--enable-lora", "--max-loras", "4", "--max-cpu-loras", "8"]
+        container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+        template["readinessGates"] = [{"conditionType": GATE}]
     return [deployment, service]
 
 
