@@ -233,7 +233,7 @@ def adapter_crd() -> JsonSchema:
             "name": "Version",
             "type": "string",
             "jsonPath": ".status.history[0].trainingJob",
-            "description": "The LoraTrainingJob whose adapter every replica serves (the newest history entry).",
+            "description": "The LoraTrainingJob whose adapter every replica serves (newest history entry).",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

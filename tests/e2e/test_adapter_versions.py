@@ -10,6 +10,9 @@ tests run in file order. Waits are on observed state, never sleeps.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_devcluster.tinymodel import ensure_tiny_model
 from loraplane_fixtures import ChartOperator, Release
-from training_e2e import RUN_TIMEOUT_S, Jobs, condition_of, tiny_job
+from training_e2e import Jobs, condition_of, tiny_job
 from vllm_e2e import CLAIM, DEPLOYMENT, START_TIMEOUT_S, Cluster, adapter, completion, vllm_deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -116,7 +119,7 @@ def test_a_better_version_swaps_in_a_worse_one_is_refused_and_a_rollback_swaps_b
     # v3: a learning rate too small to learn anything: worse than the v2 the adapter now names.
     jobs.create(version("v3", 1e-6, 20, {"notWorseThanServing": True}))
     with ReadyPods(cluster) as during_swap:
-        v2 = wait_until("v2 served on 2 pods", lambda: serving(cluster, "v2"), timeout_s=START_TIMEOUT_S)
+        wait_until("v2 served on 2 pods", lambda: serving(cluster, "v2"), timeout_s=START_TIMEOUT_S)
     assert min(during_swap.seen) >= 1, during_swap.seen
     trained.update({name: jobs.get("ltj", name)["status"] for name in ("v2",)})
     old = f"/models/{trained['v1']['adapter']['path']}"
@@ -167,18 +170,29 @@ def test_a_better_version_swaps_in_a_worse_one_is_refused_and_a_rollback_swaps_b
     assert NO_EFFECT not in cluster.events(ADAPTER)
 
 
-def zero_b_adapter(target: Path) -> None:
-    """A LoRA adapter for the tiny Llama as PEFT initialises it: B = 0, so it changes nothing. (PEFT
-    refuses to save one whose target modules the model lacks, the other way such an adapter arises.)"""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+ZERO_B = """
+import sys
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model().model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    weights = {k: v for k, v in peft_model.state_dict().items() if "lora_B" in k}
-    assert weights and all(torch.count_nonzero(v) == 0 for v in weights.values())
-    peft_model.save_pretrained(target)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+b = [v for k, v in peft_model.state_dict().items() if "lora_B" in k]
+assert b, "no lora_B weights"
+assert all(torch.count_nonzero(v) == 0 for v in b), "PEFT's init is expected to leave B at zero"
+peft_model.save_pretrained(sys.argv[2])
+"""
+
+
+def zero_b_adapter(target: Path) -> None:
+    """A LoRA adapter for the tiny Llama as PEFT initialises it, untrained: B = 0, so it changes
+    nothing. (PEFT refuses to save one whose target modules the model lacks, the other way such an
+    adapter arises: NoMatchingPeftModuleError.) In a process of its own, like the session's adapter."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-c", ZERO_B, str(ensure_tiny_model().model_dir), str(target)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_an_adapter_that_changes_nothing_is_caught_and_keeps_serving(cluster: Cluster) -> None:

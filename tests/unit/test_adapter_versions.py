@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from test_serving_status import lora_adapter, pod, view
+
 from loraplane.api.adapter import HISTORY_LIMIT, LoraAdapter
 from loraplane.status import adapter as status_of
 from loraplane.status import resolution, versions
 from loraplane.status.adapter import Holding, PodResult
 from loraplane.status.resolution import Wanted
-from test_serving_status import lora_adapter, pod, view
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC)
 EVALUATION = {"baseLoss": 4.0, "loss": 2.0, "change": "-50.0%", "digest": "sha256:" + "0" * 64}
@@ -50,7 +51,8 @@ def test_a_version_enters_the_history_when_every_pod_holds_it_with_its_job_hash_
     served = observe(adapter, job("v1", "a"), [True, True], T0 + dt.timedelta(seconds=5))
     [entry] = served.history
     assert (entry.training_job, entry.path, entry.sha256) == ("v1", "/models/adapters/a", "a" * 64)
-    assert entry.evaluation is not None and (entry.evaluation.loss, entry.evaluation.base_loss) == (2.0, 4.0)
+    assert entry.evaluation is not None
+    assert (entry.evaluation.loss, entry.evaluation.base_loss) == (2.0, 4.0)
     assert (entry.serving_since, entry.serving_until) == (T0 + dt.timedelta(seconds=5), None)
     adapter.status = served
     again = observe(adapter, job("v1", "a"), [True, True], T0 + dt.timedelta(minutes=1))
@@ -114,13 +116,15 @@ def test_the_same_tokens_and_logprobs_within_the_tolerance_are_no_effect() -> No
     same = completion([" the", " sea"], [-1.25 + versions.LOGPROB_TOLERANCE / 2, -0.5])
     found = versions.compare("/models/a", "Hi", base, same)
     assert (found.status, found.reason) == ("True", "NoEffect")
-    assert "' the sea'" in found.message and "keeps serving" in found.message
+    assert "' the sea'" in found.message
+    assert "keeps serving" in found.message
     nudged = versions.compare("/models/a", "Hi", base, completion([" the", " sea"], [-1.0, -0.5]))
     assert (nudged.status, nudged.reason) == ("False", "ChangesLogprobs")
     assert "0.25" in nudged.message
     changed = versions.compare("/models/a", "Hi", base, completion([" a", " river"], [-0.1, -0.2]))
     assert (changed.status, changed.reason) == ("False", "ChangesOutput")
-    assert "' a river'" in changed.message and "' the sea'" in changed.message
+    assert "' a river'" in changed.message
+    assert "' the sea'" in changed.message
 
 
 def test_the_check_is_due_once_per_version_after_every_pod_holds_it_and_its_result_is_recorded() -> None:
@@ -136,7 +140,8 @@ def test_the_check_is_due_once_per_version_after_every_pod_holds_it_and_its_resu
     assert "timed out" in condition.message
     ready = next(c for c in checked.conditions if c.type == "Ready")
     assert ready.status == "True", "a failed check never holds Ready back"
-    assert checked.effect_check is not None and checked.effect_check.path == "/models/adapters/a"
+    assert checked.effect_check is not None
+    assert checked.effect_check.path == "/models/adapters/a"
     assert versions.check_due(checked, every_pod_holds=True) is None, "not repeated for this version"
     adapter.status = checked
     again = observe(adapter, job("v1", "a"), [True, True], T0 + dt.timedelta(minutes=1), check=result)
@@ -154,11 +159,9 @@ def test_the_probe_prompt_defaults_and_is_per_adapter() -> None:
 
 
 def test_the_pod_asked_holds_the_adapter_and_answered() -> None:
-    from loraplane.handlers.adapters.effect_check import pod_to_ask
-
     lacking = PodResult(pod("p0", ip="10.0.0.1"), {"quotes": Holding()}, reachable=True)
     silent = PodResult(pod("p1", ip="10.0.0.2"), {"quotes": Holding(loaded=True)}, reachable=False)
     holder = PodResult(pod("p2", ip="10.0.0.3"), {"quotes": Holding(loaded=True)}, reachable=True)
     seen = status_of.Pass(None, None, [lacking, silent, holder])
-    assert pod_to_ask("quotes", seen) == "10.0.0.3"
-    assert pod_to_ask("quotes", status_of.Pass(None, None, [lacking])) is None
+    assert status_of.pod_to_ask("quotes", seen) == "10.0.0.3"
+    assert status_of.pod_to_ask("quotes", status_of.Pass(None, None, [lacking])) is None

@@ -158,6 +158,16 @@ def every_pod_holds(name: str, seen: Pass) -> bool:
     )
 
 
+def pod_to_ask(name: str, seen: Pass) -> str | None:
+    """The address of one live pod that holds the adapter and answered this pass (the effect check
+    asks it)."""
+    for result in seen.pods:
+        holding = result.holdings.get(name)
+        if holding and holding.loaded and result.reachable and result.view.ip and not result.view.deleting:
+            return result.view.ip
+    return None
+
+
 def observe(
     adapter: LoraAdapter, seen: Pass, now: dt.datetime, check: CheckResult | None = None
 ) -> LoraAdapterStatus:

@@ -159,7 +159,7 @@ class Controller:
         path = versions.check_due(status, status_of.every_pod_holds(name, seen))
         if path is None or uid in self.checking or uid in self.checked:
             return
-        ip = effect_check.pod_to_ask(name, seen)
+        ip = status_of.pod_to_ask(name, seen)
         if ip is None:
             return
         server = Server(f"http://{ip}:{outcome.port}", outcome.api_key, get_settings().vllm_timeout_seconds)

@@ -5,7 +5,6 @@ The controller starts it once per version and records its result in the next pas
 from __future__ import annotations
 
 from loraplane.status import versions
-from loraplane.status.adapter import Pass
 from loraplane.vllm import Server, VllmError, session
 
 
@@ -22,12 +21,3 @@ async def run(
         return versions.failed(path, error.message)
     except (ValueError, KeyError, TypeError, IndexError) as error:  # an answer of another shape
         return versions.failed(path, f"unexpected completion answer: {error}")
-
-
-def pod_to_ask(name: str, seen: Pass) -> str | None:
-    """The address of one live pod that holds the adapter and answered this pass."""
-    for result in seen.pods:
-        holding = result.holdings.get(name)
-        if holding and holding.loaded and result.reachable and result.view.ip and not result.view.deleting:
-            return result.view.ip
-    return None
