@@ -8,11 +8,14 @@ import json
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from manifests import EXAMPLES
 
@@ -80,6 +83,29 @@ class Cluster:
             path = self.volume / target / "adapter_config.json"
             path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
         return target
+
+
+def staged_namespace(kube: Kube, hint: str, workdir: Path) -> Iterator[Cluster]:
+    """A module's namespace with the tiny model staged on its claim (the body of a module fixture);
+    its Deployments and the namespace go afterwards."""
+    namespace = kube.create_namespace(hint)
+    volume = stage_tiny_model(kube.api, namespace, CLAIM, workdir / "volume")
+    yield Cluster(kube, namespace, volume)
+    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_namespace(namespace)
+
+
+def module_cluster(hint: str) -> Any:
+    """A module-scoped `cluster` fixture: `cluster = module_cluster("hint")` in a test module gives its
+    tests one staged namespace, with the chart's operator running."""
+
+    @pytest.fixture(scope="module")
+    def cluster(
+        kube: Kube, chart_release: Any, operator: Any, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Cluster]:
+        yield from staged_namespace(kube, hint, tmp_path_factory.mktemp(hint))
+
+    return cluster
 
 
 def condition(pod: dict[str, Any], type_: str) -> str | None:

@@ -14,18 +14,23 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loraplane_devcluster.staging import stage_tiny_model
-from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_devcluster.testing import wait_until
 from loraplane_devcluster.tinymodel import ensure_tiny_model
-from loraplane_fixtures import ChartOperator, Release
 from training_e2e import Jobs, condition_of, tiny_job
-from vllm_e2e import CLAIM, DEPLOYMENT, START_TIMEOUT_S, Cluster, adapter, completion, vllm_deployment
+from vllm_e2e import (
+    DEPLOYMENT,
+    START_TIMEOUT_S,
+    Cluster,
+    adapter,
+    completion,
+    module_cluster,
+    vllm_deployment,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -33,15 +38,7 @@ ADAPTER = "quotes"
 NO_EFFECT = "AdapterHasNoEffect"
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    kube: Kube, chart_release: Release, operator: ChartOperator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    namespace = kube.create_namespace("versions")
-    volume = stage_tiny_model(kube.api, namespace, CLAIM, tmp_path_factory.mktemp("versions") / "volume")
-    yield Cluster(kube, namespace, volume)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
-    kube.delete_namespace(namespace)
+cluster = module_cluster("versions")
 
 
 def version(name: str, learning_rate: float, steps: int, promotion: dict[str, Any] | None = None) -> dict:
@@ -163,6 +160,8 @@ def test_a_better_version_swaps_in_a_worse_one_is_refused_and_a_rollback_swaps_b
 
     # The trained adapter changes the answer: the effect check says so, with no Warning.
     checked = wait_until("the effect check of v1", lambda: effect(cluster, ADAPTER), timeout_s=120)
+    losses = {name: jobs.get("ltj", name)["status"]["evaluation"]["loss"] for name in ("v1", "v2", "v3")}
+    print(f"eval loss by version: {losses}; effect check of v1: {checked['message']}")
     assert (checked["status"], checked["reason"]) in {
         ("False", "ChangesOutput"),
         ("False", "ChangesLogprobs"),
