@@ -122,6 +122,8 @@ class Controller:
             adapter = adapter.model_copy(update={"status": cached[1]})
         check = self.checked.get(uid)
         new = status_of.observe(adapter, seen, now(), check)
+        if check is not None and check.path != new.path:
+            self.checked.pop(uid, None)  # a version that no longer serves: its result is dropped
         self.start_check(adapter, uid, new, seen, outcome)
         wire, before = new.to_wire(), adapter.status.to_wire()
         changed = {key: value for key, value in wire.items() if before.get(key) != value}
