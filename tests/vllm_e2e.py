@@ -8,11 +8,14 @@ import json
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from manifests import EXAMPLES
 
@@ -82,6 +85,29 @@ class Cluster:
         return target
 
 
+def staged_namespace(kube: Kube, hint: str, workdir: Path) -> Iterator[Cluster]:
+    """A module's namespace with the tiny model staged on its claim (the body of a module fixture);
+    its Deployments and the namespace go afterwards."""
+    namespace = kube.create_namespace(hint)
+    volume = stage_tiny_model(kube.api, namespace, CLAIM, workdir / "volume")
+    yield Cluster(kube, namespace, volume)
+    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_namespace(namespace)
+
+
+def module_cluster(hint: str) -> Any:
+    """A module-scoped `cluster` fixture: `cluster = module_cluster("hint")` in a test module gives its
+    tests one staged namespace, with the chart's operator running."""
+
+    @pytest.fixture(scope="module")
+    def cluster(
+        kube: Kube, chart_release: Any, operator: Any, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Cluster]:
+        yield from staged_namespace(kube, hint, tmp_path_factory.mktemp(hint))
+
+    return cluster
+
+
 def condition(pod: dict[str, Any], type_: str) -> str | None:
     found = next((c for c in pod.get("status", {}).get("conditions", []) if c["type"] == type_), None)
     return None if found is None else str(found["status"])
@@ -106,7 +132,11 @@ def models_on(ip: str) -> dict[str, str]:
     return {c["id"]: c["root"] for c in cards if c.get("parent")}
 
 
-def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True) -> list[dict[str, Any]]:
+def vllm_deployment(
+    name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True, lora: bool = False
+) -> list[dict[str, Any]]:
+    """The example's Deployment and Service under `name`. `lora`: with everything loraplane would add
+    to serve adapters already in the template, so that its pods start once (no enabling rollout)."""
     docs = [d for d in yaml.safe_load_all((EXAMPLES / "tiny-cpu" / "vllm-deployment.yaml").read_text()) if d]
     deployment, service = docs
     for doc in docs:
@@ -117,6 +147,12 @@ def vllm_deployment(name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = Tr
     service["spec"]["selector"] = {"app": name}
     if not opt_in:
         deployment["metadata"]["annotations"] = {}
+    if lora:
+        template = deployment["spec"]["template"]["spec"]
+        container = template["containers"][0]
+        container["args"] += ["--enable-lora", "--max-loras", "4", "--max-cpu-loras", "8"]
+        container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+        template["readinessGates"] = [{"conditionType": GATE}]
     return [deployment, service]
 
 

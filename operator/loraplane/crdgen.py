@@ -229,6 +229,12 @@ def adapter_crd() -> JsonSchema:
             "description": "HotLoad or Static.",
         },
         _condition_column("Reason", "Ready", "reason", "Why the adapter is (not) Ready."),
+        {
+            "name": "Version",
+            "type": "string",
+            "jsonPath": ".status.history[0].trainingJob",
+            "description": "The LoraTrainingJob whose adapter every replica serves (newest history entry).",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     schema = object_schema(adapter.LoraAdapterSpec, adapter.LoraAdapterStatus, adapter.MAX_NAME_LENGTH)

@@ -175,6 +175,25 @@ class Server:
         if status != 200:
             raise classify("load", status, body)
 
+    async def complete(
+        self, session: aiohttp.ClientSession, model: str, prompt: str, max_tokens: int
+    ) -> dict[str, Any]:
+        """A greedy completion with the chosen tokens' log-probabilities (`POST /v1/completions`, the
+        OpenAI API). Raises VllmError (`LoadFailed` for a refused request) with the server's words."""
+        payload = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "logprobs": 1,
+        }
+        status, body = await self._call(session, "POST", "/v1/completions", payload)
+        if status == 401:
+            raise VllmError("Unauthorized", UNAUTHORIZED.format(route="POST /v1/completions"), status)
+        if status != 200:
+            raise VllmError("LoadFailed", f"completion answered {status}: {_error_message(body)}", status)
+        return dict(json.loads(body))
+
     async def unload(self, session: aiohttp.ClientSession, name: str) -> bool:
         """Unload an adapter; False when the server did not hold it."""
         status, body = await self._call(session, "POST", "/v1/unload_lora_adapter", {"lora_name": name})

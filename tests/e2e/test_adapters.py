@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ import yaml
 from kubernetes import watch
 from kubernetes.client import CoreV1Api, DiscoveryV1Api
 
-from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import CHART, ChartOperator, Release
 from manifests import EXAMPLES
@@ -38,6 +36,7 @@ from vllm_e2e import (
     completion,
     condition,
     models_on,
+    module_cluster,
     vllm_deployment,
 )
 
@@ -46,15 +45,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 SERVED = "tiny-quotes"
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    kube: Kube, chart_release: Release, operator: ChartOperator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    namespace = kube.create_namespace("adapters")
-    volume = stage_tiny_model(kube.api, namespace, CLAIM, tmp_path_factory.mktemp("adapters") / "volume")
-    yield Cluster(kube, namespace, volume)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
-    kube.delete_namespace(namespace)
+cluster = module_cluster("adapters")
 
 
 def test_a_server_without_the_runtime_api_reports_runtime_loading_disabled(cluster: Cluster) -> None:

@@ -5,110 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
-from manifests import EXAMPLES
+from training_e2e import RUN_TIMEOUT_S, Jobs, condition_of, tiny_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 CLAIM = "loraplane-tiny"
-RUN_TIMEOUT_S = 420
 
 
 @pytest.fixture
 def volume(kube: Kube, namespace: str, tmp_path: Path) -> Path:
     return stage_tiny_model(kube.api, namespace, CLAIM, tmp_path / "volume")
-
-
-def tiny_job(name: str, *, max_steps: int = 60, save_steps: int = 20, **spec: object) -> dict:
-    body = yaml.safe_load((EXAMPLES / "tiny-cpu" / "training-job.yaml").read_text())
-    body["metadata"]["name"] = name
-    body["spec"]["training"].update(maxSteps=max_steps, saveSteps=save_steps, loggingSteps=1)
-    body["spec"].pop("adapter", None)
-    body["spec"].update(spec)
-    return body
-
-
-def _condition(job: dict, type_: str) -> dict:
-    return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-class Jobs:
-    """kubectl on LoraTrainingJobs of one namespace."""
-
-    def __init__(self, kube: Kube, namespace: str) -> None:
-        self.kube, self.namespace = kube, namespace
-
-    def create(self, body: dict) -> dict:
-        out = self.kube.kubectl(
-            "create", "-n", self.namespace, "-f", "-", "-o", "json", input=yaml.safe_dump(body)
-        )
-        return json.loads(out.stdout)
-
-    def get(self, kind: str, name: str) -> dict | None:
-        found = self.kube.kubectl("get", kind, name, "-n", self.namespace, "-o", "json", check=False)
-        return json.loads(found.stdout) if found.returncode == 0 else None
-
-    def condition(self, name: str, type_: str) -> dict:
-        return _condition(self.get("ltj", name) or {}, type_)
-
-    def wait(
-        self, name: str, what: str, seen: Callable[[dict], Any], timeout_s: float = RUN_TIMEOUT_S
-    ) -> Any:
-        """Wait until `seen(job)` is truthy; a run that fails meanwhile fails the test at once."""
-
-        def probe() -> Any:
-            job = self.get("ltj", name) or {}
-            result = seen(job)
-            failed = _condition(job, "Failed")
-            if not result and failed.get("status") == "True":
-                raise AssertionError(f"{name} failed while waiting for {what}: {failed}")
-            return result
-
-        return wait_until(f"{name}: {what}", probe, timeout_s=timeout_s, interval_s=0.5)
-
-    def wait_reason(self, name: str, reason: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
-        def reached(job: dict) -> dict | None:
-            summary = _condition(job, "Succeeded")
-            return summary if summary.get("reason") == reason else None
-
-        return self.wait(name, f"reason {reason}", reached, timeout_s)
-
-    def wait_progress(self, name: str, what: str, seen: Callable[[dict], bool]) -> dict:
-        def progress(job: dict) -> dict | None:
-            current = job.get("status", {}).get("progress") or {}
-            return current if current and seen(current) else None
-
-        return self.wait(name, what, progress)
-
-    def events(self, name: str) -> list[str]:
-        out = self.kube.kubectl(
-            "get",
-            "events",
-            "-n",
-            self.namespace,
-            "--field-selector",
-            f"involvedObject.name={name}",
-            "-o",
-            "json",
-        )
-        return [e["reason"] for e in json.loads(out.stdout)["items"]]
-
-    def children(self, name: str) -> dict[str, list[str]]:
-        selector = f"loraplane.io/training-job={name}"
-        found = {}
-        for kind in ("jobs", "pods", "configmaps"):
-            out = self.kube.kubectl("get", kind, "-n", self.namespace, "-l", selector, "-o", "name")
-            found[kind] = out.stdout.split()
-        return found
 
 
 @pytest.fixture
@@ -283,7 +196,7 @@ def test_held_out_data_records_base_and_adapter_eval_loss_and_a_met_policy_publi
         "promotion": {"minRelativeImprovement": 0.01, "maxEvalLoss": 100},
     }
     jobs.create(body)
-    promoted = jobs.wait("evaluated", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    promoted = jobs.wait("evaluated", "the Promoted condition", lambda job: condition_of(job, "Promoted"))
     status = jobs.get("ltj", "evaluated")["status"]
     evaluation = status["evaluation"]
     assert evaluation["examples"] == 20  # 10% of the 200 quotes
@@ -318,7 +231,7 @@ def test_a_policy_that_cannot_be_met_succeeds_without_publishing(
         "promotion": {"maxEvalLoss": 0.001},
     }
     created = jobs.create(body)
-    refused = jobs.wait("unpromoted", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    refused = jobs.wait("unpromoted", "the Promoted condition", lambda job: condition_of(job, "Promoted"))
     assert refused["status"] == "False"
     assert refused["reason"] == "EvalLossTooHigh"
     loss = jobs.get("ltj", "unpromoted")["status"]["evaluation"]["loss"]
@@ -344,7 +257,7 @@ def test_a_version_worse_than_the_served_one_on_the_same_data_is_refused(jobs: J
     jobs.create(version("v1", 3e-3, None))
     wait_until("v1 published", lambda: jobs.get("lad", "served-quotes"), timeout_s=RUN_TIMEOUT_S)
     jobs.create(version("v2", 1e-6, {"notWorseThanServing": True}))
-    refused = jobs.wait("v2", "the Promoted condition", lambda job: _condition(job, "Promoted"))
+    refused = jobs.wait("v2", "the Promoted condition", lambda job: condition_of(job, "Promoted"))
     served, worse = (jobs.get("ltj", name)["status"]["evaluation"] for name in ("v1", "v2"))
     assert served["digest"] == worse["digest"], "same files, fraction and seed: the same eval data"
     assert worse["loss"] > served["loss"]

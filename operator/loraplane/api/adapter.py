@@ -16,6 +16,7 @@ from loraplane.api.common import (
     cel_rules,
     validation,
 )
+from loraplane.api.training_job import Evaluation
 
 KIND = "LoraAdapter"
 PLURAL = "loraadapters"
@@ -23,6 +24,11 @@ PLURAL = "loraadapters"
 MAX_NAME_LENGTH = 52
 
 ServingMode = Literal["HotLoad", "Static"]
+# Versions kept in status.history: enough to roll back a few releases, small enough that a thousand
+# adapters' statuses stay small.
+HISTORY_LIMIT = 10
+# What the effect check completes when spec.probePrompt is not set.
+DEFAULT_PROBE_PROMPT = "The meaning of life is"
 
 
 class TrainingJobRef(ApiModel):
@@ -112,6 +118,17 @@ class LoraAdapterSpec(ApiModel):
             "id); lets loraplane check it against the server's `--max-lora-rank` before loading."
         ),
     )
+    probe_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description=(
+            "The prompt of the effect check: once per version, after it first loads, loraplane asks one "
+            "serving pod for a short greedy completion of it with the base model and with the adapter; "
+            "identical tokens and log-probabilities set the condition AdapterHasNoEffect. Default: "
+            f"{DEFAULT_PROBE_PROMPT!r}."
+        ),
+    )
 
 
 class PodAdapterState(ApiModel):
@@ -126,9 +143,33 @@ class PodAdapterState(ApiModel):
     last_error: str | None = Field(default=None, description="The last load error on this pod, if any.")
 
 
+class AdapterVersion(ApiModel):
+    """One version the adapter served: from when every serving pod held it until another replaced it."""
+
+    training_job: str | None = Field(default=None, description="The LoraTrainingJob that produced it.")
+    path: str = Field(description="Adapter path the serving pods loaded (or the Hugging Face id).")
+    sha256: str | None = Field(default=None, description="SHA-256 of the adapter weights, when known.")
+    evaluation: Evaluation | None = Field(
+        default=None, description="The evaluation its training job recorded (its status.evaluation)."
+    )
+    serving_since: datetime = Field(description="When every serving pod held it.")
+    serving_until: datetime | None = Field(
+        default=None, description="When another version replaced it; unset while it serves."
+    )
+
+
+class EffectCheck(ApiModel):
+    """The effect check of one version (the condition AdapterHasNoEffect tells its result)."""
+
+    path: str = Field(description="The adapter path that was checked.")
+    checked_at: datetime = Field(description="When the check ran.")
+
+
 class LoraAdapterStatus(ApiModel):
     """Observed serving state. Condition types: Ready (reason says why not: DeploymentNotFound,
-    RankTooHigh, BaseModelMismatch, LoadFailed, Unauthorized, ...)."""
+    RankTooHigh, BaseModelMismatch, LoadFailed, Unauthorized, ...), and AdapterHasNoEffect once a
+    version was checked (True: the adapter answers exactly as the base model; Unknown, reason
+    ProbeFailed: the check itself failed)."""
 
     observed_generation: int | None = Field(
         default=None, description="Generation the status was written for."
@@ -145,6 +186,17 @@ class LoraAdapterStatus(ApiModel):
             "The serving pods that do not hold the adapter, and why; pods that hold it are only counted "
             "(readyReplicas), so the status stays small with many adapters and replicas."
         ),
+    )
+    history: list[AdapterVersion] = Field(
+        default_factory=list,
+        max_length=HISTORY_LIMIT,
+        description=(
+            f"What the adapter served, newest first (at most {HISTORY_LIMIT}): a version enters when "
+            "every serving pod holds it. Point spec.source back at an earlier entry to roll back."
+        ),
+    )
+    effect_check: EffectCheck | None = Field(
+        default=None, description="The last version the effect check ran for (once per version)."
     )
 
 

@@ -12,6 +12,7 @@ from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus, PodAdapterStat
 from loraplane.builders import serving
 from loraplane.status.conditions import Observed, merge
 from loraplane.status.resolution import TERMINAL_REASONS, Problem, Wanted
+from loraplane.status.versions import CheckResult, record_version, with_check
 
 # --- pods and their gate ---------------------------------------------------------------------------------
 
@@ -146,9 +147,33 @@ class Pass:
     predating_pods: int = 0  # pods started before LoRA was enabled, left to the rollout (not in `pods`)
 
 
-def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterStatus:
+def every_pod_holds(name: str, seen: Pass) -> bool:
+    """Every live serving pod holds the wanted version (and there is one): a swap has completed."""
+    live = [p for p in seen.pods if not p.view.deleting]
+    return (
+        seen.problem is None
+        and seen.wanted is not None
+        and bool(live)
+        and all((p.holdings.get(name) or Holding()).loaded for p in live)
+    )
+
+
+def pod_to_ask(name: str, seen: Pass) -> str | None:
+    """The address of one live pod that holds the adapter and answered this pass (the effect check
+    asks it)."""
+    for result in seen.pods:
+        holding = result.holdings.get(name)
+        if holding and holding.loaded and result.reachable and result.view.ip and not result.view.deleting:
+            return result.view.ip
+    return None
+
+
+def observe(
+    adapter: LoraAdapter, seen: Pass, now: dt.datetime, check: CheckResult | None = None
+) -> LoraAdapterStatus:
     """The adapter's status: Ready when every Ready pod holds it (and at least one does), else the
-    most specific reason the pods reported."""
+    most specific reason the pods reported; the history gains the wanted version once every pod
+    holds it; an effect check's result for the current path is recorded."""
     name = adapter.metadata["name"]
     status = adapter.status.model_copy(deep=True)
     live = [p for p in seen.pods if not p.view.deleting]
@@ -174,6 +199,10 @@ def observe(adapter: LoraAdapter, seen: Pass, now: dt.datetime) -> LoraAdapterSt
     condition = _ready(seen, live, name, holders, errors)
     status.conditions = merge(status.conditions, [condition], adapter.metadata.get("generation"), now)
     status.observed_generation = adapter.metadata.get("generation")
+    if seen.wanted is not None:
+        status.history = record_version(status.history, seen.wanted, every_pod_holds(name, seen), now)
+    if check is not None and check.path == status.path:
+        status = with_check(status, check, adapter.metadata.get("generation"), now)
     return status
 
 

@@ -5,7 +5,7 @@ wants (`api_key_source`) with what a 401 means. Everything reads the Deployment 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.api.adapter import LoraAdapter
@@ -47,6 +47,9 @@ class Wanted:
     # Its status said Ready before this pass: in a tie of creation times (one-second resolution) the
     # adapter already serving keeps its served name, so a newcomer never takes it over.
     serving: bool = False
+    # The LoraTrainingJob it comes from, and the evaluation that job recorded (for status.history).
+    training_job: str | None = None
+    evaluation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     def as_base_model_path(self, deployment: DeploymentView) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
@@ -70,6 +73,7 @@ def resolve(
         return Problem("DeploymentNotFound", f"Deployment {target} does not exist in this namespace")
     source = adapter.spec.source
     rank, sha256 = adapter.spec.rank, None
+    job_name, evaluation = None, None
     if source.hugging_face is not None:
         path = source.hugging_face.name
     else:
@@ -88,6 +92,7 @@ def resolve(
                 )
             claim, sub_path = result["claimName"], result["path"]
             rank, sha256 = rank or result.get("r"), result.get("sha256")
+            evaluation = ((training_job or {}).get("status") or {}).get("evaluation")
         else:
             assert source.volume is not None  # the CRD's CEL rule: exactly one source
             claim, sub_path = source.volume.claim_name, source.volume.path
@@ -109,6 +114,8 @@ def resolve(
         sha256=sha256,
         created=str(adapter.metadata.get("creationTimestamp", "")),
         serving=any(c.type == "Ready" and c.status == "True" for c in adapter.status.conditions),
+        training_job=job_name,
+        evaluation=evaluation,
     )
 
 

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus
+from loraplane.handlers.adapters import effect_check
 from loraplane.handlers.adapters.common import KIND, DeploymentKey, now
 from loraplane.handlers.adapters.indexes import Indexes
 from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
@@ -28,12 +29,15 @@ from loraplane.handlers.adapters.state import Outcome
 from loraplane.metrics import RECONCILE_ERRORS, RECONCILES
 from loraplane.settings import get_settings
 from loraplane.status import adapter as status_of
+from loraplane.status import resolution, versions
 from loraplane.status.conditions import find
+from loraplane.vllm import Server
 
 logger = logging.getLogger(__name__)
 
 ERROR_RETRY_S = 5.0  # a pass that raised comes back this soon
 STATUS_WRITES_IN_FLIGHT = 8
+CHECKS_IN_FLIGHT = 2  # effect checks of one Deployment at a time (two completions each)
 
 
 @dataclass
@@ -50,6 +54,10 @@ class Controller:
     # adapter uid -> (the indexed resourceVersion it was written against, the status written): a pass
     # that runs before the write comes back through the watch judges against what was written.
     written: dict[str, tuple[str, LoraAdapterStatus]] = field(default_factory=dict)
+    # Effect checks: running (adapter uid -> task), and finished but not yet in a written status.
+    checking: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    checked: dict[str, versions.CheckResult] = field(default_factory=dict)
+    check_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_IN_FLIGHT))
 
     @property
     def key(self) -> DeploymentKey:
@@ -112,10 +120,20 @@ class Controller:
         cached = self.written.get(uid)
         if cached is not None and cached[0] == version:
             adapter = adapter.model_copy(update={"status": cached[1]})
-        new = status_of.observe(adapter, seen, now())
+        check = self.checked.get(uid)
+        new = status_of.observe(adapter, seen, now(), check)
+        if check is not None and check.path != new.path:
+            self.checked.pop(uid, None)  # a version that no longer serves: its result is dropped
+        self.start_check(adapter, uid, new, seen, outcome)
         wire, before = new.to_wire(), adapter.status.to_wire()
         changed = {key: value for key, value in wire.items() if before.get(key) != value}
         if not changed:
+            if (
+                check is not None
+                and adapter.status.effect_check
+                and adapter.status.effect_check.path == check.path
+            ):
+                self.checked.pop(uid, None)
             return
         try:
             await asyncio.to_thread(kube.patch_adapter_status, self.namespace, metadata["name"], changed)
@@ -124,7 +142,42 @@ class Controller:
                 return  # deleted meanwhile
             raise
         self.written[uid] = (version, new)
+        if check is not None and new.effect_check and new.effect_check.path == check.path:
+            self.checked.pop(uid, None)  # the cluster remembers it now
         announce_ready(body, adapter.status, new)
+        announce_effect(body, adapter.status, new)
+
+    def start_check(
+        self,
+        adapter: LoraAdapter,
+        uid: str,
+        status: LoraAdapterStatus,
+        seen: status_of.Pass,
+        outcome: Outcome,
+    ) -> None:
+        """Start the effect check of the version every pod holds, once (not in this pass: it only
+        reads the answers of two completions, and Ready never waits for it)."""
+        name = adapter.metadata["name"]
+        path = versions.check_due(status, status_of.every_pod_holds(name, seen))
+        if path is None or uid in self.checking or uid in self.checked:
+            return
+        ip = status_of.pod_to_ask(name, seen)
+        if ip is None:
+            return
+        server = Server(f"http://{ip}:{outcome.port}", outcome.api_key, get_settings().vllm_timeout_seconds)
+        prompt, served = versions.probe_prompt(adapter), resolution.served_name(adapter)
+
+        async def check() -> None:
+            try:
+                async with self.check_limit:
+                    self.checked[uid] = await effect_check.run(
+                        server, outcome.base_model, served, path, prompt
+                    )
+            finally:
+                self.checking.pop(uid, None)
+                self.wakeup.set()  # the next pass records the result
+
+        self.checking[uid] = asyncio.create_task(check(), name=f"effect check {self.namespace}/{name}")
 
 
 def announce_ready(body: dict[str, Any], old: LoraAdapterStatus, new: LoraAdapterStatus) -> None:
@@ -139,6 +192,20 @@ def announce_ready(body: dict[str, Any], old: LoraAdapterStatus, new: LoraAdapte
         kopf.info(target, reason="Ready", message=after.message)
     elif after.reason not in {"Loading", "NoReplicas", "WaitingForRollout"}:
         kopf.warn(target, reason=after.reason, message=after.message)
+
+
+def announce_effect(body: dict[str, Any], old: LoraAdapterStatus, new: LoraAdapterStatus) -> None:
+    """An Event when the effect check of a version reports: a Warning for no effect or a failed check."""
+    before, after = find(old.conditions, versions.CONDITION), find(new.conditions, versions.CONDITION)
+    if after is None or (old.effect_check == new.effect_check and before is not None):
+        return
+    target: Any = body
+    if after.status == "True":
+        kopf.warn(target, reason=versions.CONDITION, message=after.message)
+    elif after.status == "Unknown":
+        kopf.warn(target, reason=after.reason, message=after.message)
+    else:
+        kopf.info(target, reason="EffectChecked", message=after.message)
 
 
 CONTROLLERS: dict[DeploymentKey, Controller] = {}

@@ -146,6 +146,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     outcome.unwanted_held = set(((recorded | static_before) - claimed) & outcome.holding_anywhere)
     await forget_unloaded(rec, deployment, recorded, claimed, results)
     outcome.again_in = again_in(results, rec)
+    outcome.port, outcome.api_key, outcome.base_model = plan.port, plan.api_key, view.base_model_name
     waiting = sum(1 for v, _ in views if v.gated and not v.deleting and v.gate_status != "True")
     PODS_WAITING_ON_GATE.labels(namespace, rec.deployment).set(waiting)
     if plan.single and hot and plan.swapping:

@@ -25,6 +25,11 @@ class Outcome:
     # Something is in progress that no event will announce (a failed load waiting for its retry, a
     # pod waiting to leave its Service before a swap): the next pass, in seconds; None: on events.
     again_in: float | None = None
+    # How the Deployment's servers are asked for a completion (the effect check): port, API key, and
+    # the base model's served name.
+    port: int = 0
+    api_key: str | None = field(default=None, repr=False)
+    base_model: str = ""
 
 
 @dataclass
