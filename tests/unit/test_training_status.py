@@ -56,6 +56,14 @@ def test_running_pod_means_running() -> None:
     assert status.attempts == 1
 
 
+def test_the_jobs_times_are_held_as_times() -> None:
+    """The Job's timestamps become datetimes (a string in a datetime field serialises with a warning)."""
+    counts = {"active": 1, "startTime": "2026-01-01T11:00:00Z"}
+    status = status_of.observe(job(), {"metadata": {"name": "x"}, "status": counts}, [], None, NOW)
+    assert status.start_time == dt.datetime(2026, 1, 1, 11, tzinfo=dt.UTC)
+    assert status.to_wire()["startTime"] == "2026-01-01T11:00:00Z"
+
+
 def test_unschedulable_carries_the_schedulers_message() -> None:
     message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     unscheduled = pod({}, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",

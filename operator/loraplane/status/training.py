@@ -272,6 +272,11 @@ def trainable_line(trainable: int | None, total: int | None) -> str | None:
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {percent:.4f}"
 
 
+def _timestamp(value: str | None) -> datetime | None:
+    """An API timestamp (`2026-01-02T03:04:05Z`) as the datetime the status models hold."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
 def observe(
     job: LoraTrainingJob,
     batch_job: dict[str, Any] | None,
@@ -294,9 +299,9 @@ def observe(
         counts = batch_job.get("status", {})
         started = sum(counts.get(k) or 0 for k in ("active", "failed", "succeeded"))
         status.attempts = max(previous.attempts, started)
-        status.start_time = status.start_time or counts.get("startTime")
+        status.start_time = status.start_time or _timestamp(counts.get("startTime"))
         if current.succeeded or current.failed:
-            status.completion_time = status.completion_time or counts.get("completionTime") or now
+            status.completion_time = status.completion_time or _timestamp(counts.get("completionTime")) or now
     if progress is not None:
         status.progress = progress
     if resumed_from_step:
