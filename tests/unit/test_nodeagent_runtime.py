@@ -60,11 +60,12 @@ def test_two_agents_claim_different_pod_networks(tmp_path) -> None:
 
     from loraplane_devcluster.nodeagent.network import claim_node_index  # noqa: PLC0415
 
-    mine = claim_node_index(tmp_path)
+    # (what other clusters on this machine hold is left out: only the two claims here count)
+    mine = claim_node_index(tmp_path, taken_elsewhere=lambda _: False)
     code = (
         "from pathlib import Path\n"
         "from loraplane_devcluster.nodeagent.network import claim_node_index as c\n"
-        f"print(c(Path({str(tmp_path)!r})))"
+        f"print(c(Path({str(tmp_path)!r}), taken_elsewhere=lambda _: False))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -84,6 +85,20 @@ def test_an_index_held_outside_this_file_system_is_skipped(tmp_path) -> None:
 
     assert claim_node_index(tmp_path, taken_elsewhere=held_elsewhere) == 2
     assert seen == [1, 2]
+
+
+def test_an_index_locked_in_any_of_the_folders_is_taken(tmp_path) -> None:
+    """An agent of an earlier version locks only the cache's folder; a new one locks both."""
+    import fcntl  # noqa: PLC0415
+
+    from loraplane_devcluster.nodeagent.network import claim_node_index  # noqa: PLC0415
+
+    legacy, shared = tmp_path / "cache", tmp_path / "run"
+    legacy.mkdir()
+    with (legacy / "node-1.lock").open("ab") as old_agent:
+        fcntl.flock(old_agent, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert claim_node_index([shared, legacy], taken_elsewhere=lambda _: False) == 2
+    assert (shared / "node-2.lock").exists()
 
 
 def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> None:

@@ -118,13 +118,15 @@ def network_file(run_dir: Path) -> Path:
     return run_dir / "node-network.json"
 
 
-def pod_network_locks() -> Path:
+def pod_network_locks() -> list[Path]:
     """Where agents of every local cluster on this machine claim their pod address ranges.
 
-    Beside /run/netns, not under the cache: network namespaces are one per machine, while checkouts
-    with their own LORAPLANE_CACHE would otherwise each claim index 1 and delete each other's.
+    Beside /run/netns: network namespaces are one per machine, while checkouts with their own
+    LORAPLANE_CACHE would otherwise each claim index 1 and delete each other's. The cache's folder
+    too, which agents of earlier versions lock alone.
     """
-    return RUN_LOCKS if os.access(RUN_LOCKS.parent.parent, os.W_OK) else cache_dir() / "run" / ".pod-networks"
+    legacy = cache_dir() / "run" / ".pod-networks"
+    return [RUN_LOCKS, legacy] if os.access(RUN_LOCKS.parent.parent, os.W_OK) else [legacy]
 
 
 RUN_LOCKS = Path("/run/loraplane/pod-networks")

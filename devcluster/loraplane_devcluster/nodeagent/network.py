@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -145,52 +145,71 @@ class AddressPool:
 _CLAIMS: list[IO[bytes]] = []
 
 
+def _lock_all(lock_dirs: Sequence[Path], index: int) -> list[IO[bytes]] | None:
+    """Index ``index``'s lock in every folder, or None (nothing kept) when any is held."""
+    handles: list[IO[bytes]] = []
+    for lock_dir in lock_dirs:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        handle = (lock_dir / f"node-{index}.lock").open("ab")
+        handles.append(handle)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            for held in handles:
+                held.close()
+            return None
+    return handles
+
+
 def claim_node_index(
-    lock_dir: Path,
+    lock_dirs: Path | Sequence[Path],
     first: int = 1,
     last: int = 250,
     taken_elsewhere: Callable[[int], bool] | None = None,
 ) -> int:
     """An index (the N of 10.250.N.0/24) that no other running agent on this machine holds.
 
-    The lock files only see agents that share this file system. An agent in another mount
-    namespace (a CI checkout in a container that shares the host's network) holds its index
-    through its host link alone, so an index whose link exists while its node namespace is not
-    ours to see is skipped too.
+    An index is claimed by locking ``node-N.lock`` in every folder of ``lock_dirs`` (agents of
+    earlier versions lock only the cache's folder, so both are held). The lock files only see agents
+    that share this filesystem: an agent in another mount namespace (a CI checkout in a container
+    that shares the host's network) holds its index through its host link alone, so an index whose
+    link exists while its node namespace is not ours to see is skipped too.
     """
+    dirs = [lock_dirs] if isinstance(lock_dirs, Path) else list(lock_dirs)
     taken = _taken_by_an_unseen_agent if taken_elsewhere is None else taken_elsewhere
-    lock_dir.mkdir(parents=True, exist_ok=True)
     for index in range(first, last + 1):
-        handle = (lock_dir / f"node-{index}.lock").open("ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        handles = _lock_all(dirs, index)
+        if handles is None:
             continue
         if taken(index):
             log.warning("pod subnet %s0/24 is held by an agent outside this filesystem", Subnet(index).prefix)
-            handle.close()
+            for handle in handles:
+                handle.close()
             continue
-        os.set_inheritable(handle.fileno(), False)  # containers must not keep the claim alive
-        _CLAIMS.append(handle)
+        for handle in handles:
+            os.set_inheritable(handle.fileno(), False)  # containers must not keep the claim alive
+        _CLAIMS.extend(handles)
         return index
     raise NoFreeAddressError(
         f"every pod subnet 10.250.N.0/24 from N={first} to {last} is held by another agent"
     )
 
 
-def remove_stale_networks(lock_dir: Path, own_index: int) -> list[int]:
-    """Delete the namespaces of agents that died without cleaning up (their index lock is free)."""
+def remove_stale_networks(lock_dirs: Path | Sequence[Path], own_index: int) -> list[int]:
+    """Delete the namespaces of agents that died without cleaning up (their index locks are free)."""
+    dirs = [lock_dirs] if isinstance(lock_dirs, Path) else list(lock_dirs)
     indexes = {int(m.group(1)) for m in map(_INDEXED.match, namespaces()) if m} - {own_index}
     removed = []
     for index in sorted(indexes):
-        with (lock_dir / f"node-{index}.lock").open("ab") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a running agent's
+        handles = _lock_all(dirs, index)
+        if handles is None:
+            continue  # a running agent's
+        try:
             NodeNetwork(Subnet(index)).destroy()
-            removed.append(index)
+        finally:
+            for handle in handles:
+                handle.close()
+        removed.append(index)
     return removed
 
 
