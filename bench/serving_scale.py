@@ -1,5 +1,6 @@
 """The operator at scale: 1 (baseline), 100 and 1,000 LoraAdapters on one 2-replica vLLM Deployment,
-then 1 (baseline) and 1,000 waiting and 1,000 finished LoraTrainingJobs.
+2,000 over two such Deployments, then 1 (baseline) and 1,000 waiting and 1,000 finished
+LoraTrainingJobs.
 
     PYTHONPATH=operator:devcluster:tests .venv/bin/python bench/serving_scale.py --kubeconfig K \
         --namespace NS --adapter-path adapters/<uid> [--counts 1,100,1000] [--jobs 1000]
@@ -231,7 +232,7 @@ def ratio(value: float, base: float) -> str:
     return f"x{value / base:.2f}" if base > 0 else "-"
 
 
-def serving(bench: Bench, counts: list[int], samples: int) -> None:
+def serving(bench: Bench, counts: list[int], samples: int) -> dict[str, float]:
     rows: list[dict[str, float]] = []
     for count in counts:
         names = [f"scale-{i:04d}" for i in range(count)]
@@ -259,6 +260,55 @@ def serving(bench: Bench, counts: list[int], samples: int) -> None:
             for k in ("applied", "cores", "rss", "p50", "p95", "gate", "deleted")
         ]
         print(f"{int(row['count']):>9} " + " ".join(f"{c:>15}" for c in cells))
+    return base
+
+
+SECOND = f"{DEPLOYMENT}-b"
+
+
+def second_deployment(bench: Bench) -> None:
+    """A copy of the demo's Deployment under another name (its own pods), Ready with no adapters."""
+    apps = kubernetes.client.AppsV1Api(bench.api)
+    body = bench.api.sanitize_for_serialization(apps.read_namespaced_deployment(DEPLOYMENT, bench.namespace))
+    template = body["spec"]["template"]
+    template["metadata"]["labels"]["app"] = SECOND
+    copy_ = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": SECOND, "annotations": body["metadata"].get("annotations") or {}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": SECOND}}, "template": template},
+    }
+    apps.create_namespaced_deployment(bench.namespace, copy_)
+
+    def available() -> bool:
+        status = apps.read_namespaced_deployment_status(SECOND, bench.namespace).status
+        return (status.available_replicas or 0) == 2
+
+    bench.wait(f"Deployment {SECOND} available", available, interval_s=2.0)
+
+
+def two_deployments(bench: Bench, per_deployment: int, base: dict[str, float]) -> None:
+    """`per_deployment` LoraAdapters on each of two 2-replica Deployments, at once."""
+    second_deployment(bench)
+    names = [(f"two-{d}-{i:04d}", target) for d, target in (("a", DEPLOYMENT), ("b", SECOND))
+             for i in range(per_deployment)]  # fmt: skip
+    bodies = []
+    for name, target in names:
+        body = bench.adapter(name)
+        body["spec"]["serving"]["deployment"] = target
+        bodies.append(body)
+    began = time.monotonic()
+    bench.apply(bodies)
+    bench.wait(f"{len(names)} Ready", lambda: bench.ready_count() == len(names), interval_s=1.0)
+    applied = time.monotonic() - began
+    cores, rss = at_rest()
+    deleted = bench.delete_all()
+    kubernetes.client.AppsV1Api(bench.api).delete_namespaced_deployment(SECOND, bench.namespace)
+    print(f"\n{len(names)} LoraAdapters over two Deployments (2 replicas each); "
+          f"ratios to {int(base['count'])} adapter(s) on one")  # fmt: skip
+    for label, value, key in (("apply->Ready s", applied, "applied"), ("at rest cores", cores, "cores"),
+                              ("RSS MiB", rss, "rss"), ("delete all s", deleted, "deleted")):  # fmt: skip
+        print(f"  {label:>15}: {value:.3f} {ratio(value, base[key]):>7}")
 
 
 def training(bench: Bench, jobs: int) -> None:
@@ -376,12 +426,16 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--memory-cycles", type=int, default=1000, help="vLLM load/unload cycles (0: skip)")
     parser.add_argument("--swaps", type=int, default=50)
+    parser.add_argument("--two-deployments", type=int, default=1000, metavar="N",
+                        help="N adapters on each of two Deployments (0: skip)")  # fmt: skip
     args = parser.parse_args()
     bench = Bench(args.kubeconfig, args.namespace, args.adapter_path)
     concurrent_loads(bench)
     if args.memory_cycles:
         vllm_memory(bench, args.kubeconfig, args.memory_cycles, args.swaps)
-    serving(bench, [int(c) for c in args.counts.split(",")], args.samples)
+    base = serving(bench, [int(c) for c in args.counts.split(",")], args.samples)
+    if args.two_deployments:
+        two_deployments(bench, args.two_deployments, base)
     if args.jobs:
         training(bench, args.jobs)
     return 0

@@ -32,7 +32,7 @@ from typing import Any
 
 from loraplane_devcluster import probes, processes
 from loraplane_devcluster.binaries import DEVCLUSTER_DIR, cache_dir, versions
-from loraplane_devcluster.nodeagent.network import Subnet
+from loraplane_devcluster.nodeagent.network import Subnet, lock_index
 
 BUILD_SCRIPT = DEVCLUSTER_DIR / "build-s3.sh"
 PROCESS_NAME = "objectstore"
@@ -41,9 +41,6 @@ START_TIMEOUT_S = 30.0
 # The Secret keys loraplane's S3CredentialsSecret defaults to (operator/loraplane/api/storage.py).
 ACCESS_KEY_ID_KEY = "accessKeyId"
 SECRET_ACCESS_KEY_KEY = "secretAccessKey"  # noqa: S105 - a key name, not a secret
-# The pod-network lock files the node agent holds for its lifetime (nodeagent/network.py).
-_NODE_LOCK_PREFIX = "node-"
-_NODE_LOCK_SUFFIX = ".lock"
 
 
 class ObjectStoreError(RuntimeError):
@@ -361,17 +358,15 @@ def apply_credentials_secret(
 
 
 def node_index_of(pid: int) -> int | None:
-    """The pod-network index N a running node agent holds: it keeps ``.pod-networks/node-N.lock``
-    open (and locked) for its whole life, and nothing else of it is named like that."""
+    """The pod-network index N a running node agent holds: it keeps ``node-N.lock`` open (and locked)
+    for its whole life, and nothing else of it is named like that."""
     fd_dir = Path(f"/proc/{pid}/fd")
     with contextlib.suppress(OSError):
         for fd in fd_dir.iterdir():
             with contextlib.suppress(OSError):
-                name = os.path.basename(os.readlink(fd))
-                if name.startswith(_NODE_LOCK_PREFIX) and name.endswith(_NODE_LOCK_SUFFIX):
-                    index = name[len(_NODE_LOCK_PREFIX) : -len(_NODE_LOCK_SUFFIX)]
-                    if index.isdigit():
-                        return int(index)
+                index = lock_index(os.readlink(fd))
+                if index is not None:
+                    return index
     return None
 
 

@@ -120,3 +120,15 @@ def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> Non
     # interface names must fit the kernel's 15 characters even for the largest index and address
     widest = Subnet(250)
     assert max(len(widest.host_link), len(widest.pod_link("10.250.250.253"))) <= 15
+
+
+def test_an_index_whose_lock_file_a_process_holds_anywhere_is_seen(tmp_path) -> None:
+    """A checkout with another LORAPLANE_CACHE locks files ours never open: its open file shows it."""
+    from loraplane_devcluster.nodeagent.network import indexes_held_by_processes, lock_index  # noqa: PLC0415
+
+    assert lock_index("/elsewhere/node-77.lock") == 77
+    assert lock_index("/elsewhere/node-.lock") is None
+    assert lock_index("/elsewhere/other.lock") is None
+    assert 177 not in indexes_held_by_processes()
+    with (tmp_path / "node-177.lock").open("ab"):
+        assert 177 in indexes_held_by_processes()

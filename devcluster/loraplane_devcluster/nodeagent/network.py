@@ -170,13 +170,12 @@ def claim_node_index(
     """An index (the N of 10.250.N.0/24) that no other running agent on this machine holds.
 
     An index is claimed by locking ``node-N.lock`` in every folder of ``lock_dirs`` (agents of
-    earlier versions lock only the cache's folder, so both are held). The lock files only see agents
-    that share this filesystem: an agent in another mount namespace (a CI checkout in a container
-    that shares the host's network) holds its index through its host link alone, so an index whose
-    link exists while its node namespace is not ours to see is skipped too.
+    earlier versions lock only the cache's folder, so both are held). An index some process holds a
+    lock file of elsewhere is skipped, and so is one held from another mount namespace (a CI checkout
+    in a container that shares the host's network), seen by its host link alone.
     """
     dirs = [lock_dirs] if isinstance(lock_dirs, Path) else list(lock_dirs)
-    taken = _taken_by_an_unseen_agent if taken_elsewhere is None else taken_elsewhere
+    taken = _taken_by_a_live_agent if taken_elsewhere is None else taken_elsewhere
     for index in range(first, last + 1):
         handles = _lock_all(dirs, index)
         if handles is None:
@@ -196,9 +195,10 @@ def claim_node_index(
 
 
 def remove_stale_networks(lock_dirs: Path | Sequence[Path], own_index: int) -> list[int]:
-    """Delete the namespaces of agents that died without cleaning up (their index locks are free)."""
+    """Delete the namespaces of agents that died without cleaning up (no process holds their index)."""
     dirs = [lock_dirs] if isinstance(lock_dirs, Path) else list(lock_dirs)
     indexes = {int(m.group(1)) for m in map(_INDEXED.match, namespaces()) if m} - {own_index}
+    indexes -= indexes_held_by_processes()
     removed = []
     for index in sorted(indexes):
         handles = _lock_all(dirs, index)
@@ -216,12 +216,36 @@ def remove_stale_networks(lock_dirs: Path | Sequence[Path], own_index: int) -> l
 _INDEXED = re.compile(r"lp(\d+)-")
 
 
-def _taken_by_an_unseen_agent(index: int) -> bool:
-    """The index's host link exists but its node namespace is not in this file system's /run/netns.
+def lock_index(path: str) -> int | None:
+    """N, when ``path`` is an index lock (``.../node-N.lock``)."""
+    name = os.path.basename(path)
+    digits = name[len("node-") : -len(".lock")] if name.startswith("node-") and name.endswith(".lock") else ""
+    return int(digits) if digits.isdigit() else None
 
-    (A node namespace that is visible here and unlocked is an earlier agent's leftover, which
+
+def indexes_held_by_processes() -> set[int]:
+    """Every index whose lock file some process on this machine holds open, whatever folder it is in
+    (agents of checkouts with another LORAPLANE_CACHE lock files that ours do not see)."""
+    held: set[int] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except OSError:
+            continue  # gone, or not ours to read
+        held.update(index for index in map(lock_index, links) if index is not None)
+    return held
+
+
+def _taken_by_a_live_agent(index: int) -> bool:
+    """A running agent holds the index though its lock in our folders is free: it keeps a lock file
+    open elsewhere, or it lives in another mount namespace (its host link exists, its node namespace
+    is not in this filesystem's /run/netns).
+
+    (A node namespace that is visible here and held by nobody is an earlier agent's leftover, which
     :meth:`NodeNetwork.create` removes, taking the host link with it.)
     """
+    if index in indexes_held_by_processes():
+        return True
     subnet = Subnet(index)
     result = subprocess.run(
         ["ip", "-o", "link", "show", "dev", subnet.host_link],
