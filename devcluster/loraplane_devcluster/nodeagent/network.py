@@ -229,10 +229,16 @@ def indexes_held_by_processes() -> set[int]:
     held: set[int] = set()
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
-            links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+            fds = list(fd_dir.iterdir())
         except OSError:
             continue  # gone, or not ours to read
-        held.update(index for index in map(lock_index, links) if index is not None)
+        for fd in fds:
+            try:
+                index = lock_index(os.readlink(fd))
+            except OSError:
+                continue  # closed meanwhile (the listing's own descriptor, for one)
+            if index is not None:
+                held.add(index)
     return held
 
 
