@@ -124,6 +124,10 @@ def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> Non
 
 def test_an_index_whose_lock_file_a_process_holds_anywhere_is_seen(tmp_path) -> None:
     """A checkout with another LORAPLANE_CACHE locks files ours never open: its open file shows it."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
     from loraplane_devcluster.nodeagent.network import indexes_held_by_processes, lock_index  # noqa: PLC0415
 
     assert lock_index("/elsewhere/node-77.lock") == 77
@@ -131,4 +135,14 @@ def test_an_index_whose_lock_file_a_process_holds_anywhere_is_seen(tmp_path) -> 
     assert lock_index("/elsewhere/other.lock") is None
     assert 177 not in indexes_held_by_processes()
     with (tmp_path / "node-177.lock").open("ab"):
-        assert 177 in indexes_held_by_processes()
+        assert 177 not in indexes_held_by_processes()  # this process's own claims are not another's
+        code = (
+            "from loraplane_devcluster.nodeagent.network import indexes_held_by_processes as h\n"
+            "print(177 in h())"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        command = [sys.executable, "-c", code]
+        seen = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        )
+        assert seen.stdout.strip() == "True"

@@ -224,10 +224,13 @@ def lock_index(path: str) -> int | None:
 
 
 def indexes_held_by_processes() -> set[int]:
-    """Every index whose lock file some process on this machine holds open, whatever folder it is in
-    (agents of checkouts with another LORAPLANE_CACHE lock files that ours do not see)."""
+    """Every index whose lock file another process on this machine holds open, whatever folder it is
+    in (agents of checkouts with another LORAPLANE_CACHE lock files that ours do not see)."""
     held: set[int] = set()
+    own = Path(f"/proc/{os.getpid()}/fd")
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        if fd_dir == own:
+            continue
         try:
             fds = list(fd_dir.iterdir())
         except OSError:
