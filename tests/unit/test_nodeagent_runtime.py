@@ -143,6 +143,4 @@ def test_an_index_whose_lock_file_a_process_holds_anywhere_is_seen(tmp_path) -> 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         command = [sys.executable, "-c", code]
         seen = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-        )
         assert seen.stdout.strip() == "True"
