@@ -181,7 +181,7 @@ def claim_node_index(
         if handles is None:
             continue
         if taken(index):
-            log.warning("pod subnet %s0/24 is held by an agent outside this filesystem", Subnet(index).prefix)
+            log.info("pod subnet %s0/24 is held by another running agent", Subnet(index).prefix)
             for handle in handles:
                 handle.close()
             continue
