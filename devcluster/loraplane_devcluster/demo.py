@@ -217,8 +217,11 @@ def _selector(scenario: Scenario) -> dict[str, str]:
 
 
 def _train(kube: Kube, namespace: str, job_name: str, scenario: Scenario, say: Callable[[str], None]) -> None:
-    if not _get(kube, "ltj", job_name, namespace):
-        kube.kubectl("apply", "-n", namespace, "-f", str(scenario.training_job))
+    if _get(kube, "ltj", job_name, namespace):
+        # A run left by an earlier demo on this cluster may come from older data or code: the answer
+        # shown below must come from an adapter trained now. (Its LoraAdapter stays and swaps to it.)
+        kube.kubectl("delete", "ltj", job_name, "-n", namespace, "--wait=true", timeout_s=120)
+    kube.kubectl("apply", "-n", namespace, "-f", str(scenario.training_job))
     last = ""
 
     def finished() -> bool:
@@ -237,14 +240,18 @@ def _train(kube: Kube, namespace: str, job_name: str, scenario: Scenario, say: C
 
 
 def _adapter_ready(
-    kube: Kube, namespace: str, name: str, scenario: Scenario, say: Callable[[str], None]
+    kube: Kube, namespace: str, name: str, job_name: str, scenario: Scenario, say: Callable[[str], None]
 ) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         adapter = _get(kube, "lad", name, namespace)
         status = adapter.get("status", {})
-        if _condition(adapter, "Ready").get("status") == "True" and status.get("readyReplicas") == 2:
-            return adapter
-        return None
+        if _condition(adapter, "Ready").get("status") != "True" or status.get("readyReplicas") != 2:
+            return None
+        # Every pod holds this run's adapter (not one an earlier demo's run left loaded).
+        serving = (status.get("history") or [{}])[0].get("path", "")
+        return adapter if trained and serving.endswith(trained) else None
+
+    trained = (_get(kube, "ltj", job_name, namespace).get("status", {}).get("adapter") or {}).get("path", "")
 
     adapter = wait_until("the adapter to be Ready on 2 replicas", ready, timeout_s=scenario.serving_timeout_s)
     # status.pods lists only pods that lack the adapter; the ones that hold it are the Ready pods.
@@ -312,7 +319,7 @@ def run(
         with steps.step("wait for vLLM to serve on both replicas", vllm_logs):
             serving_pods = _await_serving(kube, namespace, deployment_name, scenario)
     with steps.step(f"load LoraAdapter {adapter_name} on every replica", operator_logs):
-        adapter = _adapter_ready(kube, namespace, adapter_name, scenario, say)
+        adapter = _adapter_ready(kube, namespace, adapter_name, job_name, scenario, say)
     with steps.step("ask the base model and the adapter the same question", vllm_logs):
         base_model, served, base_answer, answers = _ask(kube, namespace, adapter)
     result = DemoResult(
