@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     serving_retry_failed_seconds: float = Field(
         default=30.0, gt=0, description="How long a failed load on a pod waits before it is tried again."
     )
+    serving_effect_check: bool = Field(
+        default=True,
+        description=(
+            "Once per adapter version, compare a greedy completion with and without the adapter "
+            "(condition AdapterHasNoEffect)."
+        ),
+    )
     object_store: S3Connection = Field(
         default_factory=S3Connection,
         description=(

@@ -165,3 +165,42 @@ def test_the_pod_asked_holds_the_adapter_and_answered() -> None:
     seen = status_of.Pass(None, None, [lacking, silent, holder])
     assert status_of.pod_to_ask("quotes", seen) == "10.0.0.3"
     assert status_of.pod_to_ask("quotes", status_of.Pass(None, None, [lacking])) is None
+
+
+def test_adapters_serving_the_same_files_share_one_check_and_one_recording_pass(monkeypatch: Any) -> None:
+    """A thousand LoraAdapters of one folder: two completions in all, and a pass shortly after, not
+    one per result."""
+    import asyncio  # noqa: PLC0415
+
+    from loraplane.handlers.adapters import controller  # noqa: PLC0415
+    from loraplane.handlers.adapters.indexes import Indexes  # noqa: PLC0415
+    from loraplane.handlers.adapters.state import Outcome  # noqa: PLC0415
+
+    asked: list[str] = []
+
+    async def run(server: Any, base: str, served: str, path: str, prompt: str) -> versions.CheckResult:
+        asked.append(served)
+        return versions.CheckResult(path, "False", "ChangesOutput", "it changes the answer")
+
+    monkeypatch.setattr(controller.effect_check, "run", run)
+    monkeypatch.setattr(controller.versions, "check_due", lambda status, holds: "/models/adapters/a")
+    monkeypatch.setattr(controller.status_of, "pod_to_ask", lambda name, seen: "10.250.1.9")
+    monkeypatch.setattr(controller, "RECORD_CHECKS_AFTER_S", 0.01)
+    indexes = Indexes(adapters={}, deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = controller.Controller("ns", "d", indexes)
+        outcome = Outcome(port=8000, base_model="tiny-llama")
+        adapters = [lora_adapter(name=f"a{i}") for i in range(50)]
+        for i, adapter in enumerate(adapters):
+            task.start_check(adapter, f"uid-{i}", adapter.status, status_of.Pass(None, None, []), outcome)
+        while task.checking:
+            await asyncio.gather(*task.checking.values())
+        for i, adapter in enumerate(adapters):  # a later pass: the result is known for these files
+            task.start_check(adapter, f"later-{i}", adapter.status, status_of.Pass(None, None, []), outcome)
+        assert len(asked) == 1
+        assert set(task.checked) == {f"uid-{i}" for i in range(50)} | {f"later-{i}" for i in range(50)}
+        await asyncio.wait_for(task.wakeup.wait(), timeout=5)
+        assert task.record_due is None
+
+    asyncio.run(scenario())

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 ERROR_RETRY_S = 5.0  # a pass that raised comes back this soon
 STATUS_WRITES_IN_FLIGHT = 8
 CHECKS_IN_FLIGHT = 2  # effect checks of one Deployment at a time (two completions each)
+RECORD_CHECKS_AFTER_S = 2.0
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Controller:
     checking: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     checked: dict[str, versions.CheckResult] = field(default_factory=dict)
     check_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CHECKS_IN_FLIGHT))
+    # (path, prompt) -> what a check found on this Deployment: adapters that serve the same files
+    # are checked once (the answer depends on the weights, the base model and the prompt only).
+    found: dict[tuple[str, str], versions.CheckResult] = field(default_factory=dict)
+    # The pass that records finished checks, due shortly (one pass for many results, not one each).
+    record_due: asyncio.TimerHandle | None = None
 
     @property
     def key(self) -> DeploymentKey:
@@ -108,6 +114,8 @@ class Controller:
         await asyncio.gather(*(one(b) for b in bodies))
         uids = {b["metadata"].get("uid") for b in bodies}
         self.written = {uid: entry for uid, entry in self.written.items() if uid in uids}
+        served = {p.wanted.path for p in outcome.passes.values() if p.wanted is not None}
+        self.found = {key: result for key, result in self.found.items() if key[0] in served}
 
     async def write_status(self, body: dict[str, Any], outcome: Outcome) -> None:
         """The adapter's status from the pass, written only when it changed."""
@@ -159,25 +167,46 @@ class Controller:
         reads the answers of two completions, and Ready never waits for it)."""
         name = adapter.metadata["name"]
         path = versions.check_due(status, status_of.every_pod_holds(name, seen))
-        if path is None or uid in self.checking or uid in self.checked:
+        if not get_settings().serving_effect_check or path is None:
+            return
+        if uid in self.checking or uid in self.checked:
+            return
+        prompt, served = versions.probe_prompt(adapter), resolution.served_name(adapter)
+        known = self.found.get((path, prompt))
+        if known is not None:
+            self.checked[uid] = known
+            self.record_soon()
             return
         ip = status_of.pod_to_ask(name, seen)
         if ip is None:
             return
         server = Server(f"http://{ip}:{outcome.port}", outcome.api_key, get_settings().vllm_timeout_seconds)
-        prompt, served = versions.probe_prompt(adapter), resolution.served_name(adapter)
 
         async def check() -> None:
             try:
                 async with self.check_limit:
-                    self.checked[uid] = await effect_check.run(
-                        server, outcome.base_model, served, path, prompt
-                    )
+                    known = self.found.get((path, prompt))  # another adapter of these files, meanwhile
+                    result = known or await effect_check.run(server, outcome.base_model, served, path, prompt)
+                self.checked[uid] = result
+                if result.status != "Unknown":  # a check that failed is not an answer to share
+                    self.found[(path, prompt)] = result
             finally:
                 self.checking.pop(uid, None)
-                self.wakeup.set()  # the next pass records the result
+                self.record_soon()
 
         self.checking[uid] = asyncio.create_task(check(), name=f"effect check {self.namespace}/{name}")
+
+    def record_soon(self) -> None:
+        """Wake a pass to write finished checks: one, RECORD_CHECKS_AFTER_S after the first result
+        since the last such pass, so a thousand new adapters cost a few passes, not a thousand."""
+        if self.record_due is not None:
+            return
+
+        def due() -> None:
+            self.record_due = None
+            self.wakeup.set()
+
+        self.record_due = asyncio.get_running_loop().call_later(RECORD_CHECKS_AFTER_S, due)
 
 
 def announce_ready(body: dict[str, Any], old: LoraAdapterStatus, new: LoraAdapterStatus) -> None:
