@@ -143,4 +143,24 @@ INVALID = [
     Invalid("s3-uri-not-s3", LTJ, {"spec.output": {"s3": {"uri": "https://x/y"}}}, "spec.output.s3.uri"),
     Invalid("s3-uri-climbs", LTJ, {"spec.output": {"s3": {"uri": "s3://runs/a/../b"}}}, "spec.output.s3.uri"),
     Invalid("name-too-long", LTJ, {"metadata.name": "a" * 53}, "metadata.name", server_only=True),
+    Invalid(
+        "two-eval-dataset-sources",
+        LTJ,
+        {"spec.evalDataset": {"name": "org/eval", "volume": {"claimName": "data"}}},
+        "spec.evalDataset",
+    ),
+    Invalid(
+        "eval-dataset-and-eval-fraction",
+        LTJ,
+        {"spec.dataset.evalFraction": 0.1, "spec.evalDataset": {"name": "org/eval"}},
+        "spec.evalDataset",
+        server_only=True,
+    ),
+    Invalid(
+        "chat-eval-dataset-of-a-text-run",
+        LTJ,
+        {"spec.evalDataset": {"name": "org/eval", "messagesField": "messages"}},
+        "spec.evalDataset",
+        server_only=True,
+    ),
 ]

@@ -23,10 +23,11 @@ from kubernetes.client import CoreV1Api
 
 from loraplane import crdgen
 from loraplane.api.storage import S3Connection, S3Location, S3Path
+from loraplane.api.worker import WorkerInput
 from loraplane_devcluster import objectstore
 from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.testing import Kube, wait_until
-from loraplane_worker import resume
+from loraplane_worker import resume, sync
 from loraplane_worker.errors import EXIT_INPUT_ERROR, exit_code_for
 from loraplane_worker.fetch import Fetcher, Wanted, WantedAdapter
 from loraplane_worker.fetch import main as fetch_main
@@ -109,6 +110,37 @@ def test_a_prefix_round_trips_with_its_layout(
     single = tmp_path / "single"
     assert store.download_prefix(bucket.child("models/tiny/config.json"), single) == [single / "config.json"]
     assert (single / "config.json").read_bytes() == b'{"hidden_size": 8}'
+
+
+def test_the_training_and_the_eval_data_are_fetched_each_to_its_own_folder(
+    object_store: ObjectStore, bucket: S3Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a pod does first for `spec.dataset.s3` and `spec.evalDataset.s3` (the operator points
+    them at two local folders)."""
+    store = client(object_store)
+    store.upload_file(
+        write(tmp_path / "up" / "train.jsonl", b'{"text": "train"}\n'), bucket.child("d/train.jsonl")
+    )
+    store.upload_file(
+        write(tmp_path / "up" / "eval.jsonl", b'{"text": "eval"}\n'), bucket.child("e/eval.jsonl")
+    )
+    for name, value in credentials_env(object_store).items():
+        monkeypatch.setenv(name, value)
+
+    def located(key: str) -> dict[str, Any]:
+        return {"uri": bucket.child(key).uri, "connection": connection(object_store).to_wire()}
+
+    config = WorkerInput.model_validate(
+        {
+            "model": {"nameOrPath": "tiny"},
+            "dataset": {"s3": located("d/train.jsonl"), "path": str(tmp_path / "dataset")},
+            "evalDataset": {"s3": located("e/eval.jsonl"), "path": str(tmp_path / "eval-dataset")},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
+    sync.fetch_inputs(config)
+    assert tree(tmp_path / "dataset") == {"train.jsonl": b'{"text": "train"}\n'}
+    assert tree(tmp_path / "eval-dataset") == {"eval.jsonl": b'{"text": "eval"}\n'}
 
 
 def test_a_file_larger_than_a_part_goes_up_in_parts_and_comes_back_whole(

@@ -188,8 +188,14 @@ def test_a_deleted_training_pod_is_retried_and_resumes_from_its_checkpoint(
 def test_held_out_data_records_base_and_adapter_eval_loss_and_a_met_policy_publishes(
     jobs: Jobs, kube: Kube, namespace: str, volume: Path
 ) -> None:
+    # Eval data of its own (evalDataset), beside the training file in the same claim: 20 quotes the
+    # run does not train on, read with the training data's column.
+    quotes = (volume / "data" / "quotes.jsonl").read_text().splitlines(keepends=True)
+    (volume / "data" / "train.jsonl").write_text("".join(quotes[:180]))
+    (volume / "data" / "held-out.jsonl").write_text("".join(quotes[180:]))
     body = tiny_job("evaluated", max_steps=20, save_steps=100)
-    body["spec"]["dataset"]["evalFraction"] = 0.1
+    body["spec"]["dataset"]["volume"]["path"] = "data/train.jsonl"
+    body["spec"]["evalDataset"] = {"volume": {"claimName": CLAIM, "path": "data/held-out.jsonl"}}
     body["spec"]["adapter"] = {
         "name": "evaluated-quotes",
         "deployment": "vllm-tiny",
@@ -199,7 +205,10 @@ def test_held_out_data_records_base_and_adapter_eval_loss_and_a_met_policy_publi
     promoted = jobs.wait("evaluated", "the Promoted condition", lambda job: condition_of(job, "Promoted"))
     status = jobs.get("ltj", "evaluated")["status"]
     evaluation = status["evaluation"]
-    assert evaluation["examples"] == 20  # 10% of the 200 quotes
+    assert evaluation["examples"] == 20  # the held-out file's quotes
+    pod = jobs.get("job", "evaluated-train")["spec"]["template"]["spec"]  # type: ignore[index]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [CLAIM], "one claim holds the model, both data files and the output: mounted once"
     assert evaluation["digest"].startswith("sha256:")
     assert evaluation["loss"] < evaluation["baseLoss"], evaluation
     assert evaluation["change"].startswith("-")

@@ -27,6 +27,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402 - after HF_HUB_OFFLINE, which huggingface_hub reads at import
+from datasets import Dataset  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
@@ -36,6 +37,7 @@ from loraplane_devcluster.testing import wait_until  # noqa: E402
 from loraplane_devcluster.tinymodel import TinyModel, ensure_tiny_model  # noqa: E402
 from loraplane_worker import errors  # noqa: E402
 from loraplane_worker.config import parse_config  # noqa: E402
+from loraplane_worker.data import examples_digest  # noqa: E402
 from loraplane_worker.progress import parse_metrics  # noqa: E402
 from loraplane_worker.result import success_message  # noqa: E402
 from loraplane_worker.train import run  # noqa: E402
@@ -235,6 +237,39 @@ def jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def test_eval_data_of_its_own_is_evaluated_before_and_after_training_and_recorded_by_digest(
+    tiny: TinyModel, tmp_path: Path
+) -> None:
+    """`evalDataset`: a file of its own, here with another text column than the training data's,
+    read like the training data; the base model and the adapter are evaluated on exactly its
+    examples (empty ones dropped), and the digest is of those, whatever the column is called."""
+    quotes = [json.loads(line)["text"] for line in tiny.text_dataset.read_text().splitlines()]
+    train = jsonl(tmp_path / "train.jsonl", [{"text": q} for q in quotes[:176]])
+    held_out = [{"body": q} for q in quotes[176:]]
+    eval_file = jsonl(tmp_path / "eval.jsonl", [*held_out, {"body": "  "}])
+    result = run(
+        config(
+            tiny,
+            tmp_path / "out",
+            dataset={"path": str(train)},
+            eval_dataset={"path": str(eval_file), "text_field": "body"},
+            training={"max_steps": 6},
+        )
+    )
+    assert result is not None
+    evaluation = result.evaluation
+    assert evaluation is not None
+    assert evaluation.examples == len(held_out) == 24, "the blank line is dropped, nothing else"
+    assert evaluation.digest == examples_digest(Dataset.from_list([{"text": q} for q in quotes[176:]]))
+    assert evaluation.base_loss is not None
+    assert evaluation.loss is not None
+    assert evaluation.loss < evaluation.base_loss, "lr 1e-2 on the tiny model learns"
+    assert 0 <= evaluation.base_mean_token_accuracy <= 1  # type: ignore[operator]
+    assert 0 <= evaluation.mean_token_accuracy <= 1  # type: ignore[operator]
+    assert result.eval_loss == evaluation.loss
+    assert json.loads(success_message(result))["evaluation"]["digest"] == evaluation.digest
+
+
 def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: Path) -> None:
     """Each bad input fails before training with its own error, at the earliest point it can be known;
     the output folder gets no adapter."""
@@ -309,6 +344,17 @@ def test_input_errors_are_specific_and_write_nothing(tiny: TinyModel, tmp_path: 
             "after dataset.evalFraction 0.5 held out 3",
         ),
         ({"model": {"name_or_path": "no-such-org/no-model"}}, errors.ModelNotFoundError, "HF_HUB_OFFLINE"),
+        (
+            {"eval_dataset": {"path": str(tmp_path / "absent-eval.jsonl")}},
+            errors.DatasetNotFoundError,
+            "evalDataset.path",
+        ),
+        (
+            {"eval_dataset": {"path": str(numbers)}},
+            errors.DatasetFieldError,
+            "evalDataset.textField: column 'text' does not hold text",
+        ),
+        ({"eval_dataset": {"path": str(blank)}}, errors.EmptyDatasetError, "column 'text' of the eval data"),
         (
             {"dataset": {"path": None, "name": "no-such-org/no-dataset"}},
             errors.DatasetNotFoundError,

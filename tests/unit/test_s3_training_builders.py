@@ -91,6 +91,28 @@ def test_worker_input_has_local_folders_the_uris_and_the_merged_connection() -> 
     assert WorkerInput.model_validate(wire).output.s3 == build.worker_input(s3_job(), SETTINGS).output.s3
 
 
+def test_an_eval_dataset_in_the_store_is_fetched_to_its_own_local_folder() -> None:
+    volumes = {
+        "baseModel": {"name": "facebook/opt-350m"},
+        "dataset": {"volume": {"claimName": "data", "path": "quotes.jsonl"}, "textField": "quote"},
+        "output": {"volume": {"claimName": "out"}},
+    }
+    spec = s3_job(**volumes, evalDataset={"s3": {"uri": "s3://data/eval.jsonl"}})
+    config = build.worker_input(spec, SETTINGS)
+    held_out = config.eval_dataset
+    assert held_out is not None
+    assert held_out.path == build.LOCAL_EVAL_DATASET != config.dataset.path
+    assert held_out.s3 is not None
+    assert held_out.s3.connection == CHART_STORE
+    assert build.credentials_by_field(spec, SETTINGS) == {
+        "spec.evalDataset.s3": CHART_STORE.credentials_secret
+    }
+    pod = build.pod_spec(spec, SETTINGS)
+    assert {"name": "local", "emptyDir": {}} in pod["volumes"], "the one store input needs the local disk"
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "AWS_ACCESS_KEY_ID" in env
+
+
 def test_an_s3_job_mounts_an_empty_dir_and_no_claim() -> None:
     pod = build.pod_spec(s3_job(), SETTINGS)
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]

@@ -57,6 +57,52 @@ def test_volume_sources_resolve_to_claim_mounts() -> None:
     assert claims == {"loraplane-adapters": False, "models": True, "data": True}
 
 
+def claims_of(spec: LoraTrainingJob) -> list[tuple[str, bool]]:
+    pod = build.pod_spec(spec, SETTINGS)
+    return [(v["persistentVolumeClaim"]["claimName"], v["persistentVolumeClaim"]["readOnly"])
+            for v in pod["volumes"] if "persistentVolumeClaim" in v]  # fmt: skip
+
+
+def test_an_eval_dataset_is_mounted_like_the_data_each_claim_once() -> None:
+    data = {"volume": {"claimName": "data", "path": "quotes.jsonl"}, "textField": "quote"}
+    elsewhere = job(dataset=data, evalDataset={"volume": {"claimName": "held-out", "path": "eval.jsonl"}})
+    config = build.worker_input(elsewhere, SETTINGS)
+    assert config.eval_dataset is not None
+    assert config.eval_dataset.path == "/mnt/claims/held-out/eval.jsonl"
+    assert config.eval_dataset.volume is None
+    assert config.eval_dataset.text_field == "quote", "read with the training data's column"
+    assert config.has_eval
+    assert claims_of(elsewhere) == [("loraplane-adapters", False), ("data", True), ("held-out", True)]
+
+    beside = job(dataset=data, evalDataset={"volume": {"claimName": "data", "path": "eval.jsonl"}})
+    assert build.worker_input(beside, SETTINGS).eval_dataset.path == "/mnt/claims/data/eval.jsonl"  # type: ignore[union-attr]
+    assert claims_of(beside) == [("loraplane-adapters", False), ("data", True)]
+    pod = build.pod_spec(beside, SETTINGS)
+    paths = [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]]
+    assert len(paths) == len(set(paths))
+    # In the output claim: mounted once, writable (the output's mount).
+    in_output = job(dataset=data, evalDataset={"volume": {"claimName": "loraplane-adapters", "path": "e"}})
+    assert claims_of(in_output) == [("loraplane-adapters", False), ("data", True)]
+
+
+def test_an_eval_dataset_from_the_hub_keeps_its_own_split_and_column() -> None:
+    spec = job(evalDataset={"name": "org/eval", "config": "en", "split": "test", "textField": "body"})
+    held_out = build.worker_input(spec, SETTINGS).eval_dataset
+    assert held_out is not None
+    assert (held_out.name, held_out.config, held_out.split, held_out.text_field) == (
+        "org/eval", "en", "test", "body"
+    )  # fmt: skip
+    assert held_out.path is None
+    document = yaml.safe_load(build.config_map(spec, SETTINGS)["data"]["config.yaml"])
+    assert document["evalDataset"] == {
+        "name": "org/eval",
+        "config": "en",
+        "split": "test",
+        "textField": "body",
+    }
+    assert "evalDataset" not in yaml.safe_load(build.config_map(job(), SETTINGS)["data"]["config.yaml"])
+
+
 def test_batch_job_fails_fast_on_input_errors_and_ignores_disruptions() -> None:
     body = build.batch_job(job(backoffLimit=2, activeDeadlineSeconds=600), SETTINGS)
     spec = body["spec"]

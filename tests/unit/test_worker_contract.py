@@ -49,6 +49,9 @@ VALID_SPECS = {
     },
     "hub-eval-split": {"dataset": {"name": "org/data", "config": "en", "evalSplit": "test"}},
     "file-eval-fraction": {"dataset": {"volume": {"claimName": "data"}, "evalFraction": 0.1}},
+    "eval-dataset-files": {"evalDataset": {"volume": {"claimName": "held-out", "path": "eval.jsonl"}}},
+    "eval-dataset-hub": {"evalDataset": {"name": "org/eval", "split": "test", "textField": "body"}},
+    "eval-dataset-s3": {"evalDataset": {"s3": {"uri": "s3://data/eval.jsonl"}}},
     "all-linear-qlora": {"lora": {"targetModules": ["all-linear"], "quantization": "4bit", "r": 512}},
     "everything": {
         "training": {
@@ -122,6 +125,34 @@ REFUSED_BY_THE_SCHEMA = {
         {"dataset": {"volume": {"claimName": "data"}, "config": "en"}},
         "dataset.config applies only to a Hugging Face dataset",
     ),
+    "eval-dataset-and-fraction": (
+        {"dataset": {"name": "d", "evalFraction": 0.1}, "evalDataset": {"name": "e"}},
+        "set at most one of evalDataset, dataset.evalSplit or dataset.evalFraction",
+    ),
+    "eval-dataset-and-split": (
+        {"dataset": {"name": "d", "evalSplit": "test"}, "evalDataset": {"name": "e"}},
+        "set at most one of evalDataset, dataset.evalSplit or dataset.evalFraction",
+    ),
+    "chat-eval-of-text": (
+        {"evalDataset": {"name": "e", "messagesField": "turns"}},
+        "evalDataset must hold the kind of examples dataset holds",
+    ),
+    "text-eval-of-chat": (
+        {"dataset": {"name": "d", "messagesField": "turns"}, "evalDataset": {"name": "e", "textField": "t"}},
+        "evalDataset must hold the kind of examples dataset holds",
+    ),
+    "two-eval-sources": (
+        {"evalDataset": {"name": "e", "s3": {"uri": "s3://data/e.jsonl"}}},
+        "evalDataset.volume or evalDataset.s3",
+    ),
+    "eval-config-of-files": (
+        {"evalDataset": {"volume": {"claimName": "data"}, "config": "en"}},
+        "evalDataset.config applies only to a Hugging Face dataset",
+    ),
+    "eval-text-and-chat": (
+        {"evalDataset": {"name": "e", "textField": "t", "messagesField": "m"}},
+        "set at most one of evalDataset.textField",
+    ),
     "all-linear-and-more": (
         {"lora": {"targetModules": ["all-linear", "q_proj"]}},
         "`all-linear` stands alone",
@@ -141,12 +172,12 @@ def test_every_shape_the_worker_refuses_the_api_server_refuses_first(
     document = rendered(job())
     for section, wanted in changes.items():
         # What a worker would get if the operator rendered it anyway (files become dataset.path).
-        values = dict(wanted)
+        values, current = dict(wanted), document.get(section, {})
         if "volume" in values:
             values.pop("volume")
             values["path"] = "/mnt/claims/data"
-            document[section].pop("name", None)
-        document[section] = {**document[section], **values}
+            current.pop("name", None)
+        document[section] = {**current, **values}
     with pytest.raises(ConfigError):
         parse_config(document)
 

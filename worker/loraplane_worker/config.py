@@ -35,15 +35,16 @@ def merged_dir(config: WorkerInput) -> Path:
     return Path(config.output.dir) / "merged"
 
 
-def dataset_file_format(path: str, override: str | None = None) -> str:
-    """The `datasets` builder for a local file, from `override` or the extension."""
+def dataset_file_format(path: str, override: str | None = None, field: str = "dataset") -> str:
+    """The `datasets` builder for a local file, from `override` or the extension (`field`: the spec
+    field the file came from, for the message)."""
     if override:
         return override
     suffix = Path(path).suffix.lower()
     if suffix not in FILE_FORMATS:
         raise ConfigError(
-            f"dataset.path {path!r}: cannot tell the format from the extension {suffix or '(none)'!r}; "
-            f"use one of {', '.join(sorted(FILE_FORMATS))} or set dataset.format (json|csv|parquet|text)"
+            f"{field}.path {path!r}: cannot tell the format from the extension {suffix or '(none)'!r}; "
+            f"use one of {', '.join(sorted(FILE_FORMATS))} or set {field}.format (json|csv|parquet|text)"
         )
     return FILE_FORMATS[suffix]
 

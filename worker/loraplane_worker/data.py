@@ -1,4 +1,6 @@
 """Loading the training (and eval) data with the `datasets` library, the way TRL's SFT script does.
+The eval data of its own (`evalDataset`) goes through the same loading and checks as the training
+data, its messages naming its own fields.
 
 What this adds is the checks a pod needs before it spends GPU time: the source exists, the split
 exists, the configured column is there (naming the columns that are) and holds text or chat turns
@@ -22,7 +24,7 @@ import datasets
 from datasets import Dataset
 from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
 
-from loraplane.api.worker import DatasetInput
+from loraplane.api.worker import DatasetInput, LocalDataFiles
 from loraplane_worker import errors
 from loraplane_worker.config import FILE_FORMATS, dataset_file_format
 from loraplane_worker.progress import emit
@@ -30,13 +32,13 @@ from loraplane_worker.progress import emit
 CHAT_COLUMN = "messages"
 
 
-def _local_files(path: Path, format_override: str | None) -> tuple[str, list[str]]:
+def _local_files(path: Path, format_override: str | None, field: str) -> tuple[str, list[str]]:
     if not path.exists():
-        raise errors.DatasetNotFoundError(f"dataset.path {str(path)!r}: no such file or directory")
+        raise errors.DatasetNotFoundError(f"{field}.path {str(path)!r}: no such file or directory")
     if not os.access(path, os.R_OK):
-        raise errors.DatasetNotFoundError(f"dataset.path {str(path)!r}: not readable by this process")
+        raise errors.DatasetNotFoundError(f"{field}.path {str(path)!r}: not readable by this process")
     if path.is_file():
-        return dataset_file_format(str(path), format_override), [str(path)]
+        return dataset_file_format(str(path), format_override, field), [str(path)]
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     if format_override:
         known = [str(p) for p in files if p.suffix.lower() in FILE_FORMATS]
@@ -44,48 +46,49 @@ def _local_files(path: Path, format_override: str | None) -> tuple[str, list[str
     formats = {FILE_FORMATS[p.suffix.lower()] for p in files if p.suffix.lower() in FILE_FORMATS}
     if not formats:
         raise errors.DatasetNotFoundError(
-            f"dataset.path {str(path)!r}: no data files ({', '.join(sorted(FILE_FORMATS))}) in the folder"
+            f"{field}.path {str(path)!r}: no data files ({', '.join(sorted(FILE_FORMATS))}) in the folder"
         )
     if len(formats) > 1:
         raise errors.ConfigError(
-            f"dataset.path {str(path)!r} mixes formats {sorted(formats)}; "
-            "point at one file or set dataset.format"
+            f"{field}.path {str(path)!r} mixes formats {sorted(formats)}; "
+            f"point at one file or set {field}.format"
         )
     (file_format,) = formats
     return file_format, [str(p) for p in files if FILE_FORMATS.get(p.suffix.lower()) == file_format]
 
 
-def _load(section: DatasetInput, split: str) -> Dataset:
+def _load(section: LocalDataFiles, split: str) -> Dataset:
+    field = section.FIELD
     try:
         if section.path is not None:
-            file_format, files = _local_files(Path(section.path), section.format)
+            file_format, files = _local_files(Path(section.path), section.format, field)
             if all(Path(file).stat().st_size == 0 for file in files):
                 # `datasets` fails on empty files with a bare StopIteration; say what is wrong instead.
-                raise errors.EmptyDatasetError(f"dataset.path {section.path!r}: the data files are empty")
+                raise errors.EmptyDatasetError(f"{field}.path {section.path!r}: the data files are empty")
             loaded = datasets.load_dataset(file_format, data_files=files, split="train")
         else:
             loaded = datasets.load_dataset(section.name, section.config, split=split)
     except (DatasetNotFoundError, DataFilesNotFoundError) as error:
         source = section.path or section.name
-        raise errors.DatasetNotFoundError(f"dataset {source!r} not found: {error}") from error
+        raise errors.DatasetNotFoundError(f"{field} {source!r} not found: {error}") from error
     except DatasetGenerationError as error:
         cause = error.__cause__ or error
         source = section.path or section.name
-        raise errors.InputError(f"dataset {source!r} cannot be read: {cause}") from error
+        raise errors.InputError(f"{field} {source!r} cannot be read: {cause}") from error
     except ConnectionError as error:
         if errors.hub_offline():  # not in the local cache, and nothing else will be searched
             raise errors.DatasetNotFoundError(
-                f"dataset {section.name!r}: {error} "
+                f"{field} {section.name!r}: {error} "
                 "(HF_HUB_OFFLINE is set: only the local cache was searched)"
             ) from error
         raise
     except ValueError as error:
         if "Unknown split" in str(error):
-            raise errors.DatasetNotFoundError(f"dataset {section.name!r}: {error}") from error
+            raise errors.DatasetNotFoundError(f"{field} {section.name!r}: {error}") from error
         raise
     if not isinstance(loaded, Dataset):
         source = section.path or section.name
-        raise errors.ConfigError(f"dataset {source!r}: expected one split, got {type(loaded).__name__}")
+        raise errors.ConfigError(f"{field} {source!r}: expected one split, got {type(loaded).__name__}")
     return loaded
 
 
@@ -123,11 +126,11 @@ def _all_missing(dataset: Dataset, column: str, feature: Any) -> bool:
     return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in dataset[column])
 
 
-def _key(section: DatasetInput) -> str:
-    return "dataset.messagesField" if section.is_chat else "dataset.textField"
+def _key(section: LocalDataFiles) -> str:
+    return f"{section.FIELD}.{'messagesField' if section.is_chat else 'textField'}"
 
 
-def prepare(dataset: Dataset, section: DatasetInput, what: str) -> Dataset:
+def prepare(dataset: Dataset, section: LocalDataFiles, what: str) -> Dataset:
     """Check the configured column, keep only it with its non-empty examples, name a chat column
     `messages`."""
     column, key = section.column, _key(section)
@@ -148,10 +151,12 @@ def prepare(dataset: Dataset, section: DatasetInput, what: str) -> Dataset:
     if _all_missing(dataset, column, feature):  # e.g. a CSV column left blank (read as NaN)
         raise errors.EmptyDatasetError(
             f"{key}: column {column!r} of the {what} data ({source}) holds no values ({len(dataset)} rows, "
-            f"all empty); point {key} at the column with the training data"
+            f"all empty); point {key} at the column with the {what} data"
         )
     if not section.is_chat and not (isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES):
-        hint = "; for chat turns set dataset.messagesField instead" if _is_chat_feature(feature) else ""
+        hint = (
+            f"; for chat turns set {section.FIELD}.messagesField instead" if _is_chat_feature(feature) else ""
+        )
         raise errors.DatasetFieldError(
             f"{key}: column {column!r} does not hold text; it holds {_describe_feature(feature)}{hint}"
         )
@@ -166,7 +171,7 @@ def prepare(dataset: Dataset, section: DatasetInput, what: str) -> Dataset:
     if len(kept) == 0:
         raise errors.EmptyDatasetError(
             f"{key}: column {column!r} of the {what} data ({source}) holds only {nothing} "
-            f"({rows} rows, none with content); point {key} at the column with the training text"
+            f"({rows} rows, none with content); point {key} at the column with the {what} text"
         )
     if len(kept) < rows:
         emit(
@@ -188,13 +193,23 @@ def _enough_for_one_step(data: Dataset, section: DatasetInput, what: str, per_st
 
 
 def load_training_data(
-    section: DatasetInput, seed: int, per_step: int = 1, how: str = ""
+    section: DatasetInput,
+    seed: int,
+    per_step: int = 1,
+    how: str = "",
+    eval_section: LocalDataFiles | None = None,
 ) -> tuple[Dataset, Dataset | None]:
-    """The train split and, when configured, an eval split (a named split, or a seeded fraction).
-    `per_step`: examples one optimizer step takes (`how` says why, for the message)."""
+    """The train split and, when configured, the eval data: a named split, a seeded fraction, or
+    a source of its own (`eval_section`, read the same way). `per_step`: examples one optimizer step
+    takes (`how` says why, for the message)."""
     train = prepare(_load(section, section.split), section, "training")
     evaluation = None
-    if section.eval_split is not None:
+    if eval_section is not None:
+        evaluation = prepare(_load(eval_section, eval_section.split), eval_section, "eval")
+        if not section.is_chat and eval_section.column != section.column:
+            # SFTTrainer reads both datasets' text from one column (`dataset_text_field`).
+            evaluation = evaluation.rename_column(eval_section.column, section.column)
+    elif section.eval_split is not None:
         evaluation = prepare(_load(section, section.eval_split), section, "eval")
     elif section.eval_fraction is not None:
         fraction = section.eval_fraction

@@ -59,6 +59,8 @@ def fetch_inputs(config: WorkerInput) -> None:
         ("spec.baseModel.s3", config.model.s3, config.model.name_or_path),
         ("spec.dataset.s3", config.dataset.s3, config.dataset.path),
     ]
+    if config.eval_dataset is not None:
+        wanted.append(("spec.evalDataset.s3", config.eval_dataset.s3, config.eval_dataset.path))
     for field, location, local in wanted:
         if location is None or local is None:
             continue

@@ -334,11 +334,12 @@ def prepare(config: WorkerInput) -> Prepared:
     check_model_location(config.model.name_or_path)
     cuda = torch.cuda.is_available()
     precision = resolve_precision(config.training.precision, cuda, cuda and torch.cuda.is_bf16_supported())
-    has_eval = config.dataset.eval_split is not None or config.dataset.eval_fraction is not None
-    sft_config = build_sft_config(config, precision, has_eval, cuda)
+    sft_config = build_sft_config(config, precision, config.has_eval, cuda)
     lora_config = build_lora_config(config)
     per_step, how = examples_per_step(config)
-    train_data, eval_data = load_training_data(config.dataset, sft_config.seed, per_step, how)
+    train_data, eval_data = load_training_data(
+        config.dataset, sft_config.seed, per_step, how, config.eval_dataset
+    )
     tokenizer = load_tokenizer(config)
     if config.dataset.is_chat and not tokenizer.chat_template:
         raise errors.ChatTemplateError(

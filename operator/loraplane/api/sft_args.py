@@ -48,9 +48,13 @@ def _decided_by_spec(model: type[BaseModel], prefix: str) -> dict[str, str]:
         where = f"{prefix}.{info.alias or name}"
         for marker in info.metadata:
             if isinstance(marker, SetsSftFields):
-                found.update(dict.fromkeys(marker.names, where))
+                for sft_name in marker.names:
+                    found.setdefault(sft_name, where)
         for child in _models_in(info.annotation):
-            found.update(_decided_by_spec(child, where))
+            # The first spec field that decides it is the one to point at (dataset.textField, not
+            # evalDataset's, which shares the model).
+            for sft_name, child_where in _decided_by_spec(child, where).items():
+                found.setdefault(sft_name, child_where)
     return found
 
 

@@ -103,37 +103,30 @@ class ModelSource(ApiModel):
         return self
 
 
-class DatasetSource(ApiModel):
-    """The training data: a Hugging Face dataset, or files in a volume, read by the `datasets` library."""
+def _source_rules(field: str) -> list[dict[str, str]]:
+    """The CEL rules every data source has, their messages naming the spec field (`dataset` or
+    `evalDataset`) the user wrote."""
+    return [
+        validation(exactly_one_rule("name", "volume", "s3"), DataSource.one_source(field)),
+        validation(
+            "!(has(self.textField) && has(self.messagesField))",
+            f"set at most one of {field}.textField (plain text) or {field}.messagesField (chat)",
+            ".messagesField",
+        ),
+        validation(
+            "!has(self.config) || has(self.name)",
+            f"{field}.config applies only to a Hugging Face dataset ({field}.name)",
+            ".config",
+        ),
+    ]
 
-    ONE_SOURCE: ClassVar[str] = (
-        "exactly one of dataset.name (a Hugging Face id), dataset.volume or dataset.s3 must be set"
-    )
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            validation(exactly_one_rule("name", "volume", "s3"), ONE_SOURCE),
-            validation(
-                "!(has(self.textField) && has(self.messagesField))",
-                "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)",
-                ".messagesField",
-            ),
-            validation(
-                "!(has(self.evalSplit) && has(self.evalFraction))",
-                "set at most one of dataset.evalSplit or dataset.evalFraction",
-                ".evalFraction",
-            ),
-            validation(
-                "!has(self.config) || has(self.name)",
-                "dataset.config applies only to a Hugging Face dataset (dataset.name)",
-                ".config",
-            ),
-            validation(
-                "!has(self.evalSplit) || has(self.name)",
-                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction",
-                ".evalSplit",
-            ),
-        )
-    )
+
+class DataSource(ApiModel):
+    """Where a run's examples are and which column holds them: a Hugging Face dataset, or files in a
+    volume or an object store, read by the `datasets` library. `dataset` and `evalDataset` are this
+    with their own extras."""
+
+    FIELD: ClassVar[str] = "dataset"  # the spec field, in messages
 
     name: str | None = Field(
         default=None,
@@ -145,7 +138,12 @@ class DatasetSource(ApiModel):
     config: str | None = Field(
         default=None, max_length=256, description="Dataset configuration (subset) name."
     )
-    split: str = Field(default="train", min_length=1, max_length=256, description="Split to train on.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        max_length=256,
+        description="Split of the Hugging Face dataset to read.",
+    )
     volume: VolumePath | None = Field(
         default=None, description="A data file or folder inside a volume (jsonl, json, csv, parquet or txt)."
     )
@@ -163,7 +161,10 @@ class DatasetSource(ApiModel):
         default=None,
         min_length=1,
         max_length=256,
-        description="Column holding the training text (TRL's `dataset_text_field`); default `text`.",
+        description=(
+            "Column holding the text (TRL's `dataset_text_field`); default `text`, or in evalDataset the "
+            "training data's column."
+        ),
     )
     messages_field: str | None = Field(
         default=None,
@@ -171,6 +172,58 @@ class DatasetSource(ApiModel):
         max_length=256,
         description="Column holding chat `messages` (role/content lists) instead of plain text.",
     )
+
+    @classmethod
+    def one_source(cls, field: str | None = None) -> str:
+        field = field or cls.FIELD
+        return f"exactly one of {field}.name (a Hugging Face id), {field}.volume or {field}.s3 must be set"
+
+    @model_validator(mode="after")
+    def _source_twins(self) -> DataSource:
+        # The CEL rules of `_source_rules`, for readers without an API server. Of the source rule
+        # only "at most one": the worker's input gives local files as `path`, checked there.
+        field = self.FIELD
+        if count_set(self, "name", "volume", "s3") > 1:
+            raise ValueError(self.one_source())
+        if self.text_field is not None and self.messages_field is not None:
+            raise ValueError(
+                f"set at most one of {field}.textField (plain text) or {field}.messagesField (chat)"
+            )
+        if self.config is not None and self.name is None:
+            raise ValueError(f"{field}.config applies only to a Hugging Face dataset ({field}.name)")
+        return self
+
+    @property
+    def column(self) -> str:
+        """The one column the trainer reads."""
+        return self.messages_field or self.text_field or "text"
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages_field is not None
+
+
+class DatasetSource(DataSource):
+    """The training data, and optionally where its held-out eval part comes from (a split, or a
+    fraction of it); `evalDataset` is the other way to give eval data."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            *_source_rules("dataset"),
+            validation(
+                "!(has(self.evalSplit) && has(self.evalFraction))",
+                "set at most one of dataset.evalSplit or dataset.evalFraction",
+                ".evalFraction",
+            ),
+            validation(
+                "!has(self.evalSplit) || has(self.name)",
+                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction "
+                "or evalDataset",
+                ".evalSplit",
+            ),
+        )
+    )
+
     eval_split: str | None = Field(
         default=None, min_length=1, max_length=256, description="Split to evaluate on; eval loss is reported."
     )
@@ -182,33 +235,28 @@ class DatasetSource(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _cel_twins(self) -> DatasetSource:
-        # The CEL rules above, for readers without an API server. Of the source rule only "at most
-        # one": the worker's input (`DatasetInput`) gives local files as `path`, checked there.
-        if count_set(self, "name", "volume", "s3") > 1:
-            raise ValueError(self.ONE_SOURCE)
-        if self.text_field is not None and self.messages_field is not None:
-            raise ValueError(
-                "set at most one of dataset.textField (plain text) or dataset.messagesField (chat)"
-            )
+    def _eval_twins(self) -> DatasetSource:
         if self.eval_split is not None and self.eval_fraction is not None:
             raise ValueError("set at most one of dataset.evalSplit or dataset.evalFraction")
-        if self.config is not None and self.name is None:
-            raise ValueError("dataset.config applies only to a Hugging Face dataset (dataset.name)")
         if self.eval_split is not None and self.name is None:
             raise ValueError(
-                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction"
+                "dataset.evalSplit needs a Hugging Face dataset (dataset.name); with files use evalFraction "
+                "or evalDataset"
             )
         return self
 
     @property
-    def column(self) -> str:
-        """The one column the trainer reads."""
-        return self.messages_field or self.text_field or "text"
+    def holds_eval(self) -> bool:
+        """Whether the eval data is taken from this dataset (a split, or a fraction held out)."""
+        return self.eval_split is not None or self.eval_fraction is not None
 
-    @property
-    def is_chat(self) -> bool:
-        return self.messages_field is not None
+
+class EvalDatasetSource(DataSource):
+    """Eval data of its own: a Hugging Face dataset (and split), or files in a volume or an object
+    store. Without `textField`/`messagesField` it is read with the training data's column."""
+
+    FIELD: ClassVar[str] = "evalDataset"
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_source_rules("evalDataset")))
 
 
 class LoraSettings(ApiModel):
@@ -408,9 +456,9 @@ class OutputSettings(ApiModel):
 
 
 class PromotionPolicy(ApiModel):
-    """When a trained adapter may be published: judged on the run's eval data (`dataset.evalSplit` or
-    `evalFraction`). A run that misses it still succeeds; its adapter stays in storage, unpublished,
-    and the job's `Promoted` condition says why, with the figures."""
+    """When a trained adapter may be published: judged on the run's eval data (`evalDataset`, or
+    `dataset.evalSplit` or `evalFraction`). A run that misses it still succeeds; its adapter stays in
+    storage, unpublished, and the job's `Promoted` condition says why, with the figures."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -496,6 +544,26 @@ class AdapterPublication(ApiModel):
     )
 
 
+EVAL_DATA_TWICE = (
+    "set at most one of evalDataset, dataset.evalSplit or dataset.evalFraction: each names the eval data"
+)
+EVAL_KIND_DIFFERS = (
+    "evalDataset must hold the kind of examples dataset holds: evalDataset.messagesField only with "
+    "dataset.messagesField (chat), evalDataset.textField only without it (plain text)"
+)
+
+
+def check_eval_data(dataset: DatasetSource, eval_dataset: DataSource | None) -> None:
+    """The spec's eval-data CEL rules, for readers without an API server (the worker's input too)."""
+    if eval_dataset is None:
+        return
+    if dataset.holds_eval:
+        raise ValueError(EVAL_DATA_TWICE)
+    chat = eval_dataset.is_chat or (eval_dataset.text_field is None and dataset.is_chat)
+    if chat != dataset.is_chat:
+        raise ValueError(EVAL_KIND_DIFFERS)
+
+
 class LoraTrainingJobSpec(ApiModel):
     """Desired training run. Immutable once created: a change is a new job."""
 
@@ -507,11 +575,30 @@ class LoraTrainingJobSpec(ApiModel):
                 "workloadPriorityClassName is Kueue's: it needs queueName",
                 ".workloadPriorityClassName",
             ),
+            validation(
+                "!has(self.evalDataset) || !(has(self.dataset.evalSplit) || has(self.dataset.evalFraction))",
+                EVAL_DATA_TWICE,
+                ".evalDataset",
+            ),
+            validation(
+                "!has(self.evalDataset) || (has(self.evalDataset.messagesField)"
+                " ? has(self.dataset.messagesField)"
+                " : !(has(self.evalDataset.textField) && has(self.dataset.messagesField)))",
+                EVAL_KIND_DIFFERS,
+                ".evalDataset",
+            ),
         )
     )
 
     base_model: ModelSource = Field(description="The model to fine-tune.")
     dataset: DatasetSource = Field(description="The training data.")
+    eval_dataset: EvalDatasetSource | None = Field(
+        default=None,
+        description=(
+            "Eval data of its own, instead of `dataset.evalSplit` or `dataset.evalFraction`: the base model "
+            "and the adapter are evaluated on it and `status.evaluation` records its digest."
+        ),
+    )
     lora: LoraSettings = Field(
         default_factory=LoraSettings,
         description="The LoRA adapter to train.",
@@ -554,6 +641,11 @@ class LoraTrainingJobSpec(ApiModel):
         default=None,
         description="Kueue WorkloadPriorityClass (`kueue.x-k8s.io/priority-class`), with queueName.",
     )
+
+    @model_validator(mode="after")
+    def _eval_data_twins(self) -> LoraTrainingJobSpec:
+        check_eval_data(self.dataset, self.eval_dataset)
+        return self
 
 
 class Progress(ApiModel):

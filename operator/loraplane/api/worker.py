@@ -1,9 +1,10 @@
 """The contract between the operator and the training worker, in one place both images import.
 
 - `WorkerInput`: the config file the operator writes into the training pod's ConfigMap. Its `lora`
-  and `training` groups are the spec's own models, and `dataset` is the spec's `DatasetSource`; beside
-  them the operator puts what only it can resolve (where the pod sees the model, the data and the
-  output folder, the served base model's name, the metrics port).
+  and `training` groups are the spec's own models, and `dataset` and `evalDataset` the spec's data
+  sources with their files resolved to local paths; beside them the operator puts what only it can
+  resolve (where the pod sees the model, the data and the output folder, the served base model's
+  name, the metrics port).
 - `TrainingReport` / `FailureReport`: what the worker writes to its termination message and the
   operator reads back when the pod ends.
 - `WorkerGauge`: the names of the Prometheus gauges the worker serves and the operator scrapes.
@@ -21,7 +22,14 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from loraplane.api.common import ApiModel
 from loraplane.api.storage import S3Location
-from loraplane.api.training_job import DatasetSource, LoraSettings, TrainingSettings
+from loraplane.api.training_job import (
+    DatasetSource,
+    DataSource,
+    EvalDatasetSource,
+    LoraSettings,
+    TrainingSettings,
+    check_eval_data,
+)
 
 # Kubernetes keeps at most this many bytes of a termination message.
 MAX_TERMINATION_MESSAGE_BYTES = 4096
@@ -62,8 +70,8 @@ class ModelLocation(ApiModel):
     )
 
 
-class DatasetInput(DatasetSource):
-    """`spec.dataset` with the volume resolved to a path in the pod; an object-store location (`s3`)
+class LocalDataFiles(DataSource):
+    """A data source with the volume resolved to a path in the pod; an object-store location (`s3`)
     is copied into `path` (a local folder) before the data is read."""
 
     path: str | None = Field(
@@ -73,14 +81,23 @@ class DatasetInput(DatasetSource):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> DatasetInput:
+    def _one_source(self) -> LocalDataFiles:
+        field = self.FIELD
         if self.volume is not None:
-            raise ValueError("dataset.volume is resolved by the operator; give dataset.path")
+            raise ValueError(f"{field}.volume is resolved by the operator; give {field}.path")
         if (self.name is None) == (self.path is None):
-            raise ValueError("set exactly one of dataset.name (a Hugging Face id) or dataset.path (files)")
+            raise ValueError(f"set exactly one of {field}.name (a Hugging Face id) or {field}.path (files)")
         if self.s3 is not None and self.path is None:
-            raise ValueError("dataset.s3 is copied into dataset.path, a local folder; give dataset.path")
+            raise ValueError(f"{field}.s3 is copied into {field}.path, a local folder; give {field}.path")
         return self
+
+
+class DatasetInput(DatasetSource, LocalDataFiles):
+    """`spec.dataset` as the pod reads it."""
+
+
+class EvalDatasetInput(EvalDatasetSource, LocalDataFiles):
+    """`spec.evalDataset` as the pod reads it, with the training data's column when it names none."""
 
 
 class OutputLocation(ApiModel):
@@ -111,10 +128,28 @@ class WorkerInput(ApiModel):
 
     model: ModelLocation
     dataset: DatasetInput
+    eval_dataset: EvalDatasetInput | None = None
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     output: OutputLocation
     metrics: MetricsEndpoint = Field(default_factory=MetricsEndpoint)
+
+    @model_validator(mode="after")
+    def _eval_data(self) -> WorkerInput:
+        check_eval_data(self.dataset, self.eval_dataset)
+        held_out = self.eval_dataset
+        if held_out is not None and held_out.text_field is None and held_out.messages_field is None:
+            # Read with the training data's column, as the spec documents.
+            held_out.text_field, held_out.messages_field = (
+                self.dataset.text_field,
+                self.dataset.messages_field,
+            )
+        return self
+
+    @property
+    def has_eval(self) -> bool:
+        """Whether the run has held-out data: a split or fraction of the dataset, or its own."""
+        return self.dataset.holds_eval or self.eval_dataset is not None
 
     @property
     def served_base_model(self) -> str:

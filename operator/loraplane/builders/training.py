@@ -8,7 +8,7 @@ import yaml
 
 from loraplane import naming
 from loraplane.api.storage import S3CredentialsSecret, S3Location, merged
-from loraplane.api.training_job import LoraTrainingJob
+from loraplane.api.training_job import DataSource, LoraTrainingJob
 from loraplane.api.worker import (
     INPUT_ERROR_EXIT_CODE,
     NNODES_ENV,
@@ -21,6 +21,7 @@ from loraplane.api.worker import (
     TERMINATION_MESSAGE_PATH,
     TERMINATION_MESSAGE_PATH_ENV,
     DatasetInput,
+    EvalDatasetInput,
     MetricsEndpoint,
     ModelLocation,
     OutputLocation,
@@ -34,6 +35,7 @@ WORKER_UID = 1000
 LOCAL_MOUNT = "/data"
 LOCAL_MODEL = f"{LOCAL_MOUNT}/model"
 LOCAL_DATASET = f"{LOCAL_MOUNT}/dataset"
+LOCAL_EVAL_DATASET = f"{LOCAL_MOUNT}/eval-dataset"
 LOCAL_OUTPUT = f"{LOCAL_MOUNT}/output"
 # The standard variables the worker's store client reads (loraplane_worker.storage).
 AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
@@ -55,6 +57,7 @@ def s3_fields(job: LoraTrainingJob) -> dict[str, S3Location]:
     found = {
         "spec.baseModel.s3": spec.base_model.s3,
         "spec.dataset.s3": spec.dataset.s3,
+        "spec.evalDataset.s3": spec.eval_dataset.s3 if spec.eval_dataset is not None else None,
         "spec.output.s3": spec.output.s3,
     }
     return {field: location for field, location in found.items() if location is not None}
@@ -122,14 +125,21 @@ def model_location(job: LoraTrainingJob) -> str:
     return naming.path_in_claim(source.volume.claim_name, source.volume.path)
 
 
+def data_input(source: DataSource, settings: Settings, local: str) -> dict[str, Any]:
+    """A data source as the worker reads it: files in a claim by their path in the pod, files in the
+    store copied to `local` first (with the chart's connection defaults)."""
+    section = source.model_dump(exclude={"volume"}, exclude_none=True)
+    if source.volume is not None:
+        section["path"] = naming.path_in_claim(source.volume.claim_name, source.volume.path)
+    if source.s3 is not None:
+        section["s3"], section["path"] = store_location(source.s3, settings), local
+    return section
+
+
 def worker_input(job: LoraTrainingJob, settings: Settings) -> WorkerInput:
     """The worker's input: the spec's own groups as they are, with the paths only the operator knows."""
     spec = job.spec
-    dataset = spec.dataset.model_dump(exclude={"volume"}, exclude_none=True)
-    if spec.dataset.volume is not None:
-        dataset["path"] = naming.path_in_claim(spec.dataset.volume.claim_name, spec.dataset.volume.path)
-    if spec.dataset.s3 is not None:
-        dataset["s3"], dataset["path"] = store_location(spec.dataset.s3, settings), LOCAL_DATASET
+    eval_dataset = spec.eval_dataset
     model_s3 = spec.base_model.s3
     return WorkerInput(
         model=ModelLocation(
@@ -137,7 +147,12 @@ def worker_input(job: LoraTrainingJob, settings: Settings) -> WorkerInput:
             revision=spec.base_model.revision,
             s3=store_location(model_s3, settings) if model_s3 is not None else None,
         ),
-        dataset=DatasetInput.model_validate(dataset),
+        dataset=DatasetInput.model_validate(data_input(spec.dataset, settings, LOCAL_DATASET)),
+        eval_dataset=(
+            EvalDatasetInput.model_validate(data_input(eval_dataset, settings, LOCAL_EVAL_DATASET))
+            if eval_dataset is not None
+            else None
+        ),
         lora=spec.lora,
         training=spec.training,
         output=OutputLocation(
@@ -164,7 +179,8 @@ def _claims(job: LoraTrainingJob) -> dict[str, bool]:
     """Every claim the pod mounts, and whether it is mounted read-only (only the output is written)."""
     spec = job.spec
     claims = {spec.output.volume.claim_name: False} if spec.output.volume is not None else {}
-    for volume in (spec.base_model.volume, spec.dataset.volume):
+    eval_volume = spec.eval_dataset.volume if spec.eval_dataset is not None else None
+    for volume in (spec.base_model.volume, spec.dataset.volume, eval_volume):
         if volume is not None:
             claims.setdefault(volume.claim_name, True)
     return claims

@@ -125,8 +125,8 @@ def decide(policy: PromotionPolicy, evaluation: Evaluation | None, served: Serve
         return Decision(
             False,
             NO_EVALUATION,
-            "the run recorded no eval loss (set spec.dataset.evalSplit or evalFraction; a loss that "
-            "was not finite is not recorded), so spec.adapter.promotion cannot be judged",
+            "the run recorded no eval loss (set spec.evalDataset, spec.dataset.evalSplit or evalFraction; "
+            "a loss that was not finite is not recorded), so spec.adapter.promotion cannot be judged",
         )
     figures = _figures(evaluation)
     met: list[str] = []
