@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplane.api.adapter import LoraAdapter
+from loraplane.api.storage import S3Connection, merged
 from loraplane.builders import serving
 from loraplane.builders.serving import DeploymentView
 
 # Reasons that end an adapter's attempts on a pod until its spec or the Deployment changes: such an
 # adapter does not hold a pod's readiness gate hostage.
 TERMINAL_REASONS = frozenset(
-    {"LoadFailed", "RankTooHigh", "BaseModelMismatch", "RuntimeLoadingDisabled", "VolumeNotMounted"}
+    {
+        "LoadFailed",
+        "RankTooHigh",
+        "BaseModelMismatch",
+        "RuntimeLoadingDisabled",
+        "VolumeNotMounted",
+        "FetchFailed",
+        "FetcherMissing",
+    }
 )
 CLAIM_MOUNT_PREFIX = "/mnt/claims/"  # where training pods mount claims (naming.CLAIMS_MOUNT)
 
@@ -33,6 +42,23 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """An adapter in the object store: what each serving pod's fetcher copies into its cache. The
+    connection is merged with the chart's defaults; its Secret is only named (the fetcher container
+    has the values in its environment)."""
+
+    uri: str
+    connection: S3Connection
+    sha256: str | None  # pinned: the cache path names the digest, and a new digest is a new version
+
+    @property
+    def credentials(self) -> str | None:
+        """The environment prefix of the fetcher's variables from the credentials Secret, if any."""
+        secret = self.connection.credentials_secret
+        return None if secret is None else serving.credentials_env_prefix(secret.name)
+
+
+@dataclass(frozen=True)
 class Wanted:
     """An adapter the Deployment's pods must hold, resolved: served name, path in the pod, rank."""
 
@@ -47,6 +73,8 @@ class Wanted:
     # Its status said Ready before this pass: in a tie of creation times (one-second resolution) the
     # adapter already serving keeps its served name, so a newcomer never takes it over.
     serving: bool = False
+    fetch: Fetch | None = None  # from the object store, through the pod's cache
+    generation: int = 0  # the LoraAdapter's: a spec change retries a fetch that failed for good
 
     def as_base_model_path(self, deployment: DeploymentView) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
@@ -61,17 +89,27 @@ def served_name(adapter: LoraAdapter) -> str:
 
 
 def resolve(
-    adapter: LoraAdapter, deployment: DeploymentView | None, training_job: dict[str, Any] | None
+    adapter: LoraAdapter,
+    deployment: DeploymentView | None,
+    training_job: dict[str, Any] | None,
+    object_store: S3Connection | None = None,
 ) -> Wanted | Problem:
-    """The path (as the serving pods see it) and rank of an adapter, or why there is none yet."""
+    """The path (as the serving pods see it) and rank of an adapter, or why there is none yet. An
+    adapter in the object store (`source.s3`, or a job's S3 result) is loaded from the pod's cache:
+    `<cache>/.objects/<sha256>` when the digest is known, else `<cache>/<served name>`."""
     name = adapter.metadata["name"]
     target = adapter.spec.serving.deployment
     if deployment is None:
         return Problem("DeploymentNotFound", f"Deployment {target} does not exist in this namespace")
     source = adapter.spec.source
     rank, sha256 = adapter.spec.rank, None
+    fetch = None
     if source.hugging_face is not None:
         path = source.hugging_face.name
+    elif source.s3 is not None:
+        sha256 = source.s3.sha256
+        fetch = Fetch(source.s3.uri, merged(source.s3.connection, object_store), sha256)
+        path = serving.cache_path(served_name(adapter), sha256)
     else:
         if source.training_job is not None:
             job_name = source.training_job.name
@@ -79,26 +117,28 @@ def resolve(
             if not result:
                 state = _job_state(training_job)
                 return Problem("WaitingForTrainingJob", f"LoraTrainingJob {job_name} {state}")
-            if not result.get("claimName"):
-                # A run that wrote to the object store: serving from there is not wired yet.
-                return Problem(
-                    "SourceInObjectStore",
-                    f"LoraTrainingJob {job_name} wrote its adapter to {result.get('uri')}; serving "
-                    "adapters from the object store is not supported yet",
-                )
-            claim, sub_path = result["claimName"], result["path"]
             rank, sha256 = rank or result.get("r"), result.get("sha256")
+            if not result.get("claimName"):
+                # The run wrote to the object store, through the connection of its spec.output.s3.
+                output = (((training_job or {}).get("spec") or {}).get("output") or {}).get("s3") or {}
+                connection = S3Connection.model_validate(output.get("connection") or {})
+                fetch = Fetch(str(result.get("uri")), merged(connection, object_store), sha256)
+                path = serving.cache_path(served_name(adapter), sha256)
+            else:
+                claim, sub_path = result["claimName"], result["path"]
         else:
             assert source.volume is not None  # the CRD's CEL rule: exactly one source
             claim, sub_path = source.volume.claim_name, source.volume.path
-        found = deployment.path_of(claim, sub_path)
-        if found is None:
-            return Problem(
-                "VolumeNotMounted",
-                f"Deployment {target} does not mount PersistentVolumeClaim {claim} (path {sub_path or '/'}) "
-                "in its vLLM container; add the claim to its volumes and volumeMounts",
-            )
-        path = found
+        if fetch is None:
+            found = deployment.path_of(claim, sub_path)
+            if found is None:
+                return Problem(
+                    "VolumeNotMounted",
+                    f"Deployment {target} does not mount PersistentVolumeClaim {claim} (path "
+                    f"{sub_path or '/'}) in its vLLM container; add the claim to its volumes and "
+                    "volumeMounts",
+                )
+            path = found
     return Wanted(
         adapter=name,
         served_name=served_name(adapter),
@@ -109,6 +149,8 @@ def resolve(
         sha256=sha256,
         created=str(adapter.metadata.get("creationTimestamp", "")),
         serving=any(c.type == "Ready" and c.status == "True" for c in adapter.status.conditions),
+        fetch=fetch,
+        generation=int(adapter.metadata.get("generation") or 0),
     )
 
 

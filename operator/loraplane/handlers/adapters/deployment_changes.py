@@ -84,6 +84,59 @@ async def ensure_hotload(
     return "", deployment
 
 
+async def ensure_fetcher(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    view: serving.DeploymentView,
+    resolved: dict[str, Wanted | Problem],
+    bodies: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Give the pod template loraplane's fetcher and cache when an adapter comes from the object
+    store, with the variables of every credentials Secret those adapters name (under the opt-in: a
+    restart of every replica, announced; again when the set of Secrets changes). Without the opt-in
+    such adapters are FetcherMissing; in Static mode, not supported (vLLM would read the path at
+    start, before any fetch). Returns the Deployment as the rest of the pass must see it."""
+    settings = get_settings()
+    stored = [w for w in resolved.values() if isinstance(w, Wanted) and w.fetch is not None]
+    for want in [w for w in stored if w.mode == "Static"]:
+        resolved[want.adapter] = Problem(
+            "InvalidSpec",
+            "an adapter from the object store is served in HotLoad mode only (a Static adapter is read by "
+            "vLLM at start, before loraplane's fetcher has copied it); set spec.serving.mode: HotLoad",
+        )
+    stored = [w for w in stored if w.mode == "HotLoad"]
+    if not stored:
+        return deployment
+    secrets = [w.fetch.connection.credentials_secret for w in stored if w.fetch is not None]
+    fetcher_settings = serving.FetcherSettings(
+        settings.worker_image, settings.serving_fetcher_port, settings.serving_cache_mib
+    )
+    patch = serving.fetcher_patch(deployment, fetcher_settings, [s for s in secrets if s is not None])
+    if patch is None:
+        return deployment
+    if not (view.opted_in or not settings.serving_require_opt_in):
+        if view.has_fetcher:
+            return deployment  # the user's own fetcher (or an older one): used as it is
+        for want in stored:
+            resolved[want.adapter] = Problem(
+                "FetcherMissing",
+                f"Deployment {rec.deployment} has no adapter cache: an adapter from the object store is "
+                "copied into each serving pod by a fetcher container loraplane adds; annotate the "
+                f'Deployment {serving.OPT_IN_ANNOTATION}: "true" to let it (one restart of every replica)',
+            )
+        return deployment
+    written = await write_deployment(rec.namespace, deployment, patch)
+    if written is None:
+        return deployment
+    message = (
+        "added the adapter fetcher and its cache for adapters from the object store: every replica restarts"
+    )
+    event(deployment_ref(deployment), "Normal", "FetcherAdded", message)
+    for adapter in bodies:
+        event(adapter, "Normal", "FetcherAdded", f"Deployment {rec.deployment}: {message}")
+    return written
+
+
 async def ensure_static(
     rec: Reconciler, deployment: dict[str, Any], view: serving.DeploymentView, wanted: list[Wanted]
 ) -> dict[str, Any]:

@@ -162,7 +162,13 @@ def pods_by_namespace(body: kopf.Body, namespace: str | None, **_: Any) -> dict[
 def training_jobs_by_name(
     body: kopf.Body, namespace: str | None, name: str | None, **_: Any
 ) -> dict[DeploymentKey, dict[str, Any]]:
-    return {(str(namespace), str(name)): {"status": kube.to_plain(body.get("status", {}))}}
+    # The status (its adapter result), and the connection of an object-store output: serving fetches
+    # the result through the store the run wrote it to.
+    output = kube.to_plain((body.get("spec") or {}).get("output") or {})
+    kept: dict[str, Any] = {"status": kube.to_plain(body.get("status", {}))}
+    if output.get("s3"):
+        kept["spec"] = {"output": {"s3": {"connection": output["s3"].get("connection")}}}
+    return {(str(namespace), str(name)): kept}
 
 
 @dataclass(frozen=True)
