@@ -19,7 +19,6 @@ from loraplane.handlers import training_jobs
 from loraplane.settings import Settings
 from loraplane.status import resolution
 from loraplane.status import training as status_of
-from loraplane.status.resolution import Problem
 from manifests import example_training_job
 
 UID = "6f1c2d3e-0000-4000-8000-000000000002"

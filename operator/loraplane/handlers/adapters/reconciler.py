@@ -16,7 +16,7 @@ from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
 from loraplane.handlers.adapters.api_keys import server_api_key
 from loraplane.handlers.adapters.common import DeploymentKey
-from loraplane.handlers.adapters.deployment_changes import ensure_fetcher, ensure_hotload, ensure_static
+from loraplane.handlers.adapters.deployment_changes import ensure_static, ensure_template
 from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
@@ -99,24 +99,6 @@ def resolve_all(
     return resolved
 
 
-async def template_changes(
-    rec: Reconciler,
-    deployment: dict[str, Any],
-    view: serving.DeploymentView,
-    resolved: dict[str, Wanted | Problem],
-    bodies: list[dict[str, Any]],
-) -> tuple[str, dict[str, Any], serving.DeploymentView]:
-    """LoRA on for HotLoad, then the fetcher for adapters from the object store; the Deployment (and
-    its view) as written."""
-    note, written = await ensure_hotload(rec, deployment, view, resolved, bodies)
-    if written is not deployment:
-        deployment, view = written, serving.DeploymentView.of(written)
-    written = await ensure_fetcher(rec, deployment, view, resolved, bodies)
-    if written is not deployment:
-        deployment, view = written, serving.DeploymentView.of(written)
-    return note, deployment, view
-
-
 async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     namespace = rec.namespace
     deployment = indexes.one(indexes.deployments, (namespace, rec.deployment))
@@ -134,7 +116,9 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         for name, found in resolved.items():
             outcome.passes[name] = status_of.Pass(found if isinstance(found, Problem) else None, None, [])
         return outcome
-    note, deployment, view = await template_changes(rec, deployment, view, resolved, bodies)
+    note, written = await ensure_template(rec, deployment, view, resolved, bodies)
+    if written is not deployment:
+        deployment, view = written, serving.DeploymentView.of(written)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
     static_before = frozenset(view.managed_static)
     written = await ensure_static(rec, deployment, view, wanted)
