@@ -145,11 +145,13 @@ def cache_path(served_name: str, sha256: str | None) -> str:
     return f"{CACHE_MOUNT}/{served_name}"
 
 
-def credentials_env_prefix(secret: str) -> str:
-    """The fetcher's variables for one credentials Secret: `<prefix>_ACCESS_KEY_ID` and so on. A hash
-    of the name, not the name itself: Secret names have dots and hyphens, and two names must never
-    map to the same variables."""
-    return "LORAPLANE_S3_" + hashlib.sha256(secret.encode()).hexdigest()[:10].upper()
+def credentials_env_prefix(secret: S3CredentialsSecret) -> str:
+    """The fetcher's variables for one credentials Secret reference: `<prefix>_ACCESS_KEY_ID` and so
+    on. A hash of the reference (the name and its keys), not the name itself: Secret names have dots
+    and hyphens, and two references must never map to the same variables."""
+    reference = json.dumps([secret.name, secret.access_key_id_key, secret.secret_access_key_key,
+                            secret.session_token_key])  # fmt: skip
+    return "LORAPLANE_S3_" + hashlib.sha256(reference.encode()).hexdigest()[:10].upper()
 
 
 # --- containers and arguments -------------------------------------------------------------------------
@@ -561,7 +563,7 @@ def credentials_env(secret: S3CredentialsSecret) -> list[dict[str, Any]]:
     Secret). Optional: a Secret that is missing or lacks a key leaves the variables unset, and the
     fetcher reports `CredentialsMissing` for the adapters that need them; the pod starts and serves
     the rest rather than failing as a whole."""
-    prefix = credentials_env_prefix(secret.name)
+    prefix = credentials_env_prefix(secret)
     pairs = (
         ("ACCESS_KEY_ID", secret.access_key_id_key),
         ("SECRET_ACCESS_KEY", secret.secret_access_key_key),
@@ -582,7 +584,8 @@ def fetcher_container(settings: FetcherSettings, secrets: Iterable[S3Credentials
     (see NO_TOKEN_VOLUME), no privileges."""
     max_mib = int(settings.cache_mib * CACHE_HEADROOM)
     env: list[dict[str, Any]] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    for secret in sorted(set(secrets), key=lambda s: s.name):
+    distinct = {credentials_env_prefix(secret): secret for secret in secrets}
+    for _, secret in sorted(distinct.items()):
         env.extend(credentials_env(secret))
     return {
         "name": FETCHER_CONTAINER,

@@ -55,7 +55,7 @@ class Fetch:
     def credentials(self) -> str | None:
         """The environment prefix of the fetcher's variables from the credentials Secret, if any."""
         secret = self.connection.credentials_secret
-        return None if secret is None else serving.credentials_env_prefix(secret.name)
+        return None if secret is None else serving.credentials_env_prefix(secret)
 
 
 @dataclass(frozen=True)
