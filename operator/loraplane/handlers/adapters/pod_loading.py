@@ -33,6 +33,10 @@ async def reconcile_pod(
         return result
     view = result.view = await prepare_gate(namespace, view, uid)
     if not view.serving_api_up:
+        if view.phase == "Running" and view.ip:
+            # vLLM is still starting: its fetcher can already fill the cache (a start and a large
+            # fetch overlap instead of adding up).
+            await fetch_into_cache(rec, client, plan, view, Models())
         return result
     server = Server(f"http://{view.ip}:{plan.port}", plan.api_key, settings.vllm_timeout_seconds)
     try:
