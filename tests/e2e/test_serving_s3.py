@@ -39,9 +39,11 @@ from vllm_e2e import (
     GATE,
     START_TIMEOUT_S,
     Cluster,
+    adapter,
     completion,
     condition,
     models_on,
+    replace_pod,
     vllm_deployment,
 )
 
@@ -70,16 +72,9 @@ class Stored:
         return {"s3": {"uri": f"s3://{self.bucket}/{key}", "connection": conn, **extra}}
 
     def adapter(self, name: str, key: str, secret: str = SECRET, **extra: Any) -> dict[str, Any]:
-        return {
-            "apiVersion": "loraplane.io/v1alpha1",
-            "kind": "LoraAdapter",
-            "metadata": {"name": name},
-            "spec": {
-                "baseModel": "tiny-llama",
-                "source": self.source(key, secret, **extra),
-                "serving": {"deployment": DEPLOYMENT},
-            },
-        }
+        body = adapter(name, key)
+        body["spec"]["source"] = self.source(key, secret, **extra)
+        return body
 
     def fetcher_logs(self) -> str:
         out = []
@@ -198,13 +193,7 @@ def test_a_new_pod_fetches_again_and_is_gated_until_it_holds_the_adapter(stored:
     watcher = threading.Thread(target=_watch_pod_window, args=(cluster, old, seen, stop), daemon=True)
     watcher.start()
     try:
-        cluster.delete("pod", victim, wait=False)
-
-        def replaced() -> list[dict[str, Any]] | None:
-            pods = cluster.ready_pods()
-            return pods if len(pods) == 2 and victim not in {p["metadata"]["name"] for p in pods} else None
-
-        pods = wait_until("a Ready replacement pod", replaced, timeout_s=START_TIMEOUT_S, interval_s=1)
+        pods = replace_pod(cluster, victim)
     finally:
         stop.set()
         watcher.join()
