@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from test_adapters import _watch_pod_window
+from test_training_jobs import RUN_TIMEOUT_S, tiny_job
 
 from loraplane.api.storage import S3Path
 from loraplane_devcluster import objectstore
@@ -51,6 +52,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 SECRET, WRONG, DENIED = "store-creds", "wrong-creds", "denied-creds"
 SERVED = "quotes-s3"
+JOB, TRAINED = "train-s3", "trained-s3"
 CACHE = "/var/lib/loraplane/adapters"
 FETCHER = "loraplane-fetcher"
 
@@ -124,6 +126,9 @@ def stored(
     host.upload_file(junk, S3Path(bucket, f"adapters/corrupt/{ADAPTER_WEIGHTS}"))
 
     kubectl, kubeconfig = kube.bin_dir / "kubectl", kube.kubeconfig
+    tiny = ensure_tiny_model()
+    host.upload_tree(tiny.model_dir, S3Path(bucket, "models/tiny"))
+    host.upload_file(tiny.text_dataset, S3Path(bucket, "data/quotes.jsonl"))
     objectstore.apply_credentials_secret(store, kubectl, kubeconfig, SECRET, namespace)
     wrong = "not-" + secrets.token_hex(12)
     kube.kubectl("apply", "-f", "-", input=json.dumps(
@@ -142,6 +147,18 @@ def stored(
         found.adapter("denied", "adapters/quotes", secret=DENIED),
     ])  # fmt: skip
     cluster.apply(deployment_without_claims())
+    # A run that trains from and to the store and publishes its adapter to the same Deployment; it
+    # trains while vLLM starts.
+    job = tiny_job(JOB, max_steps=10, save_steps=10)
+    location = found.source("unused")["s3"]
+    job["spec"]["baseModel"] = {"s3": {**location, "uri": f"s3://{bucket}/models/tiny"}}
+    job["spec"]["dataset"] = {
+        "s3": {**location, "uri": f"s3://{bucket}/data/quotes.jsonl"},
+        "textField": "text",
+    }
+    job["spec"]["output"] = {"s3": {**location, "uri": f"s3://{bucket}/runs"}}
+    job["spec"]["adapter"] = {"name": TRAINED, "deployment": DEPLOYMENT, "baseModel": "tiny-llama"}
+    cluster.apply(job)
     yield found
     kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=120, check=False)
     kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
@@ -260,3 +277,21 @@ def test_each_bad_store_input_gets_its_condition_and_a_corrupted_object_fails_al
     ]
     for secret in (stored.store.secret_access_key, stored.wrong_secret, stored.denied_secret):
         assert not [text for text in said if secret in text]
+
+
+def test_a_training_jobs_result_in_the_store_is_served_from_its_uri_and_digest(stored: Stored) -> None:
+    """The published LoraAdapter names the job; the job's status.adapter has the URI and the
+    digest, and both pods load the verified copy from their cache."""
+    cluster = stored.cluster
+    ready = wait_until(f"{TRAINED} Ready on 2 pods", lambda: cluster.ready_on(TRAINED, 2),
+                       timeout_s=RUN_TIMEOUT_S, interval_s=1)  # fmt: skip
+    result = cluster.get("ltj", JOB)["status"]["adapter"]
+    assert result["uri"].startswith(f"s3://{stored.bucket}/runs/")
+    assert "claimName" not in result
+    assert ready["status"]["sha256"] == result["sha256"]
+    path = f"{CACHE}/.objects/{result['sha256']}"
+    assert ready["status"]["path"] == path
+    for pod in cluster.ready_pods():
+        assert models_on(pod["status"]["podIP"])[TRAINED] == path
+        status, answer = completion(pod["status"]["podIP"], TRAINED)
+        assert status == 200, answer
