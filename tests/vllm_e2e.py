@@ -108,6 +108,17 @@ def module_cluster(hint: str) -> Any:
     return cluster
 
 
+def replace_pod(cluster: Cluster, victim: str, replicas: int = 2) -> list[dict[str, Any]]:
+    """Delete `victim` and wait until the Deployment has `replicas` Ready pods again, without it."""
+    cluster.delete("pod", victim, wait=False)
+
+    def replaced() -> list[dict[str, Any]] | None:
+        pods = cluster.ready_pods()
+        return pods if len(pods) == replicas and victim not in {p["metadata"]["name"] for p in pods} else None
+
+    return wait_until("a Ready replacement pod", replaced, timeout_s=START_TIMEOUT_S, interval_s=1)
+
+
 def condition(pod: dict[str, Any], type_: str) -> str | None:
     found = next((c for c in pod.get("status", {}).get("conditions", []) if c["type"] == type_), None)
     return None if found is None else str(found["status"])

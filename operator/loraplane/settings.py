@@ -57,6 +57,20 @@ class Settings(BaseSettings):
             "(condition AdapterHasNoEffect)."
         ),
     )
+    serving_fetcher_port: int = Field(
+        default=8471,
+        ge=1,
+        le=65535,
+        description="Port of the fetcher loraplane adds to serving pods for adapters in the object store.",
+    )
+    serving_cache_mib: int = Field(
+        default=4096,
+        ge=64,
+        description=(
+            "Size limit (MiB) of a serving pod's adapter cache (an emptyDir); the fetcher keeps below 90% "
+            "of it, evicting adapters no longer wanted, oldest first."
+        ),
+    )
     object_store: S3Connection = Field(
         default_factory=S3Connection,
         description=(

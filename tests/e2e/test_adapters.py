@@ -37,6 +37,7 @@ from vllm_e2e import (
     condition,
     models_on,
     module_cluster,
+    replace_pod,
     vllm_deployment,
 )
 
@@ -183,13 +184,7 @@ def test_a_bad_path_fails_alone_and_a_new_pod_is_gated_until_it_holds_the_adapte
     for watcher in watchers:
         watcher.start()
     try:
-        cluster.delete("pod", victim, wait=False)
-
-        def replaced() -> list[dict[str, Any]] | None:
-            pods = cluster.ready_pods()
-            return pods if len(pods) == 2 and victim not in {p["metadata"]["name"] for p in pods} else None
-
-        pods = wait_until("a Ready replacement pod", replaced, timeout_s=START_TIMEOUT_S, interval_s=1)
+        pods = replace_pod(cluster, victim)
         new = next(p for p in pods if p["metadata"]["name"] not in old)
         wait_until("the new pod routed", lambda: routed.get(new["metadata"]["name"], [])[-1:] == [True], 30)
     finally:

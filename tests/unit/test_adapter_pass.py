@@ -19,10 +19,14 @@ from kubernetes.client.exceptions import ApiException
 
 from loraplane import kube
 from loraplane.api.adapter import LoraAdapter
+from loraplane.builders import serving
+from loraplane.handlers.adapters import deployment_changes, pod_loading, reconciler
 from loraplane.handlers.adapters.common import now
 from loraplane.handlers.adapters.indexes import Indexes, slim_pod
 from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
+from loraplane.settings import Settings
 from loraplane.status import adapter as status_of
+from loraplane_worker.fetch import Fetcher, Service, serve
 from manifests import EXAMPLES
 
 GATE = "loraplane.io/adapters-loaded"
@@ -507,3 +511,47 @@ def test_a_pod_loads_its_adapters_side_by_side(cluster: Cluster) -> None:
         ("vllm-tiny-r-1", "False", "LoadingAdapters"),
         ("vllm-tiny-r-1", "True", "AdaptersLoaded"),
     ]
+
+
+# ---- one pass against a real fetcher (loopback, no store) --------------------------------------------
+
+
+@pytest.fixture
+def fetcher_port(tmp_path: Any) -> Iterator[int]:
+    """The worker's fetcher service on 127.0.0.1 with an empty environment: a Secret's values are
+    missing, so an adapter that needs them fails for good without any store traffic."""
+    service = Service(Fetcher(tmp_path / "cache", max_bytes=10 * 1024 * 1024, environ={}))
+    service.start()
+    server = serve(service, "127.0.0.1", 0, wait_s=5.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+def test_one_pass_adds_lora_and_the_fetcher_in_one_write_and_a_fetch_failure_is_terminal(
+    cluster: Cluster, vllm: int, fetcher_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(serving_fetcher_port=fetcher_port, serving_retry_failed_seconds=30)
+    for module in (pod_loading, deployment_changes, reconciler):
+        monkeypatch.setattr(module, "get_settings", lambda: settings)
+    body = lora_adapter(cluster.deployment["metadata"]["namespace"])
+    body["spec"]["source"] = {"s3": {"uri": "s3://adapters/quotes", "connection": {
+        "endpoint": "http://127.0.0.1:1", "credentialsSecret": {"name": "store-creds"}}}}  # fmt: skip
+    before = pod_of(cluster.deployment, "vllm-tiny-old", "h1")  # from before LoRA: left to the rollout
+    run_pass(cluster, body, [before])
+    assert len(cluster.written) == 1, "LoRA and the fetcher in one change: one restart"
+    assert {"LoraEnabled", "FetcherAdded"} <= cluster.reasons("Normal")
+    pod = pod_of(cluster.deployment, "vllm-tiny-a", "h2")
+    pod["status"]["conditions"].append({"type": serving.GATE, "status": "False", "reason": "Loading"})
+    Vllm.runtime_api = True
+    status = run_pass(cluster, body, [pod])
+    condition = next(c for c in status.conditions if c.type == "Ready")
+    assert condition.reason == "FetchFailed"
+    assert "s3://adapters/quotes" in condition.message
+    assert "CredentialsMissing" in condition.message
+    assert "FetchFailed" in cluster.reasons("Warning")
+    assert "/v1/load_lora_adapter" not in Vllm.posts, "nothing to load until the cache holds it"
+    assert ("vllm-tiny-a", "True", "AdaptersLoaded") in cluster.gates, (
+        "a permanent failure does not hold the gate"
+    )

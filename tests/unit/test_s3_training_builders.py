@@ -19,7 +19,6 @@ from loraplane.handlers import training_jobs
 from loraplane.settings import Settings
 from loraplane.status import resolution
 from loraplane.status import training as status_of
-from loraplane.status.resolution import Problem
 from manifests import example_training_job
 
 UID = "6f1c2d3e-0000-4000-8000-000000000002"
@@ -206,7 +205,7 @@ def test_success_records_the_uri_and_the_digest() -> None:
     assert adapter.path is None
 
 
-def test_an_adapter_from_a_store_run_says_serving_from_the_store_is_not_wired_yet() -> None:
+def test_an_adapter_from_a_store_run_is_fetched_from_its_uri_with_its_digest() -> None:
     body = {
         "metadata": {"name": "q", "generation": 1},
         "spec": {
@@ -216,9 +215,16 @@ def test_an_adapter_from_a_store_run_says_serving_from_the_store_is_not_wired_ye
         },
     }
     result = {"uri": f"s3://runs/adapters/{UID}", "sha256": "ab" * 32, "r": 8}
-    problem = resolution.resolve(
-        LoraAdapter.model_validate(body), {"spec": {}}, {"status": {"adapter": result}}
-    )
-    assert isinstance(problem, Problem)
-    assert problem.reason == "SourceInObjectStore"
-    assert f"s3://runs/adapters/{UID}" in problem.message
+    job = {
+        "status": {"adapter": result},
+        "spec": {"output": {"s3": {"connection": {"credentialsSecret": {"name": "run-creds"}}}}},
+    }
+    defaults = S3Connection(endpoint="http://store:9000", region="eu-1")
+    wanted = resolution.resolve(LoraAdapter.model_validate(body), {"spec": {}}, job, defaults)  # type: ignore[arg-type]
+    assert isinstance(wanted, resolution.Wanted)
+    assert wanted.fetch is not None
+    assert (wanted.fetch.uri, wanted.fetch.sha256, wanted.rank) == (result["uri"], "ab" * 32, 8)
+    # the job's own connection over the chart's defaults: the store the run wrote to
+    assert wanted.fetch.connection.endpoint == "http://store:9000"
+    assert wanted.fetch.connection.credentials_secret == S3CredentialsSecret(name="run-creds")
+    assert wanted.path == "/var/lib/loraplane/adapters/.objects/" + "ab" * 32

@@ -1,10 +1,17 @@
 """`python -m loraplane_worker.fetch`: keep a serving pod's local adapter cache in line with a wanted list.
 
-The serving pod's fetcher (an init container, `--once`, and/or a sidecar) shares an `emptyDir` with
-vLLM. It has no Kubernetes API rights and imports neither kopf nor the Kubernetes client: it reads
-a wanted list from a file (a mounted ConfigMap, which the kubelet updates in place), the store's
-connection settings from the same file, and the credentials from its environment (a Secret's
-values, or the pod's identity), and it writes only under the cache directory:
+The serving pod's fetcher shares an `emptyDir` with vLLM. It has no Kubernetes API rights and
+imports neither kopf nor the Kubernetes client. It gets its wanted list one of two ways:
+
+* `--listen HOST:PORT` (what loraplane adds to serving pods): the operator POSTs the list to
+  `/sync` on the pod IP, as it calls vLLM, and reads each entry's state from the answer
+  (Ready, Pending, or Failed with the store's code); fetches run in a background thread, so a
+  large adapter answers Pending and the operator asks again;
+* `--wanted FILE`: from a file (a mounted ConfigMap, which the kubelet updates in place), with
+  `--once` as an init container.
+
+The store's connection settings come with the list, the credentials from its environment (a
+Secret's values, or the pod's identity), and it writes only under the cache directory:
 
     CACHE/
       <served name>  -> .objects/<sha256>     (a symlink, swapped atomically)
@@ -14,9 +21,16 @@ values, or the pod's identity), and it writes only under the cache directory:
 An adapter is fetched into a temporary folder, every file checked against its manifest and the
 weights' digest against the wanted `sha256`, then renamed into `.objects/` and linked: vLLM never
 sees a partial folder, and the `<served name>/` layout is what vLLM's filesystem resolver reads.
-Names no longer wanted are unlinked and their objects removed (unless another name shares them).
-Permanent errors (NoSuchKey, AccessDenied, a digest mismatch, ...) are not retried until that entry
-of the wanted list changes; transient ones (an unreachable endpoint) are, with exponential backoff.
+Names no longer wanted are unlinked at once (vLLM's filesystem resolver must not find them); their
+objects are removed at once too, or, with a size budget (`--max-mib`), kept while they fit and
+evicted oldest first when a new adapter needs the room. Permanent errors (NoSuchKey, AccessDenied,
+a digest mismatch, ...) are not retried until that entry of the wanted list changes (its URI, its
+digest or its `retryEpoch`); transient ones (an unreachable endpoint) are, with exponential backoff.
+
+An entry's `credentials` names the environment prefix of its Secret's values
+(`<prefix>_ACCESS_KEY_ID`, `<prefix>_SECRET_ACCESS_KEY`, `<prefix>_SESSION_TOKEN`), so adapters of
+one Deployment may use different Secrets; unset, the standard `AWS_*` variables or the pod's
+identity apply.
 
 The wanted file (JSON):
 
@@ -34,9 +48,11 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +69,13 @@ OBJECTS = ".objects"
 STATUS = ".status.json"
 SHA256 = r"^[0-9a-f]{64}$"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_WANTED = 0, 1, 65
+MIB = 1024 * 1024
+MAX_REQUEST_BYTES = 4 * MIB
+CREDENTIAL_SUFFIXES = (
+    ("ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+    ("SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+    ("SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+)
 
 
 class _Model(BaseModel):
@@ -67,6 +90,19 @@ class WantedAdapter(_Model):
     sha256: str | None = Field(
         default=None, pattern=SHA256, description="The weights' digest to insist on; unset: the manifest's."
     )
+    connection: S3Connection | None = Field(
+        default=None, description="How to reach this adapter's store; unset: the list's connection."
+    )
+    credentials: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z][A-Z0-9_]{0,100}$",
+        description="Environment prefix of this adapter's credentials; unset: AWS_* or the pod's identity.",
+    )
+    retry_epoch: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A new value retries an entry that failed for good (a resync, a spec change).",
+    )
 
 
 class Wanted(_Model):
@@ -80,6 +116,7 @@ class EntryState:
     uri: str
     pin: str | None  # the wanted entry's sha256, to notice when the entry changes
     sha256: str | None = None  # what the cache holds for it
+    epoch: str | None = None  # the entry's retryEpoch when it was last tried
     code: str | None = None
     message: str | None = None
     permanent: bool = False
@@ -95,9 +132,10 @@ class EntryState:
 class Cache:
     """The cache folder: what it holds, and the moves that change it (each atomic for readers)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
         self.objects = root / OBJECTS
+        self.max_bytes = max_bytes  # None: objects no name links to are removed at once
 
     def held(self, name: str) -> str | None:
         """The digest `name` links to, when its folder is complete."""
@@ -114,8 +152,16 @@ class Cache:
         """Download, verify, and link; returns the digest now served under `wanted.name`."""
         self.objects.mkdir(parents=True, exist_ok=True)
         if wanted.sha256 and (self.objects / wanted.sha256 / "loraplane-manifest.json").is_file():
-            self._link(wanted.name, wanted.sha256)  # another name already brought the same weights
+            self._link(wanted.name, wanted.sha256)  # another name (or an earlier version) brought it
             return wanted.sha256
+        if self.max_bytes is not None:
+            location = S3Path.parse(wanted.uri)
+            manifest = store.read_manifest(location)
+            if manifest is None:
+                raise PermanentStoreError(
+                    location.child("loraplane-manifest.json").uri, "NoSuchKey", "the upload is not complete"
+                )
+            self.make_room(manifest.size_bytes, wanted.uri)
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.root))
         try:
             manifest = store.download_tree(S3Path.parse(wanted.uri), staging, expect_sha256=wanted.sha256)
@@ -139,14 +185,52 @@ class Cache:
             tmp.unlink()
         tmp.symlink_to(Path(OBJECTS) / digest)
         tmp.replace(self.root / name)  # rename(2) over the old link: readers see old or new
+        os.utime(self.objects / digest)  # last wanted now: the last to be evicted
+
+    def _linked(self) -> set[str]:
+        return {Path(os.readlink(self.root / name)).name for name in self.names()}
+
+    def _sizes(self) -> dict[Path, tuple[float, int]]:
+        """Each object folder: (last wanted, bytes)."""
+        found: dict[Path, tuple[float, int]] = {}
+        if self.objects.is_dir():
+            for folder in self.objects.iterdir():
+                size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                found[folder] = (folder.stat().st_mtime, size)
+        return found
+
+    def used_bytes(self) -> int:
+        return sum(size for _, size in self._sizes().values())
+
+    def make_room(self, need: int, uri: str) -> None:
+        """Evict objects no name links to, oldest first, until `need` more bytes fit in the budget;
+        CacheFull (permanent until the wanted list changes) when the wanted adapters alone do not fit."""
+        assert self.max_bytes is not None
+        sizes, linked = self._sizes(), self._linked()
+        used = sum(size for _, size in sizes.values())
+        for folder, _ in sorted(
+            ((f, t) for f, (t, _) in sizes.items() if f.name not in linked), key=lambda x: x[1]
+        ):
+            if used + need <= self.max_bytes:
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            used -= sizes[folder][1]
+            log.info("evicted %s (no longer wanted, oldest first) to make room", folder.name)
+        if used + need > self.max_bytes:
+            raise PermanentStoreError(
+                uri,
+                "CacheFull",
+                f"needs {need} bytes; the pod's adapter cache holds {used} of {self.max_bytes} for wanted "
+                "adapters (raise the chart's serving.fetcher.cacheMiB)",
+            )
 
     def evict(self, keep: set[str]) -> list[str]:
         """Unlink names not in `keep`, then delete objects no name links to (and stale temp folders)."""
         gone = [name for name in self.names() if name not in keep]
         for name in gone:
             (self.root / name).unlink()
-        linked = {Path(os.readlink(self.root / name)).name for name in self.names()}
-        if self.objects.is_dir():
+        linked = self._linked()
+        if self.objects.is_dir() and self.max_bytes is None:
             for folder in self.objects.iterdir():
                 if folder.name not in linked:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -163,24 +247,46 @@ class Fetcher:
     """One pass (`sync`) brings the cache in line with the wanted list; `run` repeats on change."""
 
     def __init__(
-        self, cache_dir: Path, options: ClientOptions | None = None, max_backoff_s: float = 300.0
+        self,
+        cache_dir: Path,
+        options: ClientOptions | None = None,
+        max_backoff_s: float = 300.0,
+        max_bytes: int | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.cache = Cache(cache_dir)
+        self.cache = Cache(cache_dir, max_bytes)
         self.options = options
         self.max_backoff_s = max_backoff_s
+        self.environ = os.environ if environ is None else environ
         self.states: dict[str, EntryState] = {}
-        self._store: tuple[str, ObjectStore] | None = None
+        self._stores: dict[tuple[str, str | None], ObjectStore] = {}
 
-    def _store_for(self, connection: S3Connection | None) -> ObjectStore:
-        key = connection.model_dump_json() if connection else ""
-        if self._store is None or self._store[0] != key:
-            self._store = (key, ObjectStore(connection, options=self.options))
-        return self._store[1]
+    def _store_for(self, connection: S3Connection | None, adapter: WantedAdapter) -> ObjectStore:
+        """One client per (connection, credentials); credentials from the entry's own variables."""
+        key = (connection.model_dump_json() if connection else "", adapter.credentials)
+        if key not in self._stores:
+            environ: Mapping[str, str] = self.environ
+            if adapter.credentials is not None:
+                prefix = adapter.credentials
+                environ = {
+                    standard: self.environ[f"{prefix}_{suffix}"]
+                    for suffix, standard in CREDENTIAL_SUFFIXES
+                    if self.environ.get(f"{prefix}_{suffix}")
+                }
+                if not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(environ):
+                    raise PermanentStoreError(
+                        adapter.uri,
+                        "CredentialsMissing",
+                        "the fetcher has no access key id and secret access key from the credentials "
+                        "Secret (does it exist, with those keys? a Secret created or changed later "
+                        "reaches the fetcher when its pod restarts)",
+                    )
+            self._stores[key] = ObjectStore(connection, environ=environ, options=self.options)
+        return self._stores[key]
 
     def sync(self, wanted: Wanted, now: float | None = None) -> dict[str, EntryState]:
         now = time.monotonic() if now is None else now
         self.cache.root.mkdir(parents=True, exist_ok=True)
-        store = self._store_for(wanted.connection)
         for adapter in wanted.adapters:
             previous = self.states.get(adapter.name)
             changed = previous is None or (previous.uri, previous.pin) != (adapter.uri, adapter.sha256)
@@ -193,11 +299,22 @@ class Fetcher:
                     self.states[adapter.name] = EntryState("Ready", adapter.uri, adapter.sha256, held)
                 continue
             failed_before = previous is not None and not changed and previous.state == "Failed"
-            if failed_before and previous is not None and (previous.permanent or now < previous.next_try):
-                continue  # a permanent error waits for the wanted entry to change; a transient one, its turn
+            if failed_before and previous is not None:
+                if previous.permanent and previous.epoch == adapter.retry_epoch:
+                    continue  # a permanent error waits for the wanted entry (or its epoch) to change
+                if not previous.permanent and now < previous.next_try:
+                    continue  # a transient one waits for its turn
             attempts = previous.attempts if previous and not changed else 0
-            state = EntryState("Pending", adapter.uri, adapter.sha256, adapter.sha256, attempts=attempts)
+            state = EntryState(
+                "Pending",
+                adapter.uri,
+                adapter.sha256,
+                adapter.sha256,
+                epoch=adapter.retry_epoch,
+                attempts=attempts,
+            )
             try:
+                store = self._store_for(adapter.connection or wanted.connection, adapter)
                 digest = self.cache.fetch(store, adapter)
             except StoreError as error:
                 state.state, state.code, state.message, state.permanent = (
@@ -234,14 +351,110 @@ class Fetcher:
         return min(retries) if retries else None
 
 
+class Service:
+    """The `--listen` mode: the latest wanted list from the operator, synced by one background thread
+    (fetches never overlap; a list that arrives meanwhile is synced next), transient failures retried
+    when due. A request waits a little for its sync, then answers with the states so far."""
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self.fetcher = fetcher
+        self.changed = threading.Condition()
+        self.wanted: Wanted | None = None
+        self.asked = 0  # bumped for every new wanted list
+        self.synced = 0  # the last list a finished sync was for
+        self.thread = threading.Thread(target=self._loop, name="fetch", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self.changed:
+                while self.wanted is None or self.synced == self.asked:
+                    retry_at = self.fetcher.next_retry()
+                    if retry_at is not None and self.wanted is not None and time.monotonic() >= retry_at:
+                        break
+                    self.changed.wait(None if retry_at is None else max(0.05, retry_at - time.monotonic()))
+                wanted, asked = self.wanted, self.asked
+            assert wanted is not None
+            try:
+                self.fetcher.sync(wanted)
+            except Exception:
+                log.exception("sync failed")
+            with self.changed:
+                self.synced = max(self.synced, asked)
+                self.changed.notify_all()
+
+    def request(self, wanted: Wanted, wait_s: float) -> dict[str, dict[str, Any]]:
+        with self.changed:
+            if wanted != self.wanted:
+                self.wanted, self.asked = wanted, self.asked + 1
+                self.changed.notify_all()
+            target = self.asked
+            self.changed.wait_for(lambda: self.synced >= target, timeout=wait_s)
+            states = dict(self.fetcher.states)
+        answer: dict[str, dict[str, Any]] = {}
+        for adapter in wanted.adapters:
+            state = states.get(adapter.name)
+            if state is None or (state.uri, state.pin) != (adapter.uri, adapter.sha256):
+                answer[adapter.name] = {"state": "Pending", "uri": adapter.uri}
+            else:
+                answer[adapter.name] = state.to_wire()
+        return answer
+
+
+def serve(service: Service, host: str, port: int, wait_s: float = 20.0) -> ThreadingHTTPServer:
+    """`POST /sync` (a wanted list, JSON) -> `{"adapters": {name: state}}`; `GET /healthz`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._answer(200, {"ok": True})
+            else:
+                self._answer(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/sync":
+                self._answer(404, {"error": "not found"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                self._answer(413, {"error": "wanted list too large"})
+                return
+            try:
+                wanted = Wanted.model_validate_json(self.rfile.read(length))
+            except ValidationError as error:
+                self._answer(400, {"error": " ".join(str(error).split())[:2000]})
+                return
+            self._answer(200, {"adapters": service.request(wanted, wait_s)})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loraplane_worker.fetch", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--wanted", type=Path, required=True, help="JSON wanted list (a mounted ConfigMap file)"
-    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--wanted", type=Path, help="JSON wanted list (a mounted ConfigMap file)")
+    source.add_argument("--listen", metavar="HOST:PORT", help="take wanted lists on POST /sync here")
     parser.add_argument("--cache-dir", type=Path, required=True, help="the emptyDir shared with vLLM")
+    parser.add_argument(
+        "--max-mib", type=int, default=None, help="cache budget; unwanted adapters are kept while they fit"
+    )
     parser.add_argument("--once", action="store_true", help="one pass; exit 1 unless every adapter is Ready")
     parser.add_argument(
         "--poll-seconds",
@@ -251,7 +464,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fetcher = Fetcher(args.cache_dir)
+    fetcher = Fetcher(args.cache_dir, max_bytes=None if args.max_mib is None else args.max_mib * MIB)
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        service = Service(fetcher)
+        service.start()
+        server = serve(service, host.strip("[]"), int(port))
+        log.info("listening on %s (cache %s)", args.listen, args.cache_dir)
+        server.serve_forever()
+        return EXIT_OK
+    assert args.wanted is not None
     seen: tuple[int, int] | None = None
     wanted: Wanted | None = None
     while True:

@@ -16,7 +16,10 @@ from loraplane.api.common import (
     cel_rules,
     validation,
 )
+from loraplane.api.storage import S3Location
 from loraplane.api.training_job import Evaluation
+
+SHA256_HEX = r"^[0-9a-f]{64}$"
 
 KIND = "LoraAdapter"
 PLURAL = "loraadapters"
@@ -49,14 +52,32 @@ class HuggingFaceAdapter(ApiModel):
     revision: str | None = Field(default=None, max_length=256, description="Branch, tag or commit.")
 
 
+class S3AdapterSource(S3Location):
+    """An adapter folder in the object store, as loraplane uploads one (its files and the manifest
+    `loraplane-manifest.json`, written last, with every file's SHA-256): each serving pod's fetcher
+    copies it into the pod's cache, checks every file, and vLLM loads the local copy."""
+
+    sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_HEX,
+        description=(
+            "SHA-256 of `adapter_model.safetensors` to insist on (a training job's status.adapter.sha256). "
+            "Set: a changed digest is a new version, swapped in pod by pod. Unset: the manifest's digest, "
+            "fetched once per pod."
+        ),
+    )
+
+
 class AdapterSource(ApiModel):
-    """Where the adapter's files come from: exactly one of trainingJob, volume or huggingFace."""
+    """Where the adapter's files come from: exactly one of trainingJob, volume, s3 or huggingFace."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             validation(
-                "[has(self.trainingJob), has(self.volume), has(self.huggingFace)].filter(x, x).size() == 1",
-                "exactly one of source.trainingJob, source.volume or source.huggingFace must be set",
+                "[has(self.trainingJob), has(self.volume), has(self.s3), has(self.huggingFace)]"
+                ".filter(x, x).size() == 1",
+                "exactly one of source.trainingJob, source.volume, source.s3 or source.huggingFace "
+                "must be set",
             ),
         )
     )
@@ -67,6 +88,13 @@ class AdapterSource(ApiModel):
     volume: VolumePath | None = Field(
         default=None,
         description="An adapter folder in a volume that the serving pods mount at the same claim.",
+    )
+    s3: S3AdapterSource | None = Field(
+        default=None,
+        description=(
+            "An adapter folder in the object store; the serving Deployment needs no volume for it "
+            "(loraplane adds a fetcher container and a pod-local cache under the Deployment's opt-in)."
+        ),
     )
     hugging_face: HuggingFaceAdapter | None = Field(
         default=None, description="An adapter on the Hugging Face Hub."

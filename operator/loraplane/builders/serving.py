@@ -11,12 +11,15 @@ them with the Deployment's `resourceVersion` (read-modify-write, a conflict mean
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from loraplane import GROUP
+from loraplane.api.storage import S3CredentialsSecret
 
 GATE = f"{GROUP}/adapters-loaded"
 OPT_IN_ANNOTATION = f"{GROUP}/manage-lora"
@@ -51,6 +54,21 @@ LORA_MODULES = "--lora-modules"
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_DEFAULT_PORT = 8000
+
+# The fetcher loraplane adds to a serving pod for adapters in the object store: a container of the
+# worker image (`python -m loraplane_worker.fetch --listen`) sharing an emptyDir cache with vLLM.
+FETCHER_CONTAINER = "loraplane-fetcher"
+CACHE_VOLUME = "loraplane-adapter-cache"
+# An empty folder over the ServiceAccount token's path in the fetcher only: the ServiceAccount
+# admission plugin mounts the token into every container that has no mount there, so this keeps
+# the fetcher without Kubernetes API credentials while vLLM keeps whatever the pod had.
+NO_TOKEN_VOLUME = "loraplane-no-api-token"  # noqa: S105 - a volume name, not a secret
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path, not a secret
+CACHE_MOUNT = "/var/lib/loraplane/adapters"
+OBJECTS_DIR = ".objects"  # loraplane_worker.fetch.OBJECTS: one folder per digest
+CACHE_HEADROOM = (
+    0.9  # the fetcher keeps below this share of the emptyDir's limit (the kubelet evicts above it)
+)
 
 
 def record_name(deployment: str) -> str:
@@ -117,6 +135,23 @@ def max_lora_rank_for(rank: int) -> int:
         if allowed >= rank:
             return allowed
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank {ALLOWED_MAX_LORA_RANKS[-1]}")
+
+
+def cache_path(served_name: str, sha256: str | None) -> str:
+    """Where vLLM loads an adapter of the pod's cache: the digest's folder when it is pinned (a new
+    digest is a new path, so a new version is swapped like any other), else the served name's link."""
+    if sha256:
+        return f"{CACHE_MOUNT}/{OBJECTS_DIR}/{sha256}"
+    return f"{CACHE_MOUNT}/{served_name}"
+
+
+def credentials_env_prefix(secret: S3CredentialsSecret) -> str:
+    """The fetcher's variables for one credentials Secret reference: `<prefix>_ACCESS_KEY_ID` and so
+    on. A hash of the reference (the name and its keys), not the name itself: Secret names have dots
+    and hyphens, and two references must never map to the same variables."""
+    reference = json.dumps([secret.name, secret.access_key_id_key, secret.secret_access_key_key,
+                            secret.session_token_key])  # fmt: skip
+    return "LORAPLANE_S3_" + hashlib.sha256(reference.encode()).hexdigest()[:10].upper()
 
 
 # --- containers and arguments -------------------------------------------------------------------------
@@ -262,6 +297,8 @@ class DeploymentView:
     managed_static: tuple[str, ...]
     additions_removed: tuple[str, ...]
     claim_mounts: tuple[ClaimMount, ...]
+    # The template has loraplane's fetcher, and vLLM mounts its cache.
+    has_fetcher: bool = False
 
     @classmethod
     def of(cls, deployment: dict[str, Any]) -> DeploymentView:
@@ -299,6 +336,7 @@ class DeploymentView:
             managed_static=tuple(managed_static_names(deployment)),
             additions_removed=tuple(_removed(recorded_settings(deployment), lora)),
             claim_mounts=_claim_mounts(deployment, container),
+            has_fetcher=_has_fetcher(deployment, container),
         )
 
     def path_of(self, claim: str, sub_path: str) -> str | None:
@@ -315,6 +353,13 @@ class DeploymentView:
             base = mount.mount_path.rstrip("/") or "/"
             return f"{base.rstrip('/')}/{rest}" if rest else base
         return None
+
+
+def _has_fetcher(deployment: dict[str, Any], container: dict[str, Any]) -> bool:
+    spec = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    present = any(c.get("name") == FETCHER_CONTAINER for c in spec.get("containers") or [])
+    mounted = any(m.get("name") == CACHE_VOLUME for m in container.get("volumeMounts") or [])
+    return present and mounted
 
 
 def _claim_mounts(deployment: dict[str, Any], container: dict[str, Any]) -> tuple[ClaimMount, ...]:
@@ -462,7 +507,8 @@ def enable_lora_patch(
     containers[index] = container
     if containers == spec["containers"] and gates == (spec.get("readinessGates") or []):
         return None
-    record: dict[str, Any] = {"flags": flags, "env": env_added, "gate": gate_added}
+    # Other keys of the record (the fetcher's) stay as they are.
+    record: dict[str, Any] = {**before, "flags": flags, "env": env_added, "gate": gate_added}
     if env_was is not None:
         record["envWas"] = env_was
     return {
@@ -498,6 +544,125 @@ def _runtime_env_on(
 def _max_loras(args: list[str], settings: LoraSettings) -> int:
     value = flag_value(args, MAX_LORAS)
     return int(value) if value and value.isdigit() else settings.max_loras
+
+
+# --- the fetcher: adapters from the object store through a pod-local cache ----------------------------
+
+
+@dataclass(frozen=True)
+class FetcherSettings:
+    """What the fetcher container is made of (the chart's values)."""
+
+    image: str
+    port: int
+    cache_mib: int
+
+
+def credentials_env(secret: S3CredentialsSecret) -> list[dict[str, Any]]:
+    """One credentials Secret as the fetcher's variables, by reference (the values stay in the
+    Secret). Optional: a Secret that is missing or lacks a key leaves the variables unset, and the
+    fetcher reports `CredentialsMissing` for the adapters that need them; the pod starts and serves
+    the rest rather than failing as a whole."""
+    prefix = credentials_env_prefix(secret)
+    pairs = (
+        ("ACCESS_KEY_ID", secret.access_key_id_key),
+        ("SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ("SESSION_TOKEN", secret.session_token_key),
+    )
+    return [
+        {
+            "name": f"{prefix}_{suffix}",
+            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key, "optional": True}},
+        }
+        for suffix, key in pairs
+    ]
+
+
+def fetcher_container(settings: FetcherSettings, secrets: Iterable[S3CredentialsSecret]) -> dict[str, Any]:
+    """The fetcher: it listens on the pod IP for the operator's wanted list, copies each adapter into
+    the cache and verifies it. It gets the store credentials it needs and nothing else: no API token
+    (see NO_TOKEN_VOLUME), no privileges."""
+    max_mib = int(settings.cache_mib * CACHE_HEADROOM)
+    env: list[dict[str, Any]] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    distinct = {credentials_env_prefix(secret): secret for secret in secrets}
+    for _, secret in sorted(distinct.items()):
+        env.extend(credentials_env(secret))
+    return {
+        "name": FETCHER_CONTAINER,
+        "image": settings.image,
+        "command": ["python", "-m", "loraplane_worker.fetch"],
+        "args": [
+            "--listen",
+            f"$(POD_IP):{settings.port}",
+            "--cache-dir",
+            CACHE_MOUNT,
+            "--max-mib",
+            str(max_mib),
+        ],
+        "env": env,
+        "ports": [{"name": "lp-fetcher", "containerPort": settings.port}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": settings.port}, "periodSeconds": 2},
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT},
+            {"name": NO_TOKEN_VOLUME, "mountPath": TOKEN_PATH, "readOnly": True},
+        ],
+    }
+
+
+def fetcher_patch(
+    deployment: dict[str, Any], settings: FetcherSettings, secrets: Iterable[S3CredentialsSecret]
+) -> dict[str, Any] | None:
+    """The whole-list patch that gives the pod template loraplane's fetcher (container, cache volume,
+    vLLM's read-only mount of it) with the variables of `secrets`; None when it has exactly that. The
+    record annotation keeps a digest of what was written: the API server's defaulting changes the
+    container as stored, so the comparison is with what loraplane asked for, not the stored form."""
+    spec = deployment["spec"]["template"]["spec"]
+    index = container_index(spec, deployment.get("metadata", {}).get("annotations"))
+    if index is None:
+        return None
+    wanted = fetcher_container(settings, secrets)
+    cache = {"name": CACHE_VOLUME, "emptyDir": {"sizeLimit": f"{settings.cache_mib}Mi"}}
+    no_token = {"name": NO_TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    digest = hashlib.sha256(json.dumps([wanted, cache, no_token], sort_keys=True).encode()).hexdigest()[:16]
+    before = recorded_settings(deployment) or {"flags": {}, "env": False, "gate": False}
+    present = {v.get("name") for v in spec.get("volumes") or []} >= {CACHE_VOLUME, NO_TOKEN_VOLUME}
+    if before.get("fetcher") == digest and present and _has_fetcher(deployment, spec["containers"][index]):
+        return None
+    containers = [c for c in copy.deepcopy(spec["containers"]) if c.get("name") != FETCHER_CONTAINER]
+    server = next(
+        i for i, c in enumerate(containers) if c.get("name") == spec["containers"][index].get("name")
+    )
+    mounts = [m for m in containers[server].get("volumeMounts") or [] if m.get("name") != CACHE_VOLUME]
+    containers[server]["volumeMounts"] = [
+        *mounts,
+        {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True},
+    ]
+    containers.append(wanted)
+    ours = {CACHE_VOLUME, NO_TOKEN_VOLUME}
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in ours] + [cache, no_token]
+    return {
+        "metadata": {
+            "annotations": {SETTINGS_ANNOTATION: json.dumps({**before, "fetcher": digest}, sort_keys=True)},
+            "resourceVersion": deployment["metadata"].get("resourceVersion"),
+        },
+        "spec": {"template": {"spec": {"containers": containers, "volumes": volumes}}},
+    }
+
+
+def _without_fetcher(
+    spec: dict[str, Any], containers: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Containers and volumes with loraplane's fetcher, its volumes and vLLM's cache mount taken out."""
+    kept = [c for c in containers if c.get("name") != FETCHER_CONTAINER]
+    for container in kept:
+        if container.get("volumeMounts"):
+            container["volumeMounts"] = [
+                m for m in container["volumeMounts"] if m.get("name") != CACHE_VOLUME
+            ]
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in {CACHE_VOLUME, NO_TOKEN_VOLUME}]
+    return kept, volumes
 
 
 # --- Static mode: one merged --lora-modules ------------------------------------------------------------
@@ -642,12 +807,15 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
             ]
     if (record or {}).get("gate"):
         gates = [g for g in gates if g.get("conditionType") != GATE]
+    template: dict[str, Any] = {"containers": containers, "readinessGates": gates}
+    if (record or {}).get("fetcher"):
+        template["containers"], template["volumes"] = _without_fetcher(spec, containers)
     return {
         "metadata": {
             "annotations": {SETTINGS_ANNOTATION: None, STATIC_ANNOTATION: None},
             "resourceVersion": deployment["metadata"].get("resourceVersion"),
         },
-        "spec": {"template": {"spec": {"containers": containers, "readinessGates": gates}}},
+        "spec": {"template": {"spec": template}},
     }
 
 

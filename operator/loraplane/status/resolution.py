@@ -9,13 +9,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraplane.api.adapter import LoraAdapter
+from loraplane.api.storage import S3Connection, merged
 from loraplane.builders import serving
 from loraplane.builders.serving import DeploymentView
 
 # Reasons that end an adapter's attempts on a pod until its spec or the Deployment changes: such an
 # adapter does not hold a pod's readiness gate hostage.
 TERMINAL_REASONS = frozenset(
-    {"LoadFailed", "RankTooHigh", "BaseModelMismatch", "RuntimeLoadingDisabled", "VolumeNotMounted"}
+    {
+        "LoadFailed",
+        "RankTooHigh",
+        "BaseModelMismatch",
+        "RuntimeLoadingDisabled",
+        "VolumeNotMounted",
+        "FetchFailed",
+        "FetcherMissing",
+    }
 )
 CLAIM_MOUNT_PREFIX = "/mnt/claims/"  # where training pods mount claims (naming.CLAIMS_MOUNT)
 
@@ -30,6 +39,23 @@ class Problem:
     @property
     def terminal(self) -> bool:
         return self.reason in TERMINAL_REASONS
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """An adapter in the object store: what each serving pod's fetcher copies into its cache. The
+    connection is merged with the chart's defaults; its Secret is only named (the fetcher container
+    has the values in its environment)."""
+
+    uri: str
+    connection: S3Connection
+    sha256: str | None  # pinned: the cache path names the digest, and a new digest is a new version
+
+    @property
+    def credentials(self) -> str | None:
+        """The environment prefix of the fetcher's variables from the credentials Secret, if any."""
+        secret = self.connection.credentials_secret
+        return None if secret is None else serving.credentials_env_prefix(secret)
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,8 @@ class Wanted:
     # The LoraTrainingJob it comes from, and the evaluation that job recorded (for status.history).
     training_job: str | None = None
     evaluation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    fetch: Fetch | None = None  # from the object store, through the pod's cache
+    generation: int = 0  # the LoraAdapter's: a spec change retries a fetch that failed for good
 
     def as_base_model_path(self, deployment: DeploymentView) -> str | None:
         """spec.baseModel as a path in the serving pod, when it names a claim the loraplane way."""
@@ -64,9 +92,14 @@ def served_name(adapter: LoraAdapter) -> str:
 
 
 def resolve(
-    adapter: LoraAdapter, deployment: DeploymentView | None, training_job: dict[str, Any] | None
+    adapter: LoraAdapter,
+    deployment: DeploymentView | None,
+    training_job: dict[str, Any] | None,
+    object_store: S3Connection | None = None,
 ) -> Wanted | Problem:
-    """The path (as the serving pods see it) and rank of an adapter, or why there is none yet."""
+    """The path (as the serving pods see it) and rank of an adapter, or why there is none yet. An
+    adapter in the object store (`source.s3`, or a job's S3 result) is loaded from the pod's cache:
+    `<cache>/.objects/<sha256>` when the digest is known, else `<cache>/<served name>`."""
     name = adapter.metadata["name"]
     target = adapter.spec.serving.deployment
     if deployment is None:
@@ -74,8 +107,13 @@ def resolve(
     source = adapter.spec.source
     rank, sha256 = adapter.spec.rank, None
     job_name, evaluation = None, None
+    fetch = None
     if source.hugging_face is not None:
         path = source.hugging_face.name
+    elif source.s3 is not None:
+        sha256 = source.s3.sha256
+        fetch = Fetch(source.s3.uri, merged(source.s3.connection, object_store), sha256)
+        path = serving.cache_path(served_name(adapter), sha256)
     else:
         if source.training_job is not None:
             job_name = source.training_job.name
@@ -83,27 +121,29 @@ def resolve(
             if not result:
                 state = _job_state(training_job)
                 return Problem("WaitingForTrainingJob", f"LoraTrainingJob {job_name} {state}")
-            if not result.get("claimName"):
-                # A run that wrote to the object store: serving from there is not wired yet.
-                return Problem(
-                    "SourceInObjectStore",
-                    f"LoraTrainingJob {job_name} wrote its adapter to {result.get('uri')}; serving "
-                    "adapters from the object store is not supported yet",
-                )
-            claim, sub_path = result["claimName"], result["path"]
             rank, sha256 = rank or result.get("r"), result.get("sha256")
             evaluation = ((training_job or {}).get("status") or {}).get("evaluation")
+            if not result.get("claimName"):
+                # The run wrote to the object store, through the connection of its spec.output.s3.
+                output = (((training_job or {}).get("spec") or {}).get("output") or {}).get("s3") or {}
+                connection = S3Connection.model_validate(output.get("connection") or {})
+                fetch = Fetch(str(result.get("uri")), merged(connection, object_store), sha256)
+                path = serving.cache_path(served_name(adapter), sha256)
+            else:
+                claim, sub_path = result["claimName"], result["path"]
         else:
             assert source.volume is not None  # the CRD's CEL rule: exactly one source
             claim, sub_path = source.volume.claim_name, source.volume.path
-        found = deployment.path_of(claim, sub_path)
-        if found is None:
-            return Problem(
-                "VolumeNotMounted",
-                f"Deployment {target} does not mount PersistentVolumeClaim {claim} (path {sub_path or '/'}) "
-                "in its vLLM container; add the claim to its volumes and volumeMounts",
-            )
-        path = found
+        if fetch is None:
+            found = deployment.path_of(claim, sub_path)
+            if found is None:
+                return Problem(
+                    "VolumeNotMounted",
+                    f"Deployment {target} does not mount PersistentVolumeClaim {claim} (path "
+                    f"{sub_path or '/'}) in its vLLM container; add the claim to its volumes and "
+                    "volumeMounts",
+                )
+            path = found
     return Wanted(
         adapter=name,
         served_name=served_name(adapter),
@@ -116,6 +156,8 @@ def resolve(
         serving=any(c.type == "Ready" and c.status == "True" for c in adapter.status.conditions),
         training_job=job_name,
         evaluation=evaluation,
+        fetch=fetch,
+        generation=int(adapter.metadata.get("generation") or 0),
     )
 
 

@@ -5,6 +5,7 @@ read-modify-writes against the indexed `resourceVersion`; a conflict waits for t
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -35,20 +36,28 @@ async def write_deployment(
     return {**written, "status": deployment.get("status") or {}}
 
 
-async def ensure_hotload(
+@dataclass
+class TemplateChange:
+    """A change of the pod template one pass wants, and what to announce once it is written."""
+
+    patch: dict[str, Any]
+    events: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)  # (object, reason, message)
+
+
+def hotload_change(
     rec: Reconciler,
     deployment: dict[str, Any],
     view: serving.DeploymentView,
     resolved: dict[str, Wanted | Problem],
     bodies: list[dict[str, Any]],
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, TemplateChange | None]:
     """Enable LoRA for HotLoad under the Deployment's opt-in (once: a restart, announced); without the
     opt-in, an adapter whose known rank is above `--max-lora-rank` is RankTooHigh. Returns a note for
-    the adapters' messages, and the Deployment as the rest of the pass must see it (as written)."""
+    the adapters' messages, and the change to write, if any."""
     settings = get_settings()
     hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode == "HotLoad"]
     if not hot:
-        return "", deployment
+        return "", None
     state = view.lora
     ranks = [w.rank for w in resolved.values() if isinstance(w, Wanted) and w.rank is not None]
     needed_rank = max(ranks) if ranks else None
@@ -64,14 +73,13 @@ async def ensure_hotload(
     if opted_in and missing:
         lora = serving.LoraSettings(settings.serving_max_loras, settings.serving_max_cpu_loras)
         patch = serving.enable_lora_patch(deployment, lora, needed_rank)
-        written = None if patch is None else await write_deployment(rec.namespace, deployment, patch)
-        if written is not None:
-            message = f"enabled LoRA ({', '.join(missing)}): every replica restarts once"
-            event(deployment_ref(deployment), "Normal", "LoraEnabled", message)
-            for adapter in bodies:
-                event(adapter, "Normal", "LoraEnabled", f"Deployment {rec.deployment}: {message}")
         note = f"LoRA is being enabled on Deployment {rec.deployment} (its pods restart once)"
-        return note, written or deployment
+        if patch is None:
+            return note, None
+        message = f"enabled LoRA ({', '.join(missing)}): every replica restarts once"
+        change = TemplateChange(patch, [(deployment_ref(deployment), "LoraEnabled", message)])
+        change.events += [(a, "LoraEnabled", f"Deployment {rec.deployment}: {message}") for a in bodies]
+        return note, change
     if not opted_in:
         for want in hot:
             if want.rank is not None and want.rank > state.max_lora_rank:
@@ -81,7 +89,84 @@ async def ensure_hotload(
                     f"{state.max_lora_rank}; raise it, or annotate the Deployment "
                     f'{serving.OPT_IN_ANNOTATION}: "true" to let loraplane raise it (one restart)',
                 )
-    return "", deployment
+    return "", None
+
+
+def fetcher_change(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    view: serving.DeploymentView,
+    resolved: dict[str, Wanted | Problem],
+    bodies: list[dict[str, Any]],
+) -> TemplateChange | None:
+    """Give the pod template loraplane's fetcher and cache when an adapter comes from the object
+    store, with the variables of every credentials Secret those adapters name (under the opt-in: a
+    restart of every replica, announced; again when the set of Secrets changes). Without the opt-in
+    such adapters are FetcherMissing; in Static mode, not supported (vLLM would read the path at
+    start, before any fetch). `deployment` is the body with the pass's earlier change applied."""
+    settings = get_settings()
+    stored = [w for w in resolved.values() if isinstance(w, Wanted) and w.fetch is not None]
+    for want in [w for w in stored if w.mode == "Static"]:
+        resolved[want.adapter] = Problem(
+            "InvalidSpec",
+            "an adapter from the object store is served in HotLoad mode only (a Static adapter is read by "
+            "vLLM at start, before loraplane's fetcher has copied it); set spec.serving.mode: HotLoad",
+        )
+    stored = [w for w in stored if w.mode == "HotLoad"]
+    if not stored:
+        return None
+    secrets = [w.fetch.connection.credentials_secret for w in stored if w.fetch is not None]
+    fetcher_settings = serving.FetcherSettings(
+        settings.worker_image, settings.serving_fetcher_port, settings.serving_cache_mib
+    )
+    patch = serving.fetcher_patch(deployment, fetcher_settings, [s for s in secrets if s is not None])
+    if patch is None:
+        return None
+    if not (view.opted_in or not settings.serving_require_opt_in):
+        if view.has_fetcher:
+            return None  # the user's own fetcher (or an older one): used as it is
+        for want in stored:
+            resolved[want.adapter] = Problem(
+                "FetcherMissing",
+                f"Deployment {rec.deployment} has no adapter cache: an adapter from the object store is "
+                "copied into each serving pod by a fetcher container loraplane adds; annotate the "
+                f'Deployment {serving.OPT_IN_ANNOTATION}: "true" to let it (one restart of every replica)',
+            )
+        return None
+    message = (
+        "added the adapter fetcher and its cache for adapters from the object store: every replica restarts"
+    )
+    change = TemplateChange(patch, [(deployment_ref(deployment), "FetcherAdded", message)])
+    change.events += [(a, "FetcherAdded", f"Deployment {rec.deployment}: {message}") for a in bodies]
+    return change
+
+
+async def ensure_template(
+    rec: Reconciler,
+    deployment: dict[str, Any],
+    view: serving.DeploymentView,
+    resolved: dict[str, Wanted | Problem],
+    bodies: list[dict[str, Any]],
+) -> tuple[str, dict[str, Any]]:
+    """LoRA on for HotLoad and the fetcher for adapters from the object store, written as one change
+    (one restart of every replica, not one per addition). Returns the note for the adapters' messages
+    and the Deployment as the rest of the pass must see it (as written)."""
+    note, lora = hotload_change(rec, deployment, view, resolved, bodies)
+    staged = deployment if lora is None else serving.merged(deployment, lora.patch)
+    fetch = fetcher_change(rec, staged, view, resolved, bodies)
+    changes = [c for c in (lora, fetch) if c is not None]
+    if not changes:
+        return note, deployment
+    patch: dict[str, Any] = {}
+    for change in changes:  # each later patch was made from the body with the earlier ones applied
+        patch = serving.merged(patch, change.patch)
+    written = await write_deployment(rec.namespace, deployment, patch)
+    if written is None:
+        return note, deployment
+    for change in changes:
+        for target, reason, message in change.events:
+            event(target, "Normal", reason, message)
+    return note, written
 
 
 async def ensure_static(

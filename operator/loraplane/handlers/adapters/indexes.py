@@ -149,7 +149,13 @@ def pods_by_namespace(body: kopf.Body, namespace: str | None, **_: Any) -> dict[
 def training_jobs_by_name(
     body: kopf.Body, namespace: str | None, name: str | None, **_: Any
 ) -> dict[DeploymentKey, dict[str, Any]]:
-    return {(str(namespace), str(name)): {"status": job_result(body.get("status") or {})}}
+    # The job's result, and the connection of an object-store output: serving fetches the result
+    # through the store the run wrote it to.
+    kept: dict[str, Any] = {"status": job_result(body.get("status") or {})}
+    output = (body.get("spec") or {}).get("output") or {}
+    if output.get("s3"):
+        kept["spec"] = {"output": {"s3": {"connection": kube.to_plain(output["s3"].get("connection") or {})}}}
+    return {(str(namespace), str(name)): kept}
 
 
 def job_result(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,13 @@ missing (swapping versions only when the pass says this pod may), then open its 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 
 import aiohttp
 
-from loraplane import kube
+from loraplane import fetcher, kube
 from loraplane.builders import serving
 from loraplane.handlers.adapters.common import now
 from loraplane.handlers.adapters.events import adapters_named, announce, event
@@ -32,6 +33,10 @@ async def reconcile_pod(
         return result
     view = result.view = await prepare_gate(namespace, view, uid)
     if not view.serving_api_up:
+        if view.phase == "Running" and view.ip:
+            # vLLM is still starting: its fetcher can already fill the cache (a start and a large
+            # fetch overlap instead of adding up).
+            await fetch_into_cache(rec, client, plan, view, Models())
         return result
     server = Server(f"http://{view.ip}:{plan.port}", plan.api_key, settings.vllm_timeout_seconds)
     try:
@@ -56,13 +61,50 @@ async def reconcile_pod(
             result.waiting = True
             return result  # wait until no Service routes to it any more
     may_swap = swap_now or view.gate_status != "True"
-    result.holdings, models = await hold_all(rec, server, client, plan, view, uid, models, may_swap)
+    fetching = await fetch_into_cache(rec, client, plan, view, models)
+    loadable = dataclasses.replace(plan, wanted=[w for w in plan.wanted if w.adapter not in fetching])
+    result.holdings, models = await hold_all(rec, server, client, loadable, view, uid, models, may_swap)
+    result.holdings.update(fetching)
     ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
     rec.reported_pods.add(view.name)
     result.paths = dict(models.adapters)
     if view.gated and view.gate_status != "True":
         await open_gate_when_settled(rec, view, uid, result, plan.wanted)
     return result
+
+
+async def fetch_into_cache(
+    rec: Reconciler, client: aiohttp.ClientSession, plan: PodPlan, view: PodView, models: Models
+) -> dict[str, Holding]:
+    """Send the pod's fetcher every object-store adapter the pod must hold (it fetches what its cache
+    lacks and evicts the rest); the adapters that are not in the cache yet, or failed, and why. An
+    adapter vLLM already holds at its path counts as held whatever the fetcher says (it may have
+    restarted). Nothing to do for a Deployment without a fetcher."""
+    if not plan.deployment.has_fetcher:
+        return {}
+    settings = get_settings()
+    stored = [w for w in plan.wanted if w.fetch is not None and w.mode == "HotLoad"]
+    epoch = str(int(time.time() // settings.serving_resync_seconds))
+    url = f"http://{view.ip}:{settings.serving_fetcher_port}"
+    try:
+        states = await fetcher.sync(
+            client, url, fetcher.wanted_list(stored, epoch), settings.vllm_timeout_seconds
+        )
+    except fetcher.FetcherUnreachableError as error:
+        waiting = Holding(reason=fetcher.FETCHING, error=f"the pod's fetcher does not answer yet ({error})")
+        return {w.adapter: waiting for w in stored if not models.holds(w.served_name, w.path)}
+    holdings: dict[str, Holding] = {}
+    for want in stored:
+        state = states.get(want.served_name)
+        problem = (fetcher.FETCHING, "not in the fetcher's answer") if state is None else state.problem()
+        if problem is None or models.holds(want.served_name, want.path):
+            continue
+        reason, message = problem
+        said = f"pod {view.name}: {message}"
+        if reason != fetcher.FETCHING and announce(rec, want, view, "Warning", reason, said):
+            ADAPTER_LOAD_FAILURES.labels(rec.namespace, reason).inc()
+        holdings[want.adapter] = Holding(reason=reason, error=message)
+    return holdings
 
 
 async def unload_unwanted(

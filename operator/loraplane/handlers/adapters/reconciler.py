@@ -11,12 +11,12 @@ import contextlib
 import time
 from typing import Any
 
-from loraplane import kube
+from loraplane import fetcher, kube
 from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
 from loraplane.handlers.adapters.api_keys import server_api_key
 from loraplane.handlers.adapters.common import DeploymentKey
-from loraplane.handlers.adapters.deployment_changes import ensure_hotload, ensure_static
+from loraplane.handlers.adapters.deployment_changes import ensure_static, ensure_template
 from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
@@ -89,7 +89,9 @@ def resolve_all(
         job = None
         if adapter.spec.source.training_job is not None:
             job = indexes.one(indexes.training_jobs, (namespace, adapter.spec.source.training_job.name))
-        resolved[adapter.metadata["name"]] = resolution.resolve(adapter, deployment, job)
+        resolved[adapter.metadata["name"]] = resolution.resolve(
+            adapter, deployment, job, get_settings().object_store
+        )
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
     for loser, keeper in resolution.conflicts(wanted).items():
         name = next(w.served_name for w in wanted if w.adapter == loser)
@@ -114,7 +116,7 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
         for name, found in resolved.items():
             outcome.passes[name] = status_of.Pass(found if isinstance(found, Problem) else None, None, [])
         return outcome
-    note, written = await ensure_hotload(rec, deployment, view, resolved, bodies)
+    note, written = await ensure_template(rec, deployment, view, resolved, bodies)
     if written is not deployment:
         deployment, view = written, serving.DeploymentView.of(written)
     wanted = [w for w in resolved.values() if isinstance(w, Wanted)]
@@ -220,7 +222,10 @@ def again_in(results: list[PodResult], rec: Reconciler) -> float | None:
             soon.append(SWAP_POLL_S)
         elif result.view.gated and not result.view.deleting and result.view.gate_status != "True":
             soon.append(IN_PROGRESS_POLL_S)
-        if any(h.reason == "Unreachable" for h in result.holdings.values()):
+        reasons = {h.reason for h in result.holdings.values()}
+        if fetcher.FETCHING in reasons:
+            soon.append(SWAP_POLL_S)  # a fetch in progress answers in the fetcher's next reply
+        if reasons & {"Unreachable", fetcher.FETCH_RETRYING}:
             soon.append(IN_PROGRESS_POLL_S)
     if rec.failures:
         oldest = min(when for when, _, _ in rec.failures.values())
