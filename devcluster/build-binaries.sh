@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl, etcd, helm and
-# CoreDNS from the Go module proxy into a cache folder outside the checkout, keyed by a stamp of every
-# version. Prints the folder. A second run with the same stamp only checks the binaries and returns.
-# Also installs the one host tool the local cluster needs beyond iproute2: `nft` (kube-proxy's
-# nftables mode), from Debian's nftables package when it is missing.
+# Builds the local cluster's binaries from the Go module proxy into a cache folder outside the
+# checkout, keyed by a stamp of every version, and prints the folder. Two sets, named in
+# devcluster/loraplane_devcluster/binaries.py (the one list): `control-plane` (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, etcd, helm: what pods and `make demo` need) and
+# `services` (kube-proxy and CoreDNS: Service addresses and cluster DNS, for the tests).
+#   devcluster/build-binaries.sh [SET...]     (no set: both)
+# Only the named sets' missing binaries are built, into the same folder, so a folder made for the
+# demo gets the services added by the first `make test`. A run whose binaries are all there returns
+# at once. With `services`, also installs the one host tool kube-proxy needs beyond iproute2: `nft`
+# (its nftables mode), from Debian's nftables package when it is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -13,11 +18,14 @@ go_version=$(go env GOVERSION)
 stamp="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}_${go_version}"
 cache=${LORAPLANE_CACHE:-$HOME/.cache/loraplane}
 bin="$cache/bin/$stamp"
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd helm coredns)
+mapfile -t binaries < <(PYTHONPATH="$here" python3 -m loraplane_devcluster.binaries "$@")
+[ "${#binaries[@]}" -gt 0 ] || exit 2  # an unknown set name (the module said which)
 log() { echo "[build-binaries] $*" >&2; }
+wanted() { local b; for b in "${binaries[@]}"; do [ "$b" = "$1" ] && return 0; done; return 1; }
+absent() { wanted "$1" && [ ! -x "$bin/$1" ]; }
 
 # kube-proxy programs Service addresses with the nft command (nftables mode)
-if ! command -v nft >/dev/null 2>&1; then
+if wanted kube-proxy && ! command -v nft >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing nftables (the nft command kube-proxy runs)"
     { apt-get install -y -q --no-install-recommends nftables || { apt-get update -q && apt-get install -y -q --no-install-recommends nftables; }; } >&2
@@ -32,6 +40,11 @@ if complete; then echo "$bin"; exit 0; fi
 mkdir -p "$bin" "$cache/build"
 start=$(date +%s)
 
+k8s_commands=()
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
+  absent "$c" && k8s_commands+=("$c")
+done
+if [ "${#k8s_commands[@]}" -gt 0 ] || absent etcd; then
 # --- Kubernetes + etcd: a wrapper module whose staging replaces come from k8s' own go.mod -------
 mod="$cache/build/k8s-$KUBERNETES_VERSION"
 rm -rf "$mod" && mkdir -p "$mod"
@@ -66,28 +79,32 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (slow on a cold cache)"
-(cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-k8s_done=$(date +%s)
-log "compiling kube-proxy"
-(cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" k8s.io/kubernetes/cmd/kube-proxy)
-log "kube-proxy compiled in $(( $(date +%s) - k8s_done )) s"
-log "compiling etcd"
-(cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+if [ "${#k8s_commands[@]}" -gt 0 ]; then
+  log "compiling ${k8s_commands[*]} (slow on a cold cache)"
+  k8s_start=$(date +%s)
+  (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "${k8s_commands[@]/#/k8s.io/kubernetes/cmd/}")
+  log "${k8s_commands[*]} compiled in $(( $(date +%s) - k8s_start )) s"
+fi
+if absent etcd; then
+  log "compiling etcd"
+  (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+fi
+fi
 
 # --- Helm: its own module (other dependency versions) -------------------------------------------
+if absent helm; then
 log "compiling helm $HELM_VERSION"
 hmod="$cache/build/helm-$HELM_VERSION"
 rm -rf "$hmod" && mkdir -p "$hmod"
 (cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
   && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
        -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+fi
 
 # --- CoreDNS: its own module (newer client-go than this Kubernetes release) --------------------
 # Only the plugins the local cluster's Corefile uses are linked in (the full build pulls in every
 # cloud SDK); the plugin packages register themselves, coremain is CoreDNS's own main.
+if absent coredns; then
 log "compiling coredns $COREDNS_VERSION"
 coredns_start=$(date +%s)
 cmod="$cache/build/coredns-$COREDNS_VERSION"
@@ -110,6 +127,7 @@ rm -rf "$cmod" && mkdir -p "$cmod"
   && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
        -o "$bin/coredns" .)
 log "coredns compiled in $(( $(date +%s) - coredns_start )) s"
+fi
 
 complete || { log "some binaries are missing in $bin"; exit 1; }
 log "built in $(( $(date +%s) - start )) s: $bin"

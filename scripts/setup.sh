@@ -6,7 +6,9 @@
 # Run it (`scripts/setup.sh`): both, then it prints the binaries folder on stdout.
 # Source it (scripts/test.sh): `setup_start` builds the binaries in the background and the venv in
 # the foreground, so more work can run before `setup_wait_binaries` (which sets LORAPLANE_BIN_DIR).
-# Logs go to $SETUP_LOGS (a fresh /tmp folder unless set).
+# Logs go to $SETUP_LOGS (a fresh /tmp folder unless set). SETUP_BINARIES names the sets of
+# binaries to build (devcluster/build-binaries.sh; default: all of them): `make demo` builds only
+# `control-plane`, not the ~5 minutes of kube-proxy and CoreDNS it never uses.
 
 _setup_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SETUP_LOGS=${SETUP_LOGS:-$(mktemp -d /tmp/loraplane-setup.XXXXXX)}
@@ -72,9 +74,12 @@ setup_start() {
   # the Kubernetes binaries (under the lock loraplane_devcluster.binaries takes too) and, for the
   # tests, first the Debian tools they drive and then the S3 server and Kueue they start.
   # The test servers and tools only for `make test` (SETUP_FOR_TESTS=1): the demo needs neither.
+  local sets=()
+  read -ra sets <<<"${SETUP_BINARIES:-}"
   {
     [ -z "${SETUP_FOR_TESTS:-}" ] || _setup_system_packages
-    flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" >"$SETUP_LOGS/binaries.out" || exit
+    flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" "${sets[@]}" \
+      >"$SETUP_LOGS/binaries.out" || exit
     [ -z "${SETUP_FOR_TESTS:-}" ] || { "$_setup_root/devcluster/build-s3.sh" >/dev/null \
       && "$_setup_root/devcluster/build-kueue.sh" >/dev/null; }
   } 2>"$SETUP_LOGS/binaries.err" &

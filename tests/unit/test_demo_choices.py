@@ -55,7 +55,7 @@ def test_existing_cluster_uses_kubeconfig_and_never_starts_the_local_one(
         )
     )
     monkeypatch.setenv("KUBECONFIG", f"{config}:{tmp_path / 'other'}")
-    monkeypatch.setattr(demo.binaries, "resolve_bin_dir", lambda _explicit: tmp_path)
+    monkeypatch.setattr(demo.binaries, "resolve_bin_dir", lambda _explicit, **_: tmp_path)
 
     def no_local_cluster(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("the local cluster was started")
