@@ -39,95 +39,106 @@ if complete; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin" "$cache/build"
 start=$(date +%s)
+todo=(); for b in "${binaries[@]}"; do if absent "$b"; then todo+=("$b"); fi; done
+log "building ${todo[*]} into $bin"
 
-k8s_commands=()
-for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
-  absent "$c" && k8s_commands+=("$c")
-done
-if [ "${#k8s_commands[@]}" -gt 0 ] || absent etcd; then
 # --- Kubernetes + etcd: a wrapper module whose staging replaces come from k8s' own go.mod -------
-mod="$cache/build/k8s-$KUBERNETES_VERSION"
-rm -rf "$mod" && mkdir -p "$mod"
-k8s_gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-staging_version="v0.${KUBERNETES_VERSION#v1.}"
-{
-  echo "module loraplane.local/k8s-binaries"
-  echo
-  grep -E '^go [0-9.]+$' "$k8s_gomod"
-  echo
-  echo "require ("
-  echo "	k8s.io/kubernetes $KUBERNETES_VERSION"
-  echo "	go.etcd.io/etcd/server/v3 $ETCD_VERSION"
-  echo ")"
-  echo
-  echo "replace ("
-  # every k8s.io/* requirement at the placeholder v0.0.0 is a staging module of this release
-  grep -oE '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$k8s_gomod" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
-  echo ")"
-  echo
-  echo "tool ("
-  for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
-  echo "	go.etcd.io/etcd/server/v3"
-  echo ")"
-} > "$mod/go.mod"
-log "resolving modules for Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION"
-(cd "$mod" && go mod tidy)
+# Builds only the named commands (and etcd when asked), so each set builds alone.
+build_kubernetes() {
+  local with_etcd=$1; shift
+  local mod="$cache/build/k8s-$KUBERNETES_VERSION"
+  rm -rf "$mod" && mkdir -p "$mod"
+  local k8s_gomod
+  k8s_gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  local staging_version="v0.${KUBERNETES_VERSION#v1.}"
+  {
+    echo "module loraplane.local/k8s-binaries"
+    echo
+    grep -E '^go [0-9.]+$' "$k8s_gomod"
+    echo
+    echo "require ("
+    echo "	k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo "	go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    echo ")"
+    echo
+    echo "replace ("
+    # every k8s.io/* requirement at the placeholder v0.0.0 is a staging module of this release
+    grep -oE '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$k8s_gomod" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+    echo
+    echo "tool ("
+    for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+    echo "	go.etcd.io/etcd/server/v3"
+    echo ")"
+  } > "$mod/go.mod"
+  log "resolving modules for Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION"
+  (cd "$mod" && go mod tidy)
 
-major=${KUBERNETES_VERSION#v}; minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-if [ "${#k8s_commands[@]}" -gt 0 ]; then
-  log "compiling ${k8s_commands[*]} (slow on a cold cache)"
-  k8s_start=$(date +%s)
-  (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "${k8s_commands[@]/#/k8s.io/kubernetes/cmd/}")
-  log "${k8s_commands[*]} compiled in $(( $(date +%s) - k8s_start )) s"
-fi
-if absent etcd; then
-  log "compiling etcd"
-  (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
-fi
-fi
+  local major=${KUBERNETES_VERSION#v} minor
+  minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
+  local ldflags="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  if [ "$#" -gt 0 ]; then
+    log "compiling $* (slow on a cold cache)"
+    local began; began=$(date +%s)
+    (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "${@/#/k8s.io/kubernetes/cmd/}")
+    log "$* compiled in $(( $(date +%s) - began )) s"
+  fi
+  if [ "$with_etcd" = yes ]; then
+    log "compiling etcd"
+    (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+  fi
+}
 
 # --- Helm: its own module (other dependency versions) -------------------------------------------
-if absent helm; then
-log "compiling helm $HELM_VERSION"
-hmod="$cache/build/helm-$HELM_VERSION"
-rm -rf "$hmod" && mkdir -p "$hmod"
-(cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
-  && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-       -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
-fi
+build_helm() {
+  log "compiling helm $HELM_VERSION"
+  local hmod="$cache/build/helm-$HELM_VERSION"
+  rm -rf "$hmod" && mkdir -p "$hmod"
+  (cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+    && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+         -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+}
 
 # --- CoreDNS: its own module (newer client-go than this Kubernetes release) --------------------
 # Only the plugins the local cluster's Corefile uses are linked in (the full build pulls in every
 # cloud SDK); the plugin packages register themselves, coremain is CoreDNS's own main.
-if absent coredns; then
-log "compiling coredns $COREDNS_VERSION"
-coredns_start=$(date +%s)
-cmod="$cache/build/coredns-$COREDNS_VERSION"
-rm -rf "$cmod" && mkdir -p "$cmod"
-{
-  echo "package main"
-  echo
-  echo "import ("
-  echo '	_ "github.com/coredns/coredns/core/dnsserver"'
-  echo '	"github.com/coredns/coredns/coremain"'
-  for p in bind cache errors health kubernetes log loop ready reload template whoami; do
-    echo "	_ \"github.com/coredns/coredns/plugin/$p\""
-  done
-  echo ")"
-  echo
-  echo "func main() { coremain.Run() }"
-} > "$cmod/main.go"
-(cd "$cmod" && go mod init loraplane.local/coredns 2>/dev/null && go get "github.com/coredns/coredns@$COREDNS_VERSION" \
-  && go mod tidy \
-  && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
-       -o "$bin/coredns" .)
-log "coredns compiled in $(( $(date +%s) - coredns_start )) s"
-fi
+build_coredns() {
+  log "compiling coredns $COREDNS_VERSION"
+  local began; began=$(date +%s)
+  local cmod="$cache/build/coredns-$COREDNS_VERSION" p
+  rm -rf "$cmod" && mkdir -p "$cmod"
+  {
+    echo "package main"
+    echo
+    echo "import ("
+    echo '	_ "github.com/coredns/coredns/core/dnsserver"'
+    echo '	"github.com/coredns/coredns/coremain"'
+    for p in bind cache errors health kubernetes log loop ready reload template whoami; do
+      echo "	_ \"github.com/coredns/coredns/plugin/$p\""
+    done
+    echo ")"
+    echo
+    echo "func main() { coremain.Run() }"
+  } > "$cmod/main.go"
+  (cd "$cmod" && go mod init loraplane.local/coredns 2>/dev/null && go get "github.com/coredns/coredns@$COREDNS_VERSION" \
+    && go mod tidy \
+    && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+         -o "$bin/coredns" .)
+  log "coredns compiled in $(( $(date +%s) - began )) s"
+}
+
+k8s_commands=()
+for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
+  if absent "$c"; then k8s_commands+=("$c"); fi
+done
+etcd=no; if absent etcd; then etcd=yes; fi
+if [ "${#k8s_commands[@]}" -gt 0 ] || [ "$etcd" = yes ]; then build_kubernetes "$etcd" "${k8s_commands[@]}"; fi
+if absent helm; then build_helm; fi
+if absent coredns; then build_coredns; fi
 
 complete || { log "some binaries are missing in $bin"; exit 1; }
 log "built in $(( $(date +%s) - start )) s: $bin"

@@ -84,10 +84,11 @@ setup_start() {
       && "$_setup_root/devcluster/build-kueue.sh" >/dev/null; }
   } 2>"$SETUP_LOGS/binaries.err" &
   _setup_bin_pid=$!
-  _setup_ticker &
-  _setup_ticker_pid=$!
   SETUP_VENV_LOG="$SETUP_LOGS/pip.log" "$_setup_root/scripts/setup-venv.sh" >"$SETUP_LOGS/venv.out" &
   _setup_venv_pid=$!
+  # After both pids are set: the ticker is a subshell and sees only what was set before it forked.
+  _setup_ticker &
+  _setup_ticker_pid=$!
   wait "$_setup_venv_pid"
   local rc=$?
   _setup_venv_pid=
