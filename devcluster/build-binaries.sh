@@ -81,26 +81,31 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=module-proxy -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  if [ "$#" -gt 0 ]; then
-    log "compiling $* (slow on a cold cache)"
-    local began; began=$(date +%s)
-    (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "${@/#/k8s.io/kubernetes/cmd/}")
-    log "$* compiled in $(( $(date +%s) - began )) s"
-  fi
-  if [ "$with_etcd" = yes ]; then
-    log "compiling etcd"
-    (cd "$mod" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
-  fi
+  # etcd joins the commands' `go build`: they share most packages, and one build links them side by
+  # side where a second build after the first links alone. (etcd links no k8s.io/component-base:
+  # the -X flags do nothing there.)
+  local packages=("${@/#/k8s.io/kubernetes/cmd/}") names=("$@")
+  if [ "$with_etcd" = yes ]; then packages+=(go.etcd.io/etcd/server/v3); names+=(etcd); fi
+  log "compiling ${names[*]} (slow on a cold cache)"
+  local began; began=$(date +%s)
+  rm -rf "$mod/out" && mkdir -p "$mod/out"
+  (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$mod/out/" "${packages[@]}")
+  # go names a binary after its package path's last element: etcd's server/v3 comes out as `server`
+  if [ "$with_etcd" = yes ]; then mv "$mod/out/server" "$mod/out/etcd"; fi
+  mv "$mod/out/"* "$bin/"
+  log "${names[*]} compiled in $(( $(date +%s) - began )) s"
 }
 
 # --- Helm: its own module (other dependency versions) -------------------------------------------
 build_helm() {
   log "compiling helm $HELM_VERSION"
+  local began; began=$(date +%s)
   local hmod="$cache/build/helm-$HELM_VERSION"
   rm -rf "$hmod" && mkdir -p "$hmod"
   (cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
     && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
          -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
+  log "helm compiled in $(( $(date +%s) - began )) s"
 }
 
 # --- CoreDNS: its own module (newer client-go than this Kubernetes release) --------------------
@@ -136,8 +141,13 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kube-prox
   if absent "$c"; then k8s_commands+=("$c"); fi
 done
 etcd=no; if absent etcd; then etcd=yes; fi
+# Helm builds beside the Kubernetes build (its own module: nothing to share, so the two fill both
+# cores where one build alone leaves one idle part of the time); CoreDNS after them.
+helm_pid=
+trap 'if [ -n "$helm_pid" ]; then kill "$helm_pid" 2>/dev/null || true; fi' EXIT  # a failed build stops it
+if absent helm; then build_helm & helm_pid=$!; fi
 if [ "${#k8s_commands[@]}" -gt 0 ] || [ "$etcd" = yes ]; then build_kubernetes "$etcd" "${k8s_commands[@]}"; fi
-if absent helm; then build_helm; fi
+if [ -n "$helm_pid" ]; then wait "$helm_pid"; helm_pid=; fi
 if absent coredns; then build_coredns; fi
 
 complete || { log "some binaries are missing in $bin"; exit 1; }
