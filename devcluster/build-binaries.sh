@@ -105,7 +105,7 @@ build_helm() {
   (cd "$hmod" && go mod init loraplane.local/helm 2>/dev/null && go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
     && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
          -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
-  log "helm compiled in $(( $(date +%s) - began )) s"
+  log "helm $HELM_VERSION compiled in $(( $(date +%s) - began )) s"
 }
 
 # --- CoreDNS: its own module (newer client-go than this Kubernetes release) --------------------
@@ -133,7 +133,7 @@ build_coredns() {
     && go mod tidy \
     && go build -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
          -o "$bin/coredns" .)
-  log "coredns compiled in $(( $(date +%s) - began )) s"
+  log "coredns $COREDNS_VERSION compiled in $(( $(date +%s) - began )) s"
 }
 
 k8s_commands=()

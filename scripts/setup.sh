@@ -19,12 +19,34 @@ _setup_say() { echo "[setup] $*" >&2; }
 _setup_elapsed() { local s=$(( $(date +%s) - _setup_start )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 _setup_mb() { [ -n "$1" ] && [ -d "$1" ] && du -sm "$1" 2>/dev/null | cut -f1 || echo 0; }
 
+# What the build scripts are compiling now: every "[build-X] compiling ITEM" without its "ITEM
+# compiled in" or its script's "built in" line (helm compiles beside Kubernetes, so there can be
+# two), else their last line.
+_setup_build_step() {
+  awk '
+    match($0, /^\[build-[a-z0-9-]+\] /) {
+      prefix = substr($0, 1, RLENGTH - 1); rest = substr($0, RLENGTH + 1); last = $0
+      if (rest ~ /^compiling /) {
+        item = substr(rest, 11); sub(/ \(.*$/, "", item); key = prefix SUBSEP item
+        open[key] = item; order[++n] = key
+      } else if (rest ~ / compiled in /) {
+        item = rest; sub(/ compiled in .*$/, "", item); delete open[prefix SUBSEP item]
+      } else if (rest ~ /^built in /) {
+        for (key in open) if (index(key, prefix SUBSEP) == 1) delete open[key]
+      }
+    }
+    END {
+      for (i = 1; i <= n; i++) if ((order[i] in open) && !shown[order[i]]++) now = now (now ? " + " : "") open[order[i]]
+      print (now ? "compiling " now : last)
+    }' "$1" 2>/dev/null || true
+}
+
 # One line for what each unfinished step is doing: the Go build's own last step and how much it has
 # compiled so far; pip's last action and how many packages it has gathered.
 _setup_progress_line() {
   local parts=()
   if [ -n "${_setup_bin_pid:-}" ] && kill -0 "$_setup_bin_pid" 2>/dev/null; then
-    local step; step=$(grep -h '^\[build-[a-z0-9-]*\]' "$SETUP_LOGS/binaries.err" 2>/dev/null | tail -n 1)
+    local step; step=$(_setup_build_step "$SETUP_LOGS/binaries.err")
     local grown=$(( $(_setup_mb "$_setup_gocache") - _setup_gocache_mb ))
     parts+=("Go build: ${step:-starting} (+${grown} MB compiled)")
   fi

@@ -78,3 +78,35 @@ def test_an_unknown_set_is_refused_by_name(tmp_path: Path) -> None:
     result = _script(tmp_path, ["dns"])
     assert result.returncode != 0
     assert "no binaries set dns" in result.stderr
+
+
+def test_the_setup_progress_line_names_every_build_under_way(tmp_path: Path) -> None:
+    """scripts/setup.sh's progress line reads the build scripts' log: helm compiles beside the
+    Kubernetes build, so both are named until each says it is done."""
+    log = tmp_path / "binaries.err"
+    setup = binaries.DEVCLUSTER_DIR.parent / "scripts" / "setup.sh"
+
+    def step(*lines: str) -> str:
+        with log.open("a") as out:
+            out.writelines(line + "\n" for line in lines)
+        script = f'source "{setup}"; _setup_build_step "{log}"'
+        env = {**os.environ, "SETUP_LOGS": str(tmp_path)}
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, check=True)
+        return done.stdout.strip()
+
+    assert step("[build-binaries] compiling helm v3.22.0", "go: added sigs.k8s.io/yaml v1.6.0") == (
+        "compiling helm v3.22.0"
+    )
+    assert step("[build-binaries] compiling kube-apiserver kubectl etcd (slow on a cold cache)") == (
+        "compiling helm v3.22.0 + kube-apiserver kubectl etcd"
+    )
+    assert step("[build-binaries] helm v3.22.0 compiled in 90 s") == "compiling kube-apiserver kubectl etcd"
+    assert step(
+        "[build-binaries] kube-apiserver kubectl etcd compiled in 400 s", "[build-binaries] built in 4"
+    ) == ("[build-binaries] built in 4")
+    # build-s3.sh says only "built in" when done: that ends its "compiling" too.
+    assert step("[build-s3] compiling versitygw (slow on a cold cache)") == "compiling versitygw"
+    assert (
+        step("[build-s3] built in 3 s: /bin", "[build-kueue] compiling kueue v0.17.0")
+        == "compiling kueue v0.17.0"
+    )
