@@ -96,8 +96,8 @@ setup_start() {
   # the Kubernetes binaries (under the lock loraplane_devcluster.binaries takes too) and, for the
   # tests, first the Debian tools they drive and then the S3 server and Kueue they start.
   # The test servers and tools only for `make test` (SETUP_FOR_TESTS=1): the demo needs neither.
-  local sets=()
-  read -ra sets <<<"${SETUP_BINARIES:-}"
+  local sets=()  # none named: every set; the tests need them all whatever SETUP_BINARIES says
+  [ -n "${SETUP_FOR_TESTS:-}" ] || read -ra sets <<<"${SETUP_BINARIES:-}"
   {
     [ -z "${SETUP_FOR_TESTS:-}" ] || _setup_system_packages
     flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" "${sets[@]}" \
