@@ -105,3 +105,14 @@ def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> Non
     # interface names must fit the kernel's 15 characters even for the largest index and address
     widest = Subnet(250)
     assert max(len(widest.host_link), len(widest.pod_link("10.250.250.253"))) <= 15
+
+
+def test_pod_network_claims_are_the_machines_whatever_the_cache(tmp_path, monkeypatch) -> None:
+    """Agents started with another LORAPLANE_CACHE (a cold-start measurement, a second checkout)
+    share the machine's network, so they must see the same claims."""
+    from loraplane_devcluster.nodeagent.agent import pod_network_locks  # noqa: PLC0415
+
+    monkeypatch.delenv("LORAPLANE_CACHE", raising=False)
+    default = pod_network_locks()
+    monkeypatch.setenv("LORAPLANE_CACHE", str(tmp_path / "elsewhere"))
+    assert pod_network_locks() == default

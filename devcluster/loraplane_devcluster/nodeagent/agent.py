@@ -19,7 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from loraplane_devcluster.binaries import cache_dir
 from loraplane_devcluster.nodeagent.apirelay import ApiRelay, listen_in_namespace
 from loraplane_devcluster.nodeagent.config import AgentConfig
 from loraplane_devcluster.nodeagent.env import service_env
@@ -119,8 +118,13 @@ def network_file(run_dir: Path) -> Path:
 
 
 def pod_network_locks() -> Path:
-    """Where agents of every local cluster on this machine claim their pod address ranges."""
-    return cache_dir() / "run" / ".pod-networks"
+    """Where agents of every local cluster on this machine claim their pod address ranges.
+
+    One folder for the machine, as the network is the machine's: not under $LORAPLANE_CACHE, which
+    a cold-start measurement or a second checkout points elsewhere. There, an agent saw none of the
+    other agents' locks, claimed an index a live agent held, and removed the others' pod networks
+    as if they were leftovers."""
+    return Path.home() / ".cache" / "loraplane" / "run" / ".pod-networks"
 
 
 class Agent:
