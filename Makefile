@@ -61,8 +61,10 @@ cluster-down: venv
 	@$(PY) -m loraplane_devcluster down
 
 # DEMO_ARGS=--existing-cluster runs the same steps on the cluster of the current KUBECONFIG context.
+# The demo's cluster has no kube-proxy or CoreDNS (it reaches pods by their addresses), so it does
+# not wait for their build.
 demo:
-	@bin_dir=$$(scripts/setup.sh) && LORAPLANE_BIN_DIR=$$bin_dir $(PY) -m loraplane_devcluster demo $(DEMO_ARGS)
+	@bin_dir=$$(SETUP_BINARIES=control-plane scripts/setup.sh) && LORAPLANE_BIN_DIR=$$bin_dir $(PY) -m loraplane_devcluster demo $(DEMO_ARGS)
 
 demo-down: venv
 	@$(PY) -m loraplane_devcluster down

@@ -17,11 +17,12 @@ if [ ! -f "$venv/.complete" ]; then
   "$python" -m venv "$venv"
   exec 3>>"$log"
   trap 'echo "[setup-venv] failed; the last lines of $log:" >&2; tail -n 20 "$log" >&2' ERR
-  pip=("$venv/bin/python" -m pip --disable-pip-version-check --progress-bar off)
-  "${pip[@]}" install --upgrade pip >&3 2>&1
-  "${pip[@]}" install -r "$root/requirements/operator.txt" -r "$root/requirements/worker.txt" \
+  # --progress-bar is an option of `pip install`, not of pip itself: it goes after the command.
+  install=("$venv/bin/python" -m pip --disable-pip-version-check install --progress-bar off)
+  "${install[@]}" --upgrade pip >&3 2>&1
+  "${install[@]}" -r "$root/requirements/operator.txt" -r "$root/requirements/worker.txt" \
     -r "$root/requirements/serving.txt" -r "$root/requirements/dev.txt" >&3 2>&1
-  "${pip[@]}" install --no-deps -r "$root/requirements/vllm.txt" >&3 2>&1
+  "${install[@]}" --no-deps -r "$root/requirements/vllm.txt" >&3 2>&1
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" "$root/.venv"

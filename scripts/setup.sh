@@ -6,7 +6,9 @@
 # Run it (`scripts/setup.sh`): both, then it prints the binaries folder on stdout.
 # Source it (scripts/test.sh): `setup_start` builds the binaries in the background and the venv in
 # the foreground, so more work can run before `setup_wait_binaries` (which sets LORAPLANE_BIN_DIR).
-# Logs go to $SETUP_LOGS (a fresh /tmp folder unless set).
+# Logs go to $SETUP_LOGS (a fresh /tmp folder unless set). SETUP_BINARIES names the sets of
+# binaries to build (devcluster/build-binaries.sh; default: all of them): `make demo` builds only
+# `control-plane`, not the ~5 minutes of kube-proxy and CoreDNS it never uses.
 
 _setup_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SETUP_LOGS=${SETUP_LOGS:-$(mktemp -d /tmp/loraplane-setup.XXXXXX)}
@@ -17,12 +19,34 @@ _setup_say() { echo "[setup] $*" >&2; }
 _setup_elapsed() { local s=$(( $(date +%s) - _setup_start )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 _setup_mb() { [ -n "$1" ] && [ -d "$1" ] && du -sm "$1" 2>/dev/null | cut -f1 || echo 0; }
 
+# What the build scripts are compiling now: every "[build-X] compiling ITEM" without its "ITEM
+# compiled in" or its script's "built in" line (helm compiles beside Kubernetes, so there can be
+# two), else their last line.
+_setup_build_step() {
+  awk '
+    match($0, /^\[build-[a-z0-9-]+\] /) {
+      prefix = substr($0, 1, RLENGTH - 1); rest = substr($0, RLENGTH + 1); last = $0
+      if (rest ~ /^compiling /) {
+        item = substr(rest, 11); sub(/ \(.*$/, "", item); key = prefix SUBSEP item
+        open[key] = item; order[++n] = key
+      } else if (rest ~ / compiled in /) {
+        item = rest; sub(/ compiled in .*$/, "", item); delete open[prefix SUBSEP item]
+      } else if (rest ~ /^built in /) {
+        for (key in open) if (index(key, prefix SUBSEP) == 1) delete open[key]
+      }
+    }
+    END {
+      for (i = 1; i <= n; i++) if ((order[i] in open) && !shown[order[i]]++) now = now (now ? " + " : "") open[order[i]]
+      print (now ? "compiling " now : last)
+    }' "$1" 2>/dev/null || true
+}
+
 # One line for what each unfinished step is doing: the Go build's own last step and how much it has
 # compiled so far; pip's last action and how many packages it has gathered.
 _setup_progress_line() {
   local parts=()
   if [ -n "${_setup_bin_pid:-}" ] && kill -0 "$_setup_bin_pid" 2>/dev/null; then
-    local step; step=$(grep -h '^\[build-[a-z0-9-]*\]' "$SETUP_LOGS/binaries.err" 2>/dev/null | tail -n 1)
+    local step; step=$(_setup_build_step "$SETUP_LOGS/binaries.err")
     local grown=$(( $(_setup_mb "$_setup_gocache") - _setup_gocache_mb ))
     parts+=("Go build: ${step:-starting} (+${grown} MB compiled)")
   fi
@@ -72,17 +96,21 @@ setup_start() {
   # the Kubernetes binaries (under the lock loraplane_devcluster.binaries takes too) and, for the
   # tests, first the Debian tools they drive and then the S3 server and Kueue they start.
   # The test servers and tools only for `make test` (SETUP_FOR_TESTS=1): the demo needs neither.
+  local sets=()  # none named: every set; the tests need them all whatever SETUP_BINARIES says
+  [ -n "${SETUP_FOR_TESTS:-}" ] || read -ra sets <<<"${SETUP_BINARIES:-}"
   {
     [ -z "${SETUP_FOR_TESTS:-}" ] || _setup_system_packages
-    flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" >"$SETUP_LOGS/binaries.out" || exit
+    flock "$cache/build-binaries.lock" "$_setup_root/devcluster/build-binaries.sh" "${sets[@]}" \
+      >"$SETUP_LOGS/binaries.out" || exit
     [ -z "${SETUP_FOR_TESTS:-}" ] || { "$_setup_root/devcluster/build-s3.sh" >/dev/null \
       && "$_setup_root/devcluster/build-kueue.sh" >/dev/null; }
   } 2>"$SETUP_LOGS/binaries.err" &
   _setup_bin_pid=$!
-  _setup_ticker &
-  _setup_ticker_pid=$!
   SETUP_VENV_LOG="$SETUP_LOGS/pip.log" "$_setup_root/scripts/setup-venv.sh" >"$SETUP_LOGS/venv.out" &
   _setup_venv_pid=$!
+  # After both pids are set: the ticker is a subshell and sees only what was set before it forked.
+  _setup_ticker &
+  _setup_ticker_pid=$!
   wait "$_setup_venv_pid"
   local rc=$?
   _setup_venv_pid=

@@ -610,7 +610,7 @@ def _start(
     report: Callable[[str], None],
 ) -> Cluster:
     began = time.monotonic()
-    bins = binaries.resolve_bin_dir(bin_dir)
+    bins = binaries.resolve_bin_dir(bin_dir, services=node and cluster_services)
     layout.logs.mkdir(parents=True, exist_ok=True)
     bringup = _Bringup(
         layout,
@@ -778,6 +778,12 @@ def _start_cluster_services(
         raise agent_started.failure(str(error)) from error
     net = agent_network()
     assert net is not None
+    unbuilt = binaries.missing(cluster.bin_dir, binaries.SERVICES)
+    if unbuilt:  # a reused cluster started from a folder built for the demo
+        raise ControlPlaneError(
+            f"{cluster.bin_dir} lacks {', '.join(unbuilt)}: run {binaries.BUILD_SCRIPT} services, "
+            "or use --no-services"
+        )
     missing = [tool for tool in ("nft", "nsenter") if shutil.which(tool) is None]
     if missing:
         raise ControlPlaneError(

@@ -367,12 +367,15 @@ def existing_kubeconfig(environ: dict[str, str]) -> Path:
 def connect(args: argparse.Namespace, say: Callable[[str], None]) -> Target:
     if args.existing_cluster:
         kubeconfig = existing_kubeconfig(dict(os.environ))
-        bin_dir = binaries.resolve_bin_dir(None)  # kubectl and helm of the pinned versions
+        bin_dir = binaries.resolve_bin_dir(None, services=False)  # kubectl and helm of the pinned versions
         say(f"==> use the cluster of {kubeconfig} (current context), with the chart's images")
         scenario = replace(EXISTING, helm_values=(*EXISTING.helm_values, *args.set)) if args.set else EXISTING
         return Target(Kube.connect(kubeconfig, bin_dir, None), kubeconfig, bin_dir, scenario, local=False)
     say("==> start the local cluster (or reuse the running one)")
-    cluster = controlplane.up(args.run_dir, report=lambda m: say(f"    {m}"))
+    # Without kube-proxy and CoreDNS: the operator and the demo reach pods by their addresses and
+    # pods reach the API server at 10.96.0.1, which the node's bridge holds, so the demo needs
+    # neither, and `make demo` does not build them (docs/local-cluster.md).
+    cluster = controlplane.up(args.run_dir, cluster_services=False, report=lambda m: say(f"    {m}"))
     kube = Kube.connect(cluster.kubeconfig, cluster.bin_dir, cluster.run_dir)
     return Target(kube, cluster.kubeconfig, cluster.bin_dir, LOCAL, local=True)
 

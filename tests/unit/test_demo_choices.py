@@ -55,7 +55,7 @@ def test_existing_cluster_uses_kubeconfig_and_never_starts_the_local_one(
         )
     )
     monkeypatch.setenv("KUBECONFIG", f"{config}:{tmp_path / 'other'}")
-    monkeypatch.setattr(demo.binaries, "resolve_bin_dir", lambda _explicit: tmp_path)
+    monkeypatch.setattr(demo.binaries, "resolve_bin_dir", lambda _explicit, **_: tmp_path)
 
     def no_local_cluster(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("the local cluster was started")
@@ -84,3 +84,23 @@ def test_existing_cluster_without_a_kubeconfig_says_what_to_set(tmp_path: Path) 
 def test_vllm_is_reached_through_the_api_servers_pod_proxy() -> None:
     path = demo.pod_proxy_path("demo", "vllm-tiny-abc", "/v1/completions")
     assert path == "/api/v1/namespaces/demo/pods/vllm-tiny-abc:8000/proxy/v1/completions"
+
+
+def test_the_local_demo_starts_its_cluster_without_kube_proxy_and_coredns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make demo` builds only the control-plane set (scripts/setup.sh SETUP_BINARIES), so the
+    # cluster it starts must not ask for the services set.
+    asked: dict[str, Any] = {}
+
+    def up(_run_dir: Any, **kwargs: Any) -> Any:
+        asked.update(kwargs)
+        raise demo.DemoError("stop here")
+
+    monkeypatch.setattr(demo.controlplane, "up", up)
+    with pytest.raises(demo.DemoError, match="stop here"):
+        demo.connect(demo.parse_args(["--run-dir", str(tmp_path)]), say=lambda _line: None)
+    assert asked["cluster_services"] is False
+    makefile = (demo.ROOT / "Makefile").read_text()
+    demo_recipe = makefile.split("\ndemo:\n", 1)[1].split("\n\n", 1)[0]
+    assert "SETUP_BINARIES=control-plane scripts/setup.sh" in demo_recipe

@@ -144,3 +144,14 @@ def test_an_index_whose_lock_file_a_process_holds_anywhere_is_seen(tmp_path) -> 
         command = [sys.executable, "-c", code]
         seen = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         assert seen.stdout.strip() == "True"
+
+
+def test_pod_network_claims_are_the_machines_whatever_the_cache(tmp_path, monkeypatch) -> None:
+    """Agents started with another LORAPLANE_CACHE (a cold-start measurement, a second checkout)
+    share the machine's network, so they must see the same claims."""
+    from loraplane_devcluster.nodeagent.agent import pod_network_locks  # noqa: PLC0415
+
+    monkeypatch.delenv("LORAPLANE_CACHE", raising=False)
+    default = pod_network_locks()
+    monkeypatch.setenv("LORAPLANE_CACHE", str(tmp_path / "elsewhere"))
+    assert pod_network_locks() == default

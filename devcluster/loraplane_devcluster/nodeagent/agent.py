@@ -19,7 +19,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from loraplane_devcluster.binaries import cache_dir
 from loraplane_devcluster.nodeagent.apirelay import ApiRelay, listen_in_namespace
 from loraplane_devcluster.nodeagent.config import AgentConfig
 from loraplane_devcluster.nodeagent.env import service_env
@@ -121,11 +120,12 @@ def network_file(run_dir: Path) -> Path:
 def pod_network_locks() -> list[Path]:
     """Where agents of every local cluster on this machine claim their pod address ranges.
 
-    Beside /run/netns: network namespaces are one per machine, while checkouts with their own
-    LORAPLANE_CACHE would otherwise each claim index 1 and delete each other's. The cache's folder
-    too, which agents of earlier versions lock alone.
+    Folders of the machine, as the network is the machine's: not under $LORAPLANE_CACHE, which a
+    cold-start measurement or a second checkout points elsewhere (there an agent saw none of the
+    others' locks, claimed an index a live agent held, and removed their pod networks as leftovers).
+    Beside /run/netns, and the default cache's folder too, which agents of earlier versions lock alone.
     """
-    legacy = cache_dir() / "run" / ".pod-networks"
+    legacy = Path.home() / ".cache" / "loraplane" / "run" / ".pod-networks"
     return [RUN_LOCKS, legacy] if os.access(RUN_LOCKS.parent.parent, os.W_OK) else [legacy]
 
 
