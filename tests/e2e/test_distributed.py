@@ -1,5 +1,6 @@
-"""A LoraTrainingJob across several pods (an Indexed Job meeting through c10d at index 0's DNS name)
-and under Kueue (queued then admitted; preempted then resumed), on the local cluster with real CoreDNS and a real Kueue."""
+"""A LoraTrainingJob across several pods (an Indexed Job meeting through c10d at index 0's DNS name),
+its adapter served by vLLM, and under Kueue (queued then admitted; preempted then resumed), on the
+local cluster with real CoreDNS and a real Kueue."""
 
 from __future__ import annotations
 
