@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_devcluster.testing import Kube, KubectlError, wait_until
 from manifests import ROOT
 
 CHART = ROOT / "charts" / "loraplane"
@@ -109,7 +109,11 @@ class ChartOperator:
         )
 
     def log_tail(self, lines: int = 80) -> str:
-        pod = self.ready_pod()
+        try:
+            pod = self.ready_pod()
+        except KubectlError as error:  # the cluster went first (a teardown failure): report that
+            said = (error.stderr or "").strip().splitlines()
+            return f"(no operator log: {said[-1] if said else error})"
         if pod is None:
             return "(no operator pod)"
         name = pod["metadata"]["name"]

@@ -1,5 +1,6 @@
-"""A LoraTrainingJob across several pods (an Indexed Job meeting through c10d at index 0's DNS name)
-and under Kueue (queued, then admitted), on the local cluster with real CoreDNS and a real Kueue."""
+"""A LoraTrainingJob across several pods (an Indexed Job meeting through c10d at index 0's DNS name),
+its adapter served by vLLM, and under Kueue (queued then admitted; preempted then resumed), on the
+local cluster with real CoreDNS and a real Kueue."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from loraplane_devcluster import kueue
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
+from training_e2e import condition_of
+from vllm_e2e import DEPLOYMENT, START_TIMEOUT_S, Cluster, completion, vllm_deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -38,10 +41,15 @@ def nodes_job(name: str, nodes: int, **spec: object) -> dict:
     return body
 
 
-def test_a_two_node_job_trains_across_two_pods_and_reports_world_size_2(
+def test_a_two_node_job_trains_across_two_pods_reports_world_size_2_and_vllm_serves_its_adapter(
     jobs: Jobs, kube: Kube, namespace: str, volume: Path
 ) -> None:
-    uid = jobs.create(nodes_job("pair", 2, max_steps=30, save_steps=100))["metadata"]["uid"]
+    serving = Cluster(kube, namespace, volume)
+    # One vLLM replica with LoRA on from the start: it boots while the pair trains.
+    serving.apply(vllm_deployment(replicas=1, lora=True))
+    body = nodes_job("pair", 2, max_steps=30, save_steps=100)
+    body["spec"]["adapter"] = {"name": "pair-quotes", "deployment": DEPLOYMENT, "baseModel": "tiny-llama"}
+    uid = jobs.create(body)["metadata"]["uid"]
     service = wait_until("the headless Service", lambda: jobs.get("service", "pair-train"), timeout_s=30)
     assert service["spec"]["clusterIP"] == "None"
     batch = jobs.get("job", "pair-train")
@@ -63,6 +71,18 @@ def test_a_two_node_job_trains_across_two_pods_and_reports_world_size_2(
                                    "-o", "json").stdout)["items"]  # fmt: skip
     assert sorted(p["spec"]["hostname"] for p in pods) == ["pair-train-0", "pair-train-1"]
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
+
+    # The adapter the pair saved (rank 0 wrote it) is the PEFT adapter vLLM loads and answers with.
+    published = wait_until("the published LoraAdapter", lambda: jobs.get("lad", "pair-quotes"), timeout_s=30)
+    assert published["spec"]["source"] == {"trainingJob": {"name": "pair"}}
+    served = wait_until("pair-quotes Ready on the vLLM pod", lambda: serving.ready_on("pair-quotes", 1),
+                        timeout_s=START_TIMEOUT_S)  # fmt: skip
+    assert served["status"]["history"][0]["sha256"] == adapter["sha256"]
+    [pod] = serving.ready_pods()
+    code, answer = completion(pod["status"]["podIP"], "pair-quotes")
+    assert code == 200, answer
+    assert answer["model"] == "pair-quotes"
+    assert answer["choices"][0]["text"], answer
 
 
 def test_one_pod_of_a_two_node_job_deleted_mid_run_restarts_the_group_which_resumes(
@@ -144,7 +164,9 @@ GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 
 @pytest.fixture
 def one_job_queue(kube: Kube, namespace: str) -> Iterator[str]:
-    """Kueue running, a ClusterQueue with quota for one tiny job (1 CPU) and a LocalQueue `queue`."""
+    """Kueue running, a ClusterQueue with quota for one tiny job (1 CPU) and a LocalQueue `queue`. A
+    pending Workload of higher priority may preempt a running one (Kueue's default is `Never`); equal
+    priorities wait their turn."""
     if kube.run_dir is None:
         pytest.skip("Kueue is installed into a local cluster's run directory")
     kueue.install(kube.run_dir, die_with_parent=True)
@@ -155,7 +177,8 @@ def one_job_queue(kube: Kube, namespace: str) -> Iterator[str]:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ClusterQueue",
             "metadata": {"name": name},
-            "spec": {"namespaceSelector": {}, "resourceGroups": [{
+            "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
+                     "resourceGroups": [{
                 "coveredResources": ["cpu", "memory"],
                 "flavors": [{"name": "default", "resources": [
                     {"name": "cpu", "nominalQuota": "1"}, {"name": "memory", "nominalQuota": "64Gi"},
@@ -192,3 +215,62 @@ def test_the_second_job_waits_queued_in_kueues_words_until_the_first_finishes(
     jobs.wait_reason("second", "Succeeded")
     second = jobs.get("job", "second-train")
     assert second["spec"]["suspend"] is False, "admitted by Kueue and left so"
+
+
+@pytest.fixture
+def priorities(kube: Kube) -> Iterator[dict[str, str]]:
+    """Two WorkloadPriorityClasses (cluster-wide): `low` and `high`, by their names."""
+    names = {"low": "loraplane-e2e-low", "high": "loraplane-e2e-high"}
+    for level, value in (("low", 10), ("high", 1000)):
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WorkloadPriorityClass",
+                "metadata": {"name": names[level]}, "value": value}  # fmt: skip
+        kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(body))
+    yield names
+    kube.kubectl("delete", "workloadpriorityclasses", *names.values(), "--ignore-not-found")
+
+
+def test_a_higher_priority_job_preempts_a_running_one_which_then_resumes_from_its_checkpoint(
+    jobs: Jobs, one_job_queue: str, priorities: dict[str, str], volume: Path
+) -> None:
+    """Kueue evicts the low-priority run to admit the high one (quota for one): the low run reads
+    Preempted in the Workload's words, the high one trains and finishes, then Kueue admits the low run
+    again and it resumes from its newest complete checkpoint on the volume."""
+    low = jobs.create(tiny_job("low", max_steps=120, save_steps=20, queueName=one_job_queue,
+                               workloadPriorityClassName=priorities["low"]))  # fmt: skip
+    checkpoints = volume / "adapters" / low["metadata"]["uid"] / "checkpoints"
+    jobs.wait(
+        "low",
+        "a complete checkpoint on the volume",
+        lambda _: any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")),
+    )
+    labels = jobs.get("job", "low-train")["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/priority-class"] == priorities["low"]
+
+    jobs.create(tiny_job("high", max_steps=10, save_steps=100, queueName=one_job_queue,
+                         workloadPriorityClassName=priorities["high"]))  # fmt: skip
+    preempted = jobs.wait(
+        "low",
+        "Preempted in the Workload's words",
+        lambda job: (
+            (c := condition_of(job, "Succeeded")).get("reason") == "Preempted"
+            and "due to prioritization in the ClusterQueue" in c["message"]
+            and c
+        ),
+        timeout_s=120,
+    )
+    high = wait_until("high's Job", lambda: jobs.get("job", "high-train"), timeout_s=30)
+    high_uid = high["metadata"]["uid"]
+    assert f"JobUID: {high_uid}" in preempted["message"], "Kueue names the preemptor"
+    assert preempted["status"] == "Unknown", "not a failure: the run waits to be admitted again"
+
+    jobs.wait_reason("high", "Running", timeout_s=RUN_TIMEOUT_S)
+    assert jobs.get("job", "low-train")["spec"]["suspend"] is True, "quota for one: low waits meanwhile"
+    assert jobs.condition("low", "Succeeded")["reason"] == "Preempted"
+    jobs.wait_reason("high", "Succeeded")
+
+    jobs.wait_reason("low", "Succeeded", timeout_s=2 * RUN_TIMEOUT_S)
+    status = jobs.get("ltj", "low")["status"]
+    assert status["resumedFromStep"] > 0, "the readmitted run resumed from a checkpoint"
+    assert status["resumedFromStep"] % 20 == 0, "a saved step (saveSteps 20)"
+    assert status["progress"]["step"] == 120
+    assert jobs.get("job", "low-train")["spec"]["suspend"] is False, "readmitted by Kueue and left so"

@@ -519,6 +519,9 @@ def test_entry_point_runs_data_parallel_processes(
     result = json.loads(message.read_text())
     assert result["steps"] == 2
     assert result["sha256"] == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+    # `auto` on CPUs: data parallel, said in the result and once in the log.
+    assert (result["distributed"], result["distributedReason"]) == ("ddp", "CPU pods run data parallel")
+    assert finished.stdout.count('"event":"sharding"') == 1
     progress = [json.loads(line) for line in finished.stdout.splitlines() if '"event":"progress"' in line]
     # Only rank 0 reports, and one step covers both processes' batches: 2 x 4 of the 200 rows.
     assert [event["step"] for event in progress] == [1, 2]

@@ -325,8 +325,21 @@ def test_status_shows_nodes_world_size_and_the_strategy_auto_chose() -> None:
     spec.spec.resources.nodes, spec.spec.resources.gpus = 2, 4
     status = status_of.observe(spec, batch(active=2), [], None, NOW)
     assert (status.nodes, status.world_size) == (2, 8)
-    assert status.distributed is not None
-    assert status.distributed.startswith("DDP (auto")
+    assert status.distributed == status_of.AUTO_PENDING, "on GPUs the worker decides"
+    report = {"adapterDir": "/x", "sha256": "ab" * 32, "r": 16, "loraAlpha": 32, "worldSize": 8,
+              "distributed": "fsdp", "distributedReason": "30.0 GiB of weights, 40 GiB per GPU"}  # fmt: skip
+    done = pod({"terminated": {"exitCode": 0, "message": json.dumps(report)}})
+    complete = batch([{"type": "Complete", "status": "True"}], succeeded=2)
+    finished = status_of.observe(spec, complete, [done], None, NOW)
+    assert finished.distributed == "FSDP (auto: 30.0 GiB of weights, 40 GiB per GPU)"
+    spec.status = finished
+    assert status_of.observe(spec, complete, [], None, NOW).distributed == finished.distributed, "kept"
+
+    cpu = job()
+    cpu.spec.resources.gpus = 0
+    assert status_of.observe(cpu, batch(active=1), [], None, NOW).distributed == (
+        "DDP (auto: CPU pods run data parallel)"
+    )
     spec.spec.training.distributed = "fsdp"
     assert status_of.observe(spec, batch(active=2), [], None, NOW).distributed == "FSDP"
 

@@ -32,6 +32,7 @@ from huggingface_hub.errors import (
 )
 from peft import LoraConfig, PeftModel
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -45,7 +46,7 @@ from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
 from loraplane.api.worker import EvaluationReport, TrainingReport, WorkerInput
-from loraplane_worker import errors, sync
+from loraplane_worker import errors, sharding, sync
 from loraplane_worker.config import (
     check_known_keys,
     check_target_modules,
@@ -215,10 +216,46 @@ def load_model(config: WorkerInput, precision: str) -> PreTrainedModel:
     return model
 
 
+def model_parameters(config: WorkerInput) -> int | None:
+    """The model's parameters without loading it: its safetensors headers, else a model built from its
+    config on the meta device (no memory, no weights fetched). None when neither can be read."""
+    local = sharding.local_parameters(Path(config.model.name_or_path).expanduser())
+    if local is not None:
+        return local
+    trust = bool(config.training.sft_args.get("trust_remote_code", False))
+    try:
+        model_config = AutoConfig.from_pretrained(
+            config.model.name_or_path, revision=config.model.revision, trust_remote_code=trust
+        )
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust)
+    except (OSError, ValueError) as error:  # loading the model itself then names the problem
+        emit({"event": "sharding_estimate_failed", "error": _first_line(error)})
+        return None
+    return sum(int(p.numel()) for p in skeleton.parameters())
+
+
+def decide_sharding(config: WorkerInput, precision: str, cuda: bool) -> sharding.Sharding:
+    """`training.distributed`, with `auto` decided on this GPU: the model's weights in the training
+    dtype against the GPU's memory (sharding.choose). Every process decides alike: the same model,
+    and the GPUs of one run are of one kind."""
+    distributed, state = config.training.distributed, process_state()
+    auto_on_gpu = distributed == "auto" and cuda
+    memory = torch.cuda.get_device_properties(state.local_process_index).total_memory if auto_on_gpu else None
+    parameters = model_parameters(config) if auto_on_gpu else None
+    return sharding.choose(
+        distributed,
+        processes=state.num_processes,
+        gpu_memory_bytes=memory,
+        weight_bytes=parameters * DTYPES[precision].itemsize if parameters is not None else None,
+        quantized=config.lora.quantization != "none",
+    )
+
+
 def sharding_kwargs(distributed: str) -> dict[str, Any]:
-    """`training.distributed` as transformers' own FSDP settings (accelerate does the wrapping; for a
-    PEFT model the Trainer wraps the LoRA layers apart, so only they need gradients). `auto` and
-    `ddp`: nothing, data parallel is what several processes do by default."""
+    """`training.distributed` (`auto` once decided) as transformers' own FSDP settings (accelerate does
+    the wrapping; for a PEFT model the Trainer wraps the LoRA layers apart, so only they need
+    gradients). `ddp`: nothing, data parallel is what several processes do by default."""
     if distributed != "fsdp":
         return {}
     return {
@@ -235,8 +272,11 @@ def sharding_kwargs(distributed: str) -> dict[str, Any]:
     }
 
 
-def build_sft_config(config: WorkerInput, precision: str, has_eval: bool, cuda: bool) -> SFTConfig:
-    """`SFTConfig(**training)` with the keys the worker owns set, and unknown keys refused by name."""
+def build_sft_config(
+    config: WorkerInput, precision: str, has_eval: bool, cuda: bool, distributed: str | None = None
+) -> SFTConfig:
+    """`SFTConfig(**training)` with the keys the worker owns set, and unknown keys refused by name.
+    `distributed`: the decided `ddp` or `fsdp` (default: training.distributed as given)."""
     training = config.training.sft_config_kwargs()
     check_known_keys("training", training, (f.name for f in dataclasses.fields(SFTConfig) if f.init))
     kwargs: dict[str, Any] = {
@@ -257,7 +297,7 @@ def build_sft_config(config: WorkerInput, precision: str, has_eval: bool, cuda: 
         bf16=precision == "bf16",
         fp16=precision == "fp16",
     )
-    kwargs.update(sharding_kwargs(config.training.distributed))
+    kwargs.update(sharding_kwargs(distributed or config.training.distributed))
     if not config.dataset.is_chat:
         kwargs["dataset_text_field"] = config.dataset.column
     # The worker loads the model itself, with these (see load_model); SFTTrainer would only warn about them.
@@ -288,6 +328,7 @@ class Prepared:
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
     dtype: torch.dtype
+    distributed: sharding.Sharding  # ddp or fsdp, as decided
 
 
 def special_token_overhead(tokenizer: PreTrainedTokenizerBase, chat: bool) -> int:
@@ -334,7 +375,8 @@ def prepare(config: WorkerInput) -> Prepared:
     check_model_location(config.model.name_or_path)
     cuda = torch.cuda.is_available()
     precision = resolve_precision(config.training.precision, cuda, cuda and torch.cuda.is_bf16_supported())
-    sft_config = build_sft_config(config, precision, config.has_eval, cuda)
+    chosen = decide_sharding(config, precision, cuda)
+    sft_config = build_sft_config(config, precision, config.has_eval, cuda, chosen.mode)
     lora_config = build_lora_config(config)
     per_step, how = examples_per_step(config)
     train_data, eval_data = load_training_data(
@@ -356,7 +398,9 @@ def prepare(config: WorkerInput) -> Prepared:
         (name for name, _ in modules),
         (name for name, module in modules if isinstance(module, torch.nn.Linear)),
     )
-    return Prepared(sft_config, lora_config, train_data, eval_data, tokenizer, model, DTYPES[precision])
+    return Prepared(
+        sft_config, lora_config, train_data, eval_data, tokenizer, model, DTYPES[precision], chosen
+    )
 
 
 def vocabulary_size(model: PreTrainedModel | PeftModel) -> int:
@@ -477,6 +521,14 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
         reporter = ProgressReporter(metrics, resumed_from_step=resumed_from)
         if checkpoint is not None and main:
             emit({"event": "resume", "fromStep": checkpoint.step, "checkpoint": str(checkpoint.path)})
+        if main:
+            emit(
+                {
+                    "event": "sharding",
+                    "mode": prepared.distributed.mode,
+                    "reason": prepared.distributed.reason,
+                }
+            )
 
         vocab_size = vocabulary_size(prepared.model)
         trainer = SFTTrainer(
@@ -489,7 +541,7 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             callbacks=[trainer_callback(reporter), *sync.callbacks(config), *callbacks],
         )
         trainer.remove_callback(PrinterCallback)  # its python-dict lines duplicate the JSON progress lines
-        check_sharding(trainer, config.training.distributed)
+        check_sharding(trainer, prepared.distributed.mode)
         model = adapter_model(trainer)
         check_servable(model, vocab_size)
         trainable, total = model.get_nb_trainable_parameters()
@@ -538,6 +590,8 @@ def run(config: WorkerInput, callbacks: Sequence[TrainerCallback] = ()) -> Train
             merged_dir=str(merged_dir) if merged_dir else None,
             evaluation=evaluation,
             world_size=process_state().num_processes,
+            distributed=prepared.distributed.mode,
+            distributed_reason=prepared.distributed.reason,
         )
     finally:
         metrics.close()

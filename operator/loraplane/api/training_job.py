@@ -363,7 +363,9 @@ class TrainingSettings(ApiModel):
         description=(
             "How several processes share the work: `ddp` replicates the model in each (data parallel), "
             "`fsdp` shards it across them (accelerate's FullyShardedDataParallel through SFTConfig's "
-            "`fsdp`/`fsdp_config`), `auto` picks `ddp` and says so in the status."
+            "`fsdp`/`fsdp_config`). `auto`: on GPUs, `fsdp` when the model's weights (in the training "
+            "dtype) exceed 60% of one GPU's memory and there are several processes, else `ddp`; CPU pods "
+            "always `ddp`. The status says which it chose, and why."
         ),
     )
     sft_args: dict[str, Any] = Field(
@@ -736,7 +738,11 @@ class LoraTrainingJobStatus(ApiModel):
     nodes: int | None = Field(default=None, description="Pods (nodes) the run spans.")
     world_size: int | None = Field(default=None, description="Training processes across all nodes.")
     distributed: str | None = Field(
-        default=None, description="How the processes share the work: `DDP` or `FSDP` (and why, for auto)."
+        default=None,
+        description=(
+            "How the processes share the work: `DDP` or `FSDP` (and why, for auto; on GPUs the worker "
+            "decides and reports it with its result)."
+        ),
     )
     resumed_from_step: int | None = Field(default=None, description="Step the latest attempt resumed from.")
     progress: Progress | None = Field(default=None, description="Live progress while training.")

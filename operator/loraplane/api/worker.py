@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
@@ -213,6 +213,8 @@ class TrainingReport(_Report):
     would not fit in Kubernetes' 4096 bytes."""
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "distributed_reason",
+        "distributed",
         "world_size",
         "target_modules",
         "all_parameters",
@@ -243,6 +245,10 @@ class TrainingReport(_Report):
     uri: str | None = Field(default=None, description="The adapter's object-store folder, when uploaded.")
     merged_uri: str | None = None
     world_size: int | None = None
+    distributed: Literal["ddp", "fsdp"] | None = Field(
+        default=None, description="How the processes shared the work (`training.distributed: auto` decided)."
+    )
+    distributed_reason: str | None = Field(default=None, description="Why, e.g. the sizes `auto` compared.")
 
 
 class FailureReport(_Report):

@@ -293,7 +293,11 @@ def observe(
     current = phase(batch_job, pods, workload, ran_before)
     status = previous.model_copy(deep=True)
     status.observed_generation = job.metadata.get("generation")
-    status.nodes, status.world_size, status.distributed = topology(job)
+    status.nodes, status.world_size, distributed = topology(job)
+    # A choice the worker reported stays (its pods may be gone later).
+    status.distributed = (
+        previous.distributed if distributed == AUTO_PENDING and previous.distributed else distributed
+    )
     if batch_job is not None:
         status.job_name = batch_job["metadata"]["name"]
         counts = batch_job.get("status", {})
@@ -318,6 +322,8 @@ def observe(
                 status.resumed_from_step = report.resumed_from_step
             if report.world_size is not None:
                 status.world_size = report.world_size
+            if report.distributed is not None and job.spec.training.distributed == "auto":
+                status.distributed = auto_choice(report.distributed, report.distributed_reason)
             if status.progress is not None:
                 status.progress.step = status.progress.total_steps = report.steps or status.progress.step
                 status.progress.percent, status.progress.eta = 100.0, "0s"
@@ -331,10 +337,19 @@ def topology(job: LoraTrainingJob) -> tuple[int, int, str]:
     nodes = resources.nodes
     world = nodes * max(1, resources.gpus)
     if chosen == "auto":
-        # A LoRA run keeps only the small adapter trainable: DDP's full replica is the common fit,
-        # and the cheaper one to run; FSDP is asked for by name when the model does not fit.
-        return nodes, world, "DDP (auto: data parallel; set training.distributed: fsdp to shard the model)"
+        # The worker decides on its GPU (the model's weights against the GPU's memory) and reports the
+        # choice with its result; until then only CPU pods, always data parallel, are known.
+        if resources.gpus == 0:
+            return nodes, world, auto_choice("ddp", "CPU pods run data parallel")
+        return nodes, world, AUTO_PENDING
     return nodes, world, chosen.upper()
+
+
+AUTO_PENDING = "auto: DDP if a replica fits one GPU, else FSDP; the worker decides on its GPU"
+
+
+def auto_choice(mode: str, reason: str | None) -> str:
+    return f"{mode.upper()} (auto: {reason or 'chosen by the worker'})"
 
 
 def run_conditions(current: Phase) -> list[Observed]:
