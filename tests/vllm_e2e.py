@@ -91,6 +91,8 @@ def staged_namespace(kube: Kube, hint: str, workdir: Path) -> Iterator[Cluster]:
     namespace = kube.create_namespace(hint)
     volume = stage_tiny_model(kube.api, namespace, CLAIM, workdir / "volume")
     yield Cluster(kube, namespace, volume)
+    # The adapters first, while their Deployments still run: their finalizers unload them.
+    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=300, check=False)
     kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
     kube.delete_namespace(namespace)
 
@@ -144,7 +146,7 @@ def models_on(ip: str) -> dict[str, str]:
 
 
 def vllm_deployment(
-    name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True, lora: bool = False
+    name: str = DEPLOYMENT, replicas: int = 2, opt_in: bool = True, lora: bool = False, max_loras: int = 4
 ) -> list[dict[str, Any]]:
     """The example's Deployment and Service under `name`. `lora`: with everything loraplane would add
     to serve adapters already in the template, so that its pods start once (no enabling rollout)."""
@@ -161,7 +163,7 @@ def vllm_deployment(
     if lora:
         template = deployment["spec"]["template"]["spec"]
         container = template["containers"][0]
-        container["args"] += ["--enable-lora", "--max-loras", "4", "--max-cpu-loras", "8"]
+        container["args"] += ["--enable-lora", "--max-loras", str(max_loras), "--max-cpu-loras", "8"]
         container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
         template["readinessGates"] = [{"conditionType": GATE}]
     return [deployment, service]

@@ -18,11 +18,20 @@ from typing import Any
 
 import pytest
 
-from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
-from vllm_e2e import CLAIM, GATE, START_TIMEOUT_S, Cluster, adapter, completion, condition, models_on
-from vllm_e2e import vllm_deployment as example_deployment
+from vllm_e2e import (
+    CLAIM,
+    GATE,
+    START_TIMEOUT_S,
+    Cluster,
+    adapter,
+    completion,
+    condition,
+    models_on,
+    staged_namespace,
+    vllm_deployment,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -32,40 +41,19 @@ OTHER_BASE = "example-org/other-model-7b"
 MISMATCHED = "other-base"
 
 
-def lora_ready_deployment() -> list[dict[str, Any]]:
-    """The tiny CPU example, not opted in, with LoRA enabled by its own manifest."""
-    deployment, service = example_deployment(DEPLOYMENT, replicas=1, opt_in=False)
-    pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    container["args"] = [*container["args"], "--enable-lora", "--max-loras", "2"]
-    container["env"] = [*container["env"], {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
-    pod["readinessGates"] = [{"conditionType": GATE}]
-    return [deployment, service]
-
-
 def on_deployment(name: str, base_model: str) -> dict[str, Any]:
     return adapter(name, "adapters/tiny", baseModel=base_model, serving={"deployment": DEPLOYMENT})
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    kube: Kube,
-    chart_release: Release,
-    operator: ChartOperator,
-    tiny_adapter: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
+def cluster(kube: Kube, chart_release: Release, operator: ChartOperator, tiny_adapter: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:  # fmt: skip
     """The mismatched adapter first, then the Deployment: its pod starts with that adapter wanted."""
-    namespace = kube.create_namespace("adapter-compat")
-    volume = stage_tiny_model(kube.api, namespace, CLAIM, tmp_path_factory.mktemp("compat") / "volume")
-    shutil.copytree(tiny_adapter, volume / "adapters" / "tiny")
-    cluster = Cluster(kube, namespace, volume)
-    cluster.apply(on_deployment(MISMATCHED, OTHER_BASE))
-    cluster.apply(lora_ready_deployment())
-    yield cluster
-    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
-    kube.delete_namespace(namespace)
+    for cluster in staged_namespace(kube, "adapter-compat", tmp_path_factory.mktemp("compat")):
+        shutil.copytree(tiny_adapter, cluster.volume / "adapters" / "tiny")
+        cluster.apply(on_deployment(MISMATCHED, OTHER_BASE))
+        cluster.apply(vllm_deployment(DEPLOYMENT, replicas=1, opt_in=False, lora=True, max_loras=2))
+        yield cluster
 
 
 def warnings(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:

@@ -22,27 +22,25 @@ import pytest
 from kubernetes import watch
 from kubernetes.client import CoreV1Api
 
-from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
-from vllm_e2e import CLAIM, DIRECT, GATE, START_TIMEOUT_S, Cluster, adapter, condition, models_on
-from vllm_e2e import vllm_deployment as example_deployment
+from vllm_e2e import (
+    DIRECT,
+    GATE,
+    START_TIMEOUT_S,
+    Cluster,
+    adapter,
+    condition,
+    models_on,
+    staged_namespace,
+    vllm_deployment,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 DEPLOYMENT = "vllm-many"
 PATH = "adapters/tiny"
 BY_HAND = "loaded-by-hand"
-
-
-def lora_ready_deployment() -> list[dict[str, Any]]:
-    deployment, service = example_deployment(DEPLOYMENT, replicas=2, opt_in=False)
-    pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    container["args"] = [*container["args"], "--enable-lora", "--max-loras", "2", "--max-cpu-loras", "8"]
-    container["env"] = [*container["env"], {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
-    pod["readinessGates"] = [{"conditionType": GATE}]
-    return [deployment, service]
 
 
 def many(name: str, served: str | None = None) -> dict[str, Any]:
@@ -53,23 +51,15 @@ def many(name: str, served: str | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    kube: Kube,
-    chart_release: Release,
-    operator: ChartOperator,
-    tiny_adapter: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    namespace = kube.create_namespace("adapters-many")
-    volume = stage_tiny_model(kube.api, namespace, CLAIM, tmp_path_factory.mktemp("many") / "volume")
-    shutil.copytree(tiny_adapter, volume / PATH)
-    cluster = Cluster(kube, namespace, volume)
-    cluster.apply(lora_ready_deployment())
-    wait_until("2 vLLM pods Ready", lambda: len(cluster.ready_pods(DEPLOYMENT)) == 2, START_TIMEOUT_S, 2)
-    yield cluster
-    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=300, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
-    kube.delete_namespace(namespace)
+def cluster(kube: Kube, chart_release: Release, operator: ChartOperator, tiny_adapter: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:  # fmt: skip
+    for cluster in staged_namespace(kube, "adapters-many", tmp_path_factory.mktemp("many")):
+        shutil.copytree(tiny_adapter, cluster.volume / PATH)
+        cluster.apply(vllm_deployment(DEPLOYMENT, opt_in=False, lora=True, max_loras=2))
+        wait_until(
+            "2 vLLM pods Ready", lambda c=cluster: len(c.ready_pods(DEPLOYMENT)) == 2, START_TIMEOUT_S, 2
+        )
+        yield cluster
 
 
 def ips(cluster: Cluster) -> list[str]:
