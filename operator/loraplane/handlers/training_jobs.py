@@ -2,14 +2,15 @@
 
 Level-based: creation (and operator restarts, via `resume`) runs the same idempotent `ensure_run`.
 The status follows the run's Job and pods: their events (read from in-memory indexes, no API calls)
-refresh the job that owns them, and only while the worker runs does a timer read its metrics every
-`progress_interval_seconds`. Each refresh writes the status only when it changed.
+refresh the job that owns them, and only while the worker runs does a task of this process read its
+metrics every `progress_interval_seconds`. Each refresh writes the status only when it changed.
 
-Cost at rest: a waiting job (Pending, Unschedulable) has no timer and wakes only on its Job's and
-pods' events; a finished job has no timer, is left out of the index of live jobs, and its children's
-events are ignored at a dictionary lookup. kopf's own per-job costs: `start_training` (a changing
-handler) writes kopf's `last-handled-configuration` annotation once; the timer, while it exists (the
-worker runs), is an asyncio task and a kopf finalizer on the job.
+Cost at rest: a waiting job (Pending, Unschedulable) has no task and wakes only on its Job's and
+pods' events; a finished job is left out of the index of live jobs, and its children's events are
+ignored at a dictionary lookup. kopf's own per-job cost: `start_training` (a changing handler)
+writes kopf's `last-handled-configuration` annotation once. The progress reader is not a kopf timer:
+kopf keeps the last body of every object of a kind that has a timer or daemon (the timer's kwargs),
+whether the timer runs or not, which at a thousand finished jobs was most of the operator's memory.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from typing import Any, cast
 
 import kopf
@@ -35,6 +37,7 @@ from loraplane.status.conditions import Observed, find, merge
 RESOURCE = (GROUP, VERSION, PLURAL)
 KIND = "LoraTrainingJob"
 OWNED = {naming.LABEL_TRAINING_JOB_UID: kopf.PRESENT}
+LOGGER = logging.getLogger(__name__)
 
 
 def now() -> dt.datetime:
@@ -315,7 +318,7 @@ async def publish_adapter(job: LoraTrainingJob, body: kopf.Body, namespace: str)
     kopf.info(body, reason="AdapterUpdated", message=f"LoraAdapter {name} now serves this run's adapter")
 
 
-# One refresh of a job at a time (its children's events and its timer may coincide).
+# One refresh of a job at a time (its children's events and its progress reader may coincide).
 _REFRESHING: dict[str, asyncio.Lock] = {}
 # uid -> (the resourceVersion it was judged against, the status written): until the watch brings the
 # write back, the next refresh starts from what was written (no second write, no repeated Event).
@@ -323,8 +326,8 @@ _WRITTEN: dict[str, tuple[Any, LoraTrainingJobStatus]] = {}
 _SEEN_LIVE: set[str] = set()  # live jobs refreshed once since this process started
 
 
-def _worker_running(body: kopf.Body, **_: Any) -> bool:
-    """The timer's filter: the run's phase is Running (kopf stops the timer when it no longer is)."""
+def _worker_running(body: dict[str, Any] | kopf.Body) -> bool:
+    """The run's phase is Running: its worker answers on its metrics port."""
     conditions = (body.get("status") or {}).get("conditions") or []
     summary = next((c for c in conditions if c.get("type") == "Succeeded"), None)
     return summary is not None and summary.get("reason") == "Running"
@@ -344,6 +347,8 @@ async def refresh(
     if written is not None and written[0] == job.metadata.get("resourceVersion"):
         # The index has not seen the status written last yet: judge against what was written.
         job = job.model_copy(update={"status": written[1]})
+    elif written is not None:
+        _WRITTEN.pop(uid, None)  # the watch brought the write back: the body says it now
     summary = find(job.status.conditions, "Succeeded")
     if summary is None or summary.reason == "InvalidSpec":
         return  # not started yet, or never will be
@@ -427,18 +432,44 @@ async def publish_after_restart(body: kopf.Body, namespace: str | None, **_: Any
             await _write_refreshed(job, decided)
 
 
-# kopf passes the indexes by their names; its handler Protocols cannot list them, hence the ignores.
-@kopf.timer(  # type: ignore[arg-type]
-    *RESOURCE, interval=get_settings().progress_interval_seconds, when=_worker_running
-)
-async def follow_training(
-    body: kopf.Body,
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
-    **_: Any,
+# uid -> the task reading a running worker's progress (one per running job, none for the others).
+_FOLLOWING: dict[str, asyncio.Task[None]] = {}
+
+
+def follow_if_running(
+    uid: str,
+    live_jobs: kopf.Index[str, dict[str, Any]],
+    batch_jobs: kopf.Index[str, dict[str, Any]],
+    pods_index: kopf.Index[str, dict[str, Any]],
 ) -> None:
-    """While the worker runs: its progress, every `progress_interval_seconds`."""
-    await refresh(kube.to_plain(body), training_batch_jobs, training_pods, read_metrics=True)
+    """Start reading the job's progress if its worker runs and nothing reads it yet. The indexes are
+    kopf's live views, so the task always sees the job's, Job's and pods' latest state."""
+    body = next(iter(live_jobs.get(uid, [])), None)
+    if body is None or not _worker_running(body) or uid in _FOLLOWING:
+        return
+    _FOLLOWING[uid] = asyncio.create_task(_follow(uid, live_jobs, batch_jobs, pods_index))
+
+
+async def _follow(
+    uid: str,
+    live_jobs: kopf.Index[str, dict[str, Any]],
+    batch_jobs: kopf.Index[str, dict[str, Any]],
+    pods_index: kopf.Index[str, dict[str, Any]],
+) -> None:
+    """While the worker runs: its progress, every `progress_interval_seconds`; ends when the job is
+    no longer Running (finished, failed, preempted) or gone."""
+    try:
+        while True:
+            await asyncio.sleep(get_settings().progress_interval_seconds)
+            body = next(iter(live_jobs.get(uid, [])), None)
+            if body is None or not _worker_running(body):
+                return
+            try:
+                await refresh(body, batch_jobs, pods_index, read_metrics=True)
+            except Exception:  # counted by refresh; the next tick tries again, as a timer would
+                LOGGER.exception("reading the progress of training job %s failed", uid)
+    finally:
+        _FOLLOWING.pop(uid, None)
 
 
 @kopf.on.event(*RESOURCE)  # type: ignore[arg-type]
@@ -446,16 +477,20 @@ async def training_job_seen(
     body: kopf.Body,
     uid: str | None,
     type: str | None,
+    live_training_jobs: kopf.Index[str, dict[str, Any]],
     training_batch_jobs: kopf.Index[str, dict[str, Any]],
     training_pods: kopf.Index[str, dict[str, Any]],
     **_: Any,
 ) -> None:
     """A run under way is refreshed once when this process first sees it live: after an operator
     restart, and after `start_training` marked it started (its children's first events may have come
-    before that and were not for a live job yet). Later changes come from its children."""
+    before that and were not for a live job yet). Later changes come from its children; a worker
+    that runs gets its progress reader (a restarted operator starts it here)."""
     if uid is None or type == "DELETED":
         _SEEN_LIVE.discard(uid or "")
         return
+    if _is_live(dict(body.get("status") or {})):
+        follow_if_running(uid, live_training_jobs, training_batch_jobs, training_pods)
     if uid in _SEEN_LIVE or not _is_live(dict(body.get("status") or {})):
         return
     _SEEN_LIVE.add(uid)
@@ -473,7 +508,8 @@ async def training_child_changed(
     **_: Any,
 ) -> None:
     """A run's Job or pod changed: refresh its job, unless the job has finished (not in the index)."""
-    body = next(iter(live_training_jobs.get(labels.get(naming.LABEL_TRAINING_JOB_UID, ""), [])), None)
+    uid = labels.get(naming.LABEL_TRAINING_JOB_UID, "")
+    body = next(iter(live_training_jobs.get(uid, [])), None)
     if body is not None:
         await refresh(body, training_batch_jobs, training_pods, read_metrics=False)
 
@@ -483,6 +519,9 @@ def forget_training(namespace: str | None, name: str | None, uid: str | None, **
     _REFRESHING.pop(uid or "", None)
     _WRITTEN.pop(uid or "", None)
     _SEEN_LIVE.discard(uid or "")
+    follower = _FOLLOWING.pop(uid or "", None)
+    if follower is not None:
+        follower.cancel()
     if namespace and name:
         _count_phase(namespace, name, None)
         with contextlib.suppress(KeyError):  # never reported progress
