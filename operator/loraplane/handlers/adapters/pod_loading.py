@@ -20,7 +20,7 @@ from loraplane.metrics import ADAPTER_LOAD_FAILURES, ADAPTER_LOAD_SECONDS, ADAPT
 from loraplane.settings import get_settings
 from loraplane.status import resolution
 from loraplane.status.adapter import Holding, PodResult, PodView
-from loraplane.status.resolution import Wanted
+from loraplane.status.resolution import ON_DEMAND, Wanted
 from loraplane.vllm import Models, Server, VllmError
 
 
@@ -47,6 +47,9 @@ async def reconcile_pod(
             result.holdings = {w.adapter: unauthorized(plan) for w in plan.wanted}
         return result
     result.reachable = True
+    # The cache first: a deleted OnDemand name leaves it before vLLM unloads the name, so the
+    # filesystem resolver cannot bring it back in between.
+    fetching = await fetch_into_cache(rec, client, plan, view, models)
     models = await unload_unwanted(rec, server, client, view, models, plan)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
@@ -61,15 +64,17 @@ async def reconcile_pod(
             result.waiting = True
             return result  # wait until no Service routes to it any more
     may_swap = swap_now or view.gate_status != "True"
-    fetching = await fetch_into_cache(rec, client, plan, view, models)
-    loadable = dataclasses.replace(plan, wanted=[w for w in plan.wanted if w.adapter not in fetching])
+    loadable = dataclasses.replace(
+        plan, wanted=[w for w in plan.wanted if w.adapter not in fetching and w.mode != ON_DEMAND]
+    )
     result.holdings, models = await hold_all(rec, server, client, loadable, view, uid, models, may_swap)
     result.holdings.update(fetching)
     ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
     rec.reported_pods.add(view.name)
     result.paths = dict(models.adapters)
     if view.gated and view.gate_status != "True":
-        await open_gate_when_settled(rec, view, uid, result, plan.wanted)
+        warm = [w for w in plan.wanted if w.mode != ON_DEMAND]  # the gate never waits for OnDemand ones
+        await open_gate_when_settled(rec, view, uid, result, warm)
     return result
 
 
@@ -77,27 +82,35 @@ async def fetch_into_cache(
     rec: Reconciler, client: aiohttp.ClientSession, plan: PodPlan, view: PodView, models: Models
 ) -> dict[str, Holding]:
     """Send the pod's fetcher every object-store adapter the pod must hold (it fetches what its cache
-    lacks and evicts the rest); the adapters that are not in the cache yet, or failed, and why. An
-    adapter vLLM already holds at its path counts as held whatever the fetcher says (it may have
-    restarted). Nothing to do for a Deployment without a fetcher."""
+    lacks and evicts the rest), in one request whatever their number; the adapters that are not in the
+    cache yet, or failed, and why, and every OnDemand adapter the cache holds (catalogued: that is all
+    it needs). An adapter vLLM already holds at its path counts as held whatever the fetcher says (it
+    may have restarted). Nothing to do for a Deployment without a fetcher."""
     if not plan.deployment.has_fetcher:
         return {}
     settings = get_settings()
-    stored = [w for w in plan.wanted if w.fetch is not None and w.mode == "HotLoad"]
+    stored = [w for w in plan.wanted if w.fetch is not None and w.mode in {"HotLoad", ON_DEMAND}]
     epoch = str(int(time.time() // settings.serving_resync_seconds))
     url = f"http://{view.ip}:{settings.serving_fetcher_port}"
+    body = fetcher.wanted_list(stored, epoch, plan.deployment.model)
     try:
-        states = await fetcher.sync(
-            client, url, fetcher.wanted_list(stored, epoch), settings.vllm_timeout_seconds
-        )
+        states = await fetcher.sync(client, url, body, settings.vllm_timeout_seconds)
     except fetcher.FetcherUnreachableError as error:
         waiting = Holding(reason=fetcher.FETCHING, error=f"the pod's fetcher does not answer yet ({error})")
-        return {w.adapter: waiting for w in stored if not models.holds(w.served_name, w.path)}
+        unanswered: dict[str, Holding] = {}
+        for want in stored:
+            if not models.holds(want.served_name, want.path):
+                unanswered[want.adapter] = waiting
+            elif want.mode == ON_DEMAND:  # vLLM loaded it from the cache: it was catalogued
+                unanswered[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+        return unanswered
     holdings: dict[str, Holding] = {}
     for want in stored:
         state = states.get(want.served_name)
         problem = (fetcher.FETCHING, "not in the fetcher's answer") if state is None else state.problem()
         if problem is None or models.holds(want.served_name, want.path):
+            if want.mode == ON_DEMAND:
+                holdings[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
             continue
         reason, message = problem
         said = f"pod {view.name}: {message}"
