@@ -41,8 +41,8 @@ class Catalogue:
 
     def ready_count(self, reason: str) -> int:
         """LoraAdapters of the catalogue Ready on the pod, with `reason`."""
-        namespace = self.cluster.namespace
-        listed = self.cluster.kube.kubectl("get", "lad", "-n", namespace, "-l", f"{LABEL}=OnDemand", "-o", "json")
+        namespace, selector = self.cluster.namespace, f"{LABEL}=OnDemand"
+        listed = self.cluster.kube.kubectl("get", "lad", "-n", namespace, "-l", selector, "-o", "json")
         count = 0
         for item in json.loads(listed.stdout)["items"]:
             ready = [c for c in item.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
