@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_devcluster.tinymodel import ensure_tiny_model
 from manifests import EXAMPLES
 
 CLAIM = "loraplane-tiny"
@@ -167,6 +169,27 @@ def vllm_deployment(
         container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
         template["readinessGates"] = [{"conditionType": GATE}]
     return [deployment, service]
+
+
+def deployment_without_claims(replicas: int = 2) -> list[dict[str, Any]]:
+    """The tiny example, opted in, with its base model from a hostPath instead of the claim."""
+    deployment, service = vllm_deployment(replicas=replicas)
+    # Every pod of the first template is replaced at once (they are still starting when loraplane
+    # writes its change): one vLLM start on the clock, not two in a row.
+    deployment["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": replicas}}
+    spec = deployment["spec"]["template"]["spec"]
+    spec["volumes"] = [{"name": "tiny", "hostPath": {"path": str(ensure_tiny_model().model_dir)}}]
+    spec["containers"][0]["volumeMounts"] = [{"name": "tiny", "mountPath": "/models/model", "readOnly": True}]
+    return [deployment, service]
+
+
+def store_adapter(name: str, store: ObjectStore, uri: str, secret: str, **s3: Any) -> dict[str, Any]:
+    """A LoraAdapter of the tiny model served from `uri` in the store, its credentials from `secret`."""
+    body = adapter(name, "unused")
+    connection = {"endpoint": store.pod_endpoint, "region": store.region, "pathStyle": True,
+                  "credentialsSecret": {"name": secret}}  # fmt: skip
+    body["spec"]["source"] = {"s3": {"uri": uri, "connection": connection, **s3}}
+    return body
 
 
 def adapter(name: str, path: str, **spec: Any) -> dict[str, Any]:

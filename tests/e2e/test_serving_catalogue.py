@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serving_s3 import CACHE, deployment_without_claims
+from test_serving_s3 import CACHE
 
 from loraplane.api.storage import S3Path
 from loraplane_devcluster import objectstore
@@ -24,7 +24,17 @@ from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
 from loraplane_worker.storage import ObjectStore as Store
 from storage_fixtures import connection, credentials_env, unique_bucket
-from vllm_e2e import DEPLOYMENT, GATE, START_TIMEOUT_S, Cluster, adapter, completion, condition, models_on
+from vllm_e2e import (
+    DEPLOYMENT,
+    GATE,
+    START_TIMEOUT_S,
+    Cluster,
+    completion,
+    condition,
+    deployment_without_claims,
+    models_on,
+    store_adapter,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -57,11 +67,7 @@ class Catalogue:
 
 
 def stored_adapter(store: ObjectStore, bucket: str, name: str, sha256: str, mode: str) -> dict[str, Any]:
-    body = adapter(name, "unused")
-    conn = {"endpoint": store.pod_endpoint, "region": store.region, "pathStyle": True,
-            "credentialsSecret": {"name": SECRET}}  # fmt: skip
-    uri = f"s3://{bucket}/adapters/quotes"
-    body["spec"]["source"] = {"s3": {"uri": uri, "sha256": sha256, "connection": conn}}
+    body = store_adapter(name, store, f"s3://{bucket}/adapters/quotes", SECRET, sha256=sha256)
     body["spec"]["serving"]["mode"] = mode
     body["metadata"]["labels"] = {LABEL: mode}
     return body
@@ -92,10 +98,7 @@ def catalogue(
     bodies += [stored_adapter(store, bucket, n, digest, "OnDemand") for n in names]
     for start in range(0, len(bodies), 250):
         cluster.apply(bodies[start : start + 250])
-    deployment, service = deployment_without_claims()
-    deployment["spec"]["replicas"] = 1
-    deployment["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-    cluster.apply([deployment, service])
+    cluster.apply(deployment_without_claims(replicas=1))
     yield Catalogue(cluster, digest)
     kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=300, check=False)
     kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)

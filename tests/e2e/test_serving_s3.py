@@ -43,9 +43,9 @@ from vllm_e2e import (
     adapter,
     completion,
     condition,
+    deployment_without_claims,
     models_on,
     replace_pod,
-    vllm_deployment,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -87,18 +87,6 @@ class Stored:
             )
             out.append(got.stdout)
         return "\n".join(out)
-
-
-def deployment_without_claims() -> list[dict[str, Any]]:
-    """The tiny example, opted in, with its base model from a hostPath instead of the claim."""
-    deployment, service = vllm_deployment()
-    # Both pods of the first template are replaced at once (they are still starting when loraplane
-    # writes its change): one vLLM start on the clock, not two in a row.
-    deployment["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 2}}
-    spec = deployment["spec"]["template"]["spec"]
-    spec["volumes"] = [{"name": "tiny", "hostPath": {"path": str(ensure_tiny_model().model_dir)}}]
-    spec["containers"][0]["volumeMounts"] = [{"name": "tiny", "mountPath": "/models/model", "readOnly": True}]
-    return [deployment, service]
 
 
 @pytest.fixture(scope="module")
