@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -40,6 +41,7 @@ from loraplane.status import adapter as status_of
 from loraplane.status import resolution
 from loraplane.status.adapter import Holding, PodResult, PodView
 from loraplane.status.resolution import Problem, Wanted
+from loraplane.status.versions import record_version
 from loraplane_worker.fetch import MAX_REQUEST_BYTES, Cache, WantedAdapter, name_base_model
 from loraplane_worker.fetch import Wanted as FetchList
 from manifests import EXAMPLES
@@ -313,3 +315,14 @@ def test_a_pass_catalogues_without_loading_and_a_deleted_one_leaves_the_cache_an
     assert not link.exists(), "unlinked from the cache: the resolver cannot bring it back"
     assert "/v1/unload_lora_adapter" in Vllm.posts
     assert set(Vllm.adapters) == {"by-hand"}, "what a user loaded by hand stays"
+
+
+def test_a_new_version_of_an_on_demand_adapter_enters_the_history_though_its_path_stays() -> None:
+    first = wanted("sql")
+    newer = dataclasses.replace(first, sha256="ef" * 32)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    history = record_version([], first, True, now)
+    assert record_version(history, first, True, now) == history
+    history = record_version(history, newer, True, now + dt.timedelta(minutes=1))
+    assert [e.sha256 for e in history] == ["ef" * 32, DIGEST]
+    assert {e.path for e in history} == {f"{serving.CACHE_MOUNT}/sql"}
