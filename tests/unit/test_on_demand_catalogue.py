@@ -259,16 +259,16 @@ def test_catalogued_on_every_pod_is_ready_as_catalogued_and_lists_no_pod() -> No
 # ---- one pass: catalogued, not loaded; the gate waits for the warm ones only; deleted: unlinked, unloaded
 
 
-def catalogued_object(cache: Path) -> None:
+def catalogued_object(cache: Path, digest: str = DIGEST) -> None:
     """The object the fetcher would have fetched already (no store traffic in a unit test)."""
-    folder = cache / ".objects" / DIGEST
+    folder = cache / ".objects" / digest
     folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
     (folder / "loraplane-manifest.json").write_text("{}")
 
 
-def test_a_pass_catalogues_without_loading_and_a_deleted_one_leaves_the_cache_and_the_server(
+def test_a_pass_catalogues_without_loading_swaps_versions_and_a_deleted_one_leaves_cache_and_server(
     cluster: Cluster, vllm: int, fetcher_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(serving_fetcher_port=fetcher_port)
@@ -295,15 +295,32 @@ def test_a_pass_catalogues_without_loading_and_a_deleted_one_leaves_the_cache_an
     )
     assert cluster.records[-1] == ["quotes"], "a catalogued name is loraplane's to unload"
 
-    # vLLM's resolver loaded it on a request; then the adapter is deleted.
+    # vLLM's resolver loaded it on a request, and a pass saw it there.
     Vllm.adapters["quotes"] = f"{serving.CACHE_MOUNT}/quotes"
     Vllm.adapters["by-hand"] = "/models/adapters/mine"
-    gone = copy.deepcopy(body)
-    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     opened = pod_of(cluster.deployment, "vllm-tiny-a", "h2")
-    opened["status"]["conditions"].append(
-        {"type": serving.GATE, "status": "True", "reason": "AdaptersLoaded"}
-    )
+    gate = {"type": serving.GATE, "status": "True", "reason": "AdaptersLoaded"}
+    opened["status"]["conditions"].append(gate)
+    assert ready(run_pass(cluster, body, [opened]))[:2] == ("True", "Catalogued")
+    assert "/v1/unload_lora_adapter" not in Vllm.posts
+
+    # A new version: the link now names another object, so the name is unloaded (vLLM would go on
+    # serving the old weights from memory) and the next request loads the new files.
+    newer, version = "ef" * 32, copy.deepcopy(body)
+    catalogued_object(tmp_path / "cache", newer)
+    version["spec"]["source"]["s3"]["sha256"] = newer
+    version["metadata"]["generation"] = 2
+    assert ready(run_pass(cluster, version, [opened]))[:2] == ("True", "Catalogued")
+    assert link.resolve().name == newer
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 1
+    assert "quotes" not in Vllm.adapters
+    Vllm.adapters["quotes"] = f"{serving.CACHE_MOUNT}/quotes"  # its next request
+    run_pass(cluster, version, [opened])
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 1, "the new version stays"
+
+    # Then the adapter is deleted.
+    gone = copy.deepcopy(version)
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     indexes = Indexes(
         adapters={(namespace, "vllm-tiny"): [gone]},  # type: ignore[arg-type]
         deployments={(namespace, "vllm-tiny"): [cluster.deployment]},  # type: ignore[arg-type]
@@ -313,7 +330,7 @@ def test_a_pass_catalogues_without_loading_and_a_deleted_one_leaves_the_cache_an
     outcome = asyncio.run(reconcile_deployment(namespace, "vllm-tiny", indexes))
     assert "quotes" not in outcome.unwanted_held, "the finalizer may finish"
     assert not link.exists(), "unlinked from the cache: the resolver cannot bring it back"
-    assert "/v1/unload_lora_adapter" in Vllm.posts
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 2
     assert set(Vllm.adapters) == {"by-hand"}, "what a user loaded by hand stays"
 
 

@@ -51,6 +51,7 @@ async def reconcile_pod(
     # filesystem resolver cannot bring it back in between.
     fetching = await fetch_into_cache(rec, client, plan, view, models)
     models = await unload_unwanted(rec, server, client, view, models, plan)
+    models = await unload_replaced(rec, server, client, view, models, plan)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
     if swap_now and view.gate_status == "True":
@@ -111,6 +112,10 @@ async def fetch_into_cache(
         if problem is None or models.holds(want.served_name, want.path):
             if want.mode == ON_DEMAND:
                 holdings[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+                if state is not None and state.sha256 and models.holds(want.served_name, want.path):
+                    # What the cache held when vLLM was first seen holding it: the version it loaded.
+                    rec.on_demand_loaded.setdefault(on_demand_key(view, want), state.sha256)
+                    rec.catalogued[on_demand_key(view, want)] = state.sha256
             continue
         reason, message = problem
         said = f"pod {view.name}: {message}"
@@ -144,6 +149,42 @@ async def unload_unwanted(
     for name in sorted(unloaded):
         for adapter in adapters_named(rec, name):
             event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
+    return Models(
+        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
+    )
+
+
+def on_demand_key(view: PodView, want: Wanted) -> tuple[str, str]:
+    return (f"{view.name}/{view.started_at}", want.served_name)
+
+
+async def unload_replaced(
+    rec: Reconciler,
+    server: Server,
+    client: aiohttp.ClientSession,
+    view: PodView,
+    models: Models,
+    plan: PodPlan,
+) -> Models:
+    """Unload an OnDemand adapter whose cache entry now holds another version than the one vLLM loaded
+    (its path, the served name's link, stays the same, so vLLM would go on serving the old weights from
+    memory, and the new ones only after an eviction): the next request loads the new files."""
+    replaced = []
+    for want in plan.wanted:
+        key = on_demand_key(view, want)
+        loaded, now_held = rec.on_demand_loaded.get(key), rec.catalogued.get(key)
+        if want.mode == ON_DEMAND and loaded and now_held and loaded != now_held:
+            replaced.append(want)
+    if not replaced:
+        return models
+    unloaded = set()
+    for want in replaced:
+        if await unload_quietly(server, client, want.served_name):
+            unloaded.add(want.served_name)
+            rec.on_demand_loaded.pop(on_demand_key(view, want), None)
+            message = f"unloaded from pod {view.name}: its cache holds a new version, loaded on next use"
+            for adapter in adapters_named(rec, want.served_name):
+                event(adapter, "Normal", "Unloaded", message)
     return Models(
         models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
     )
