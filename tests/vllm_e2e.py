@@ -5,6 +5,7 @@ volume."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import urllib.error
 import urllib.request
@@ -15,10 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane.api.storage import S3Connection, S3Path
+from loraplane_devcluster import objectstore
 from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_devcluster.tinymodel import ensure_tiny_model
+from loraplane_worker.storage import ObjectStore as Store
 from manifests import EXAMPLES
 
 CLAIM = "loraplane-tiny"
@@ -181,6 +185,23 @@ def deployment_without_claims(replicas: int = 2) -> list[dict[str, Any]]:
     spec["volumes"] = [{"name": "tiny", "hostPath": {"path": str(ensure_tiny_model().model_dir)}}]
     spec["containers"][0]["volumeMounts"] = [{"name": "tiny", "mountPath": "/models/model", "readOnly": True}]
     return [deployment, service]
+
+
+def namespace_with_store(
+    kube: Kube, store: ObjectStore, hint: str, adapter_dir: Path, workdir: Path
+) -> tuple[Cluster, str, Store, str]:
+    """A namespace and a bucket of their own, with the adapter uploaded to `adapters/quotes`: the
+    namespace's Cluster, the bucket, a client of the store, and the adapter's digest."""
+    namespace = kube.create_namespace(hint)
+    bucket = f"{hint[:40]}-{secrets.token_hex(4)}"
+    objectstore.create_bucket(store, bucket)
+    host = Store(
+        S3Connection(endpoint=store.endpoint, region=store.region, path_style=True),
+        environ={"AWS_ACCESS_KEY_ID": store.access_key_id, "AWS_SECRET_ACCESS_KEY": store.secret_access_key},
+    )
+    digest = host.upload_adapter(adapter_dir, S3Path(bucket, "adapters/quotes")).sha256
+    assert digest is not None
+    return Cluster(kube, namespace, workdir), bucket, host, digest
 
 
 def store_adapter(name: str, store: ObjectStore, uri: str, secret: str, **s3: Any) -> dict[str, Any]:

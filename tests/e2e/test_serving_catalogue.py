@@ -17,13 +17,10 @@ from typing import Any
 import pytest
 from test_serving_s3 import CACHE
 
-from loraplane.api.storage import S3Path
 from loraplane_devcluster import objectstore
 from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.testing import Kube, wait_until
 from loraplane_fixtures import ChartOperator, Release
-from loraplane_worker.storage import ObjectStore as Store
-from storage_fixtures import connection, credentials_env, unique_bucket
 from vllm_e2e import (
     DEPLOYMENT,
     GATE,
@@ -33,6 +30,7 @@ from vllm_e2e import (
     condition,
     deployment_without_claims,
     models_on,
+    namespace_with_store,
     store_adapter,
 )
 
@@ -83,13 +81,9 @@ def catalogue(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Catalogue]:
     store = cluster_object_store
-    namespace = kube.create_namespace("catalogue")
-    cluster = Cluster(kube, namespace, tmp_path_factory.mktemp("catalogue"))
-    bucket = unique_bucket("catalogue")
-    objectstore.create_bucket(store, bucket)
-    host = Store(connection(store), environ=credentials_env(store))
-    digest = host.upload_adapter(tiny_adapter, S3Path(bucket, "adapters/quotes")).sha256
-    assert digest is not None
+    workdir = tmp_path_factory.mktemp("catalogue")
+    cluster, bucket, _, digest = namespace_with_store(kube, store, "catalogue", tiny_adapter, workdir)
+    namespace = cluster.namespace
     objectstore.apply_credentials_secret(store, kube.bin_dir / "kubectl", kube.kubeconfig, SECRET, namespace)
     # The adapters first, then the Deployment: its one template change (LoRA, the fetcher, the resolver)
     # is written before its pod gets far, so the pod that serves starts with the whole catalogue wanted.

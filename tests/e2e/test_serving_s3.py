@@ -34,7 +34,6 @@ from loraplane_devcluster.tinymodel import ensure_tiny_model
 from loraplane_fixtures import ChartOperator, Release
 from loraplane_worker.storage import ADAPTER_WEIGHTS
 from loraplane_worker.storage import ObjectStore as Store
-from storage_fixtures import connection, credentials_env, unique_bucket
 from vllm_e2e import (
     DEPLOYMENT,
     GATE,
@@ -45,6 +44,7 @@ from vllm_e2e import (
     condition,
     deployment_without_claims,
     models_on,
+    namespace_with_store,
     replace_pod,
 )
 
@@ -99,13 +99,9 @@ def stored(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stored]:
     store = cluster_object_store
-    namespace = kube.create_namespace("serving-s3")
-    cluster = Cluster(kube, namespace, tmp_path_factory.mktemp("serving-s3"))
-    bucket = unique_bucket("serve")
-    objectstore.create_bucket(store, bucket)
-    host = Store(connection(store), environ=credentials_env(store))
-    digest = host.upload_adapter(tiny_adapter, S3Path(bucket, "adapters/quotes")).sha256
-    assert digest is not None
+    workdir = tmp_path_factory.mktemp("serving-s3")
+    cluster, bucket, host, digest = namespace_with_store(kube, store, "serving-s3", tiny_adapter, workdir)
+    namespace = cluster.namespace
     # The same adapter with its weights replaced after the upload: the manifest no longer matches.
     host.upload_adapter(tiny_adapter, S3Path(bucket, "adapters/corrupt"))
     junk = tmp_path_factory.mktemp("junk") / ADAPTER_WEIGHTS

@@ -51,7 +51,7 @@ async def reconcile_pod(
     # filesystem resolver cannot bring it back in between.
     fetching = await fetch_into_cache(rec, client, plan, view, models)
     models = await unload_unwanted(rec, server, client, view, models, plan)
-    models = await unload_replaced(rec, server, client, view, models, plan)
+    models = await unload_replaced(rec, server, client, view, models, plan.wanted)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
     if swap_now and view.gate_status == "True":
@@ -149,28 +149,26 @@ async def unload_unwanted(
     for name in sorted(unloaded):
         for adapter in adapters_named(rec, name):
             event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
-    return Models(
-        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
-    )
+    return without(models, unloaded)
+
+
+def without(models: Models, names: set[str]) -> Models:
+    """The listing with `names` unloaded."""
+    kept = {k: v for k, v in models.adapters.items() if k not in names}
+    return Models(models.base_id, models.base_root, kept)
 
 
 def on_demand_key(view: PodView, want: Wanted) -> tuple[str, str]:
     return (f"{view.name}/{view.started_at}", want.served_name)
 
 
-async def unload_replaced(
-    rec: Reconciler,
-    server: Server,
-    client: aiohttp.ClientSession,
-    view: PodView,
-    models: Models,
-    plan: PodPlan,
-) -> Models:
+async def unload_replaced(rec: Reconciler, server: Server, client: aiohttp.ClientSession, view: PodView,
+                          models: Models, wanted: list[Wanted]) -> Models:  # fmt: skip
     """Unload an OnDemand adapter whose cache entry now holds another version than the one vLLM loaded
     (its path, the served name's link, stays the same, so vLLM would go on serving the old weights from
     memory, and the new ones only after an eviction): the next request loads the new files."""
     replaced = []
-    for want in plan.wanted:
+    for want in wanted:
         key = on_demand_key(view, want)
         loaded, now_held = rec.on_demand_loaded.get(key), rec.catalogued.get(key)
         if want.mode == ON_DEMAND and loaded and now_held and loaded != now_held:
@@ -185,9 +183,7 @@ async def unload_replaced(
             message = f"unloaded from pod {view.name}: its cache holds a new version, loaded on next use"
             for adapter in adapters_named(rec, want.served_name):
                 event(adapter, "Normal", "Unloaded", message)
-    return Models(
-        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
-    )
+    return without(models, unloaded)
 
 
 async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: str) -> bool:
