@@ -118,9 +118,11 @@ class Bench:
         old = self.ready_pod().metadata.name
         seen: dict[str, float] = {}
         stream = kubernetes.watch.Watch()
+        # From the listing's version on: the replacement's ADDED event arrives as it is created.
+        since = self.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={DEPLOYMENT}").metadata
         self.core.delete_namespaced_pod(old, NAMESPACE)
-        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE,
-                                   label_selector=f"app={DEPLOYMENT}", timeout_seconds=900):  # fmt: skip
+        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, label_selector=f"app={DEPLOYMENT}",
+                                   resource_version=since.resource_version, timeout_seconds=900):  # fmt: skip
             pod = event["object"]
             if pod.metadata.name == old:
                 continue
