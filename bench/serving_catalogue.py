@@ -119,10 +119,11 @@ class Bench:
         seen: dict[str, float] = {}
         stream = kubernetes.watch.Watch()
         # From the listing's version on: the replacement's ADDED event arrives as it is created.
-        since = self.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={DEPLOYMENT}").metadata
+        selector = f"app={DEPLOYMENT}"
+        since = self.core.list_namespaced_pod(NAMESPACE, label_selector=selector).metadata.resource_version
         self.core.delete_namespaced_pod(old, NAMESPACE)
-        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, label_selector=f"app={DEPLOYMENT}",
-                                   resource_version=since.resource_version, timeout_seconds=900):  # fmt: skip
+        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, label_selector=selector,
+                                   resource_version=since, timeout_seconds=900):  # fmt: skip
             pod = event["object"]
             if pod.metadata.name == old:
                 continue
