@@ -11,7 +11,8 @@ pod's cache holds one object and a link per name. One adapter is HotLoad (warm: 
 the others OnDemand.
 
 1. Pod start with 1 catalogued adapter, then with `--catalogue`: the pod is deleted and its replacement
-   timed from its creation (first seen by a watch) to Ready, and from ContainersReady to its gate open.
+   timed from its creation (first seen by a watch) to Ready and to ContainersReady (vLLM's own start),
+   and from ContainersReady to its gate open.
 2. First request: `--samples` catalogued adapters asked once each (vLLM's filesystem resolver reads the
    cache and loads it), against the warm adapter asked as often; and each catalogued one's second
    request. p50 and p95, as ratios to the warm adapter's.
@@ -112,9 +113,9 @@ class Bench:
         conditions = {c.type: c.status for c in (pod.status.conditions or [])} if pod else {}
         return pod if conditions.get("Ready") == "True" else None
 
-    def replacement(self) -> tuple[float, float]:
-        """Delete the pod: (its replacement's creation -> Ready, ContainersReady -> gate open), seconds,
-        as a watch sees them."""
+    def replacement(self) -> tuple[float, float, float]:
+        """Delete the pod: its replacement's creation -> Ready, creation -> ContainersReady (vLLM's own
+        start), and ContainersReady -> gate open, seconds, as a watch sees them."""
         old = self.ready_pod().metadata.name
         seen: dict[str, float] = {}
         stream = kubernetes.watch.Watch()
@@ -136,7 +137,8 @@ class Bench:
             if conditions.get("Ready") == "True" and "gate" in seen:
                 seen["ready"] = time.monotonic()
                 stream.stop()
-        return seen["ready"] - seen["created"], seen["gate"] - seen["containers"]
+        created = seen["created"]
+        return seen["ready"] - created, seen["containers"] - created, seen["gate"] - seen["containers"]
 
 
 def timed_completion(ip: str, model: str) -> float:
@@ -200,9 +202,10 @@ def run(kube: Kube, run_dir: Path, catalogue: int, samples: int) -> None:
               f"(x{p95 / w95:.2f})")  # fmt: skip
     print(f"\nserving pod start, 1 warm adapter and N catalogued; ratios to N=1 ({catalogue - 1} more "
           f"applied -> catalogued in {applied:.1f} s)")  # fmt: skip
-    base_ready, base_gate = starts[1]
-    for count, (ready, gate) in starts.items():
+    base_ready, base_start, base_gate = starts[1]
+    for count, (ready, start, gate) in starts.items():
         print(f"  N={count:>5}: created -> Ready {ready:6.2f} s (x{ready / base_ready:.2f})   "
+              f"created -> containers ready {start:6.2f} s (x{start / base_start:.2f})   "
               f"containers ready -> gate open {gate:6.3f} s (x{gate / base_gate:.2f})")  # fmt: skip
 
 
