@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -227,6 +228,7 @@ def main() -> int:
     finally:
         objectstore.stop(run_dir)
         controlplane.down(run_dir, grace_s=5)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
