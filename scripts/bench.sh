@@ -14,7 +14,7 @@ if [ -n "${LORAPLANE_KUBECONFIG:-}" ] && [ "$LORAPLANE_KUBECONFIG" != local ]; t
   "$py" bench/cluster_start.py --kubeconfig "$LORAPLANE_KUBECONFIG"
   exit 0
 fi
-for bench in cluster_start node_agent training_jobs worker_throughput distributed evaluation storage; do
+for bench in cluster_start node_agent training_jobs worker_throughput distributed evaluation storage serving_catalogue; do
   echo "==> bench/$bench.py"
   "$py" "bench/$bench.py"
 done

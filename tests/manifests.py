@@ -136,6 +136,13 @@ INVALID = [
         server_only=True,
     ),
     Invalid("no-adapter-source", LAD, {"spec.source": {}}, "spec.source", server_only=True),
+    Invalid(
+        "on-demand-from-a-volume",
+        LAD,
+        {"spec.serving.mode": "OnDemand", "spec.source": {"volume": {"claimName": "adapters", "path": "x"}}},
+        "spec.serving.mode OnDemand",
+        server_only=True,
+    ),
     Invalid("model-name-and-s3", LTJ, {"spec.baseModel.s3": {"uri": "s3://models/opt"}}, "spec.baseModel"),
     Invalid("dataset-name-and-s3", LTJ, {"spec.dataset.s3": {"uri": "s3://data/d.jsonl"}}, "spec.dataset"),
     Invalid("output-volume-and-s3", LTJ, {"spec.output.s3": {"uri": "s3://runs/adapters"}}, "spec.output"),

@@ -5,6 +5,7 @@ volume."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import urllib.error
 import urllib.request
@@ -15,8 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane.api.storage import S3Connection, S3Path
+from loraplane_devcluster import objectstore
+from loraplane_devcluster.objectstore import ObjectStore
 from loraplane_devcluster.staging import stage_tiny_model
 from loraplane_devcluster.testing import Kube, wait_until
+from loraplane_devcluster.tinymodel import ensure_tiny_model
+from loraplane_worker.storage import ObjectStore as Store
 from manifests import EXAMPLES
 
 CLAIM = "loraplane-tiny"
@@ -167,6 +173,44 @@ def vllm_deployment(
         container["env"].append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
         template["readinessGates"] = [{"conditionType": GATE}]
     return [deployment, service]
+
+
+def deployment_without_claims(replicas: int = 2) -> list[dict[str, Any]]:
+    """The tiny example, opted in, with its base model from a hostPath instead of the claim."""
+    deployment, service = vllm_deployment(replicas=replicas)
+    # Every pod of the first template is replaced at once (they are still starting when loraplane
+    # writes its change): one vLLM start on the clock, not two in a row.
+    deployment["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": replicas}}
+    spec = deployment["spec"]["template"]["spec"]
+    spec["volumes"] = [{"name": "tiny", "hostPath": {"path": str(ensure_tiny_model().model_dir)}}]
+    spec["containers"][0]["volumeMounts"] = [{"name": "tiny", "mountPath": "/models/model", "readOnly": True}]
+    return [deployment, service]
+
+
+def namespace_with_store(
+    kube: Kube, store: ObjectStore, hint: str, adapter_dir: Path, workdir: Path
+) -> tuple[Cluster, str, Store, str]:
+    """A namespace and a bucket of their own, with the adapter uploaded to `adapters/quotes`: the
+    namespace's Cluster, the bucket, a client of the store, and the adapter's digest."""
+    namespace = kube.create_namespace(hint)
+    bucket = f"{hint[:40]}-{secrets.token_hex(4)}"
+    objectstore.create_bucket(store, bucket)
+    host = Store(
+        S3Connection(endpoint=store.endpoint, region=store.region, path_style=True),
+        environ={"AWS_ACCESS_KEY_ID": store.access_key_id, "AWS_SECRET_ACCESS_KEY": store.secret_access_key},
+    )
+    digest = host.upload_adapter(adapter_dir, S3Path(bucket, "adapters/quotes")).sha256
+    assert digest is not None
+    return Cluster(kube, namespace, workdir), bucket, host, digest
+
+
+def store_adapter(name: str, store: ObjectStore, uri: str, secret: str, **s3: Any) -> dict[str, Any]:
+    """A LoraAdapter of the tiny model served from `uri` in the store, its credentials from `secret`."""
+    body = adapter(name, "unused")
+    connection = {"endpoint": store.pod_endpoint, "region": store.region, "pathStyle": True,
+                  "credentialsSecret": {"name": secret}}  # fmt: skip
+    body["spec"]["source"] = {"s3": {"uri": uri, "connection": connection, **s3}}
+    return body
 
 
 def adapter(name: str, path: str, **spec: Any) -> dict[str, Any]:

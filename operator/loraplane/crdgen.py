@@ -226,7 +226,7 @@ def adapter_crd() -> JsonSchema:
             "name": "Mode",
             "type": "string",
             "jsonPath": ".spec.serving.mode",
-            "description": "HotLoad or Static.",
+            "description": "HotLoad, Static or OnDemand.",
         },
         _condition_column("Reason", "Ready", "reason", "Why the adapter is (not) Ready."),
         {

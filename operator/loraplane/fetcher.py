@@ -67,10 +67,12 @@ class FetchState:
         return FETCH_RETRYING, f"{said} (the pod's fetcher retries with backoff)"
 
 
-def wanted_list(wants: list[Wanted], epoch: str) -> dict[str, Any]:
+def wanted_list(wants: list[Wanted], epoch: str, model: str = "") -> dict[str, Any]:
     """The body of `POST /sync`: every store adapter the pod must hold. `retryEpoch` (the adapter's
     generation and the resync period) lets a permanent failure be tried again after a spec change
-    or once per resync, never in a loop."""
+    or once per resync, never in a loop. `model`, the server's `--model` string, is what the fetcher
+    writes into each cached adapter_config.json's `base_model_name_or_path`: vLLM's filesystem
+    resolver loads an OnDemand adapter only when the two are equal."""
     adapters = []
     for want in wants:
         if want.fetch is None:
@@ -87,7 +89,7 @@ def wanted_list(wants: list[Wanted], epoch: str) -> dict[str, Any]:
         if want.fetch.credentials:
             entry["credentials"] = want.fetch.credentials
         adapters.append(entry)
-    return {"adapters": adapters}
+    return {"adapters": adapters, "baseModel": model} if model else {"adapters": adapters}
 
 
 async def sync(

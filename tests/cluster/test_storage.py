@@ -8,6 +8,7 @@ start a cluster, except the last, where a pod on the local cluster fetches from 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -625,3 +626,33 @@ def test_old_checkpoints_are_pruned_manifest_first_keeping_the_newest_complete_o
     assert newest.step == 8
     assert store.prune_checkpoints(checkpoints, keep=2) == []
     assert store.prune_checkpoints(checkpoints, keep=0) == []  # no limit: keep everything
+
+
+def test_a_catalogue_of_a_thousand_names_is_one_object_that_vllms_resolver_takes_under_each(
+    object_store: ObjectStore, bucket: S3Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OnDemand: 1,000 served names of the same weights are one fetch and one object; each cached
+    config names the server's `--model`, which is all vLLM's own filesystem resolver checks."""
+    from vllm.plugins.lora_resolvers.filesystem_resolver import FilesystemResolver  # noqa: PLC0415
+
+    for key, value in credentials_env(object_store).items():
+        monkeypatch.setenv(key, value)
+    digest = client(object_store).upload_adapter(make_adapter(tmp_path / "a"), bucket.child("a")).sha256
+    assert digest is not None
+    cache = tmp_path / "cache"
+    names = [f"cat-{i:04d}" for i in range(1000)]
+    entries = [WantedAdapter(name=n, uri=bucket.child("a").uri, sha256=digest) for n in names]
+    wanted = Wanted(connection=connection(object_store), base_model="/models/model", adapters=entries)
+    states = Fetcher(cache, options=QUICK).sync(wanted)
+    assert {s.state for s in states.values()} == {"Ready"}
+    assert [p.name for p in (cache / ".objects").iterdir()] == [digest], "one object for every name"
+    config = json.loads((cache / "cat-0007" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "/models/model"
+    assert sha256((cache / "cat-0007" / ADAPTER_WEIGHTS).read_bytes()) == digest, "the weights as verified"
+
+    resolver = FilesystemResolver(str(cache))
+    found = asyncio.run(resolver.resolve_lora("/models/model", "cat-0007"))
+    assert found is not None
+    assert found.lora_path == str(cache / "cat-0007")
+    assert asyncio.run(resolver.resolve_lora("tiny-llama", "cat-0007")) is None, "only the --model string"
+    assert asyncio.run(resolver.resolve_lora("/models/model", "not-catalogued")) is None

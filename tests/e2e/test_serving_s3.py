@@ -34,7 +34,6 @@ from loraplane_devcluster.tinymodel import ensure_tiny_model
 from loraplane_fixtures import ChartOperator, Release
 from loraplane_worker.storage import ADAPTER_WEIGHTS
 from loraplane_worker.storage import ObjectStore as Store
-from storage_fixtures import connection, credentials_env, unique_bucket
 from vllm_e2e import (
     DEPLOYMENT,
     GATE,
@@ -43,9 +42,10 @@ from vllm_e2e import (
     adapter,
     completion,
     condition,
+    deployment_without_claims,
     models_on,
+    namespace_with_store,
     replace_pod,
-    vllm_deployment,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -89,18 +89,6 @@ class Stored:
         return "\n".join(out)
 
 
-def deployment_without_claims() -> list[dict[str, Any]]:
-    """The tiny example, opted in, with its base model from a hostPath instead of the claim."""
-    deployment, service = vllm_deployment()
-    # Both pods of the first template are replaced at once (they are still starting when loraplane
-    # writes its change): one vLLM start on the clock, not two in a row.
-    deployment["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 2}}
-    spec = deployment["spec"]["template"]["spec"]
-    spec["volumes"] = [{"name": "tiny", "hostPath": {"path": str(ensure_tiny_model().model_dir)}}]
-    spec["containers"][0]["volumeMounts"] = [{"name": "tiny", "mountPath": "/models/model", "readOnly": True}]
-    return [deployment, service]
-
-
 @pytest.fixture(scope="module")
 def stored(
     kube: Kube,
@@ -111,13 +99,9 @@ def stored(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stored]:
     store = cluster_object_store
-    namespace = kube.create_namespace("serving-s3")
-    cluster = Cluster(kube, namespace, tmp_path_factory.mktemp("serving-s3"))
-    bucket = unique_bucket("serve")
-    objectstore.create_bucket(store, bucket)
-    host = Store(connection(store), environ=credentials_env(store))
-    digest = host.upload_adapter(tiny_adapter, S3Path(bucket, "adapters/quotes")).sha256
-    assert digest is not None
+    workdir = tmp_path_factory.mktemp("serving-s3")
+    cluster, bucket, host, digest = namespace_with_store(kube, store, "serving-s3", tiny_adapter, workdir)
+    namespace = cluster.namespace
     # The same adapter with its weights replaced after the upload: the manifest no longer matches.
     host.upload_adapter(tiny_adapter, S3Path(bucket, "adapters/corrupt"))
     junk = tmp_path_factory.mktemp("junk") / ADAPTER_WEIGHTS

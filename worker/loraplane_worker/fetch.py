@@ -16,6 +16,8 @@ Secret's values, or the pod's identity), and it writes only under the cache dire
     CACHE/
       <served name>  -> .objects/<sha256>     (a symlink, swapped atomically)
       .objects/<sha256>/adapter_model.safetensors, adapter_config.json, loraplane-manifest.json
+                                               (adapter_config.json's base_model_name_or_path: the
+                                               list's `baseModel`, the server's --model, when given)
       .status.json                             (per name: Ready / Failed, with the store's code)
 
 An adapter is fetched into a temporary folder, every file checked against its manifest and the
@@ -108,6 +110,15 @@ class WantedAdapter(_Model):
 class Wanted(_Model):
     connection: S3Connection | None = Field(default=None, description="How to reach the store.")
     adapters: list[WantedAdapter] = Field(default_factory=list, description="What the cache must hold.")
+    base_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "The serving vLLM's `--model` string, written into each cached adapter_config.json's "
+            "base_model_name_or_path (vLLM's filesystem resolver loads a name only when they are equal)."
+        ),
+    )
 
 
 @dataclass
@@ -148,10 +159,13 @@ class Cache:
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_symlink())
 
-    def fetch(self, store: ObjectStore, wanted: WantedAdapter) -> str:
-        """Download, verify, and link; returns the digest now served under `wanted.name`."""
+    def fetch(self, store: ObjectStore, wanted: WantedAdapter, base_model: str | None = None) -> str:
+        """Download, verify, and link; returns the digest now served under `wanted.name`. With
+        `base_model`, the cached adapter_config.json names it as its base model (the digests are of
+        the weights, so what was verified stays verified)."""
         self.objects.mkdir(parents=True, exist_ok=True)
         if wanted.sha256 and (self.objects / wanted.sha256 / "loraplane-manifest.json").is_file():
+            name_base_model(self.objects / wanted.sha256, base_model)
             self._link(wanted.name, wanted.sha256)  # another name (or an earlier version) brought it
             return wanted.sha256
         if self.max_bytes is not None:
@@ -172,7 +186,9 @@ class Cache:
             final = self.objects / manifest.sha256
             if final.exists():
                 shutil.rmtree(staging)
+                name_base_model(final, base_model)
             else:
+                name_base_model(staging, base_model)  # before the rename: vLLM sees only the final form
                 staging.rename(final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -237,6 +253,21 @@ class Cache:
         for leftover in self.root.glob(".fetch-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         return gone
+
+
+def name_base_model(folder: Path, base_model: str | None) -> None:
+    """Make `folder/adapter_config.json` say `base_model_name_or_path: base_model`; the file is
+    replaced by a rename, so a reader sees the old or the new config, never half of one."""
+    config_path = folder / "adapter_config.json"
+    if base_model is None or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    if not isinstance(config, dict) or config.get("base_model_name_or_path") == base_model:
+        return
+    config["base_model_name_or_path"] = base_model
+    tmp = folder / ".adapter_config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    tmp.replace(config_path)
 
 
 def read_wanted(path: Path) -> Wanted:
@@ -315,7 +346,7 @@ class Fetcher:
             )
             try:
                 store = self._store_for(adapter.connection or wanted.connection, adapter)
-                digest = self.cache.fetch(store, adapter)
+                digest = self.cache.fetch(store, adapter, wanted.base_model)
             except StoreError as error:
                 state.state, state.code, state.message, state.permanent = (
                     "Failed",

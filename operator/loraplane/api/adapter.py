@@ -26,7 +26,7 @@ PLURAL = "loraadapters"
 # Label values and child names derived from an adapter's name stay within 63 characters.
 MAX_NAME_LENGTH = 52
 
-ServingMode = Literal["HotLoad", "Static"]
+ServingMode = Literal["HotLoad", "Static", "OnDemand"]
 # Versions kept in status.history: enough to roll back a few releases, small enough that a thousand
 # adapters' statuses stay small.
 HISTORY_LIMIT = 10
@@ -109,7 +109,11 @@ class ServingTarget(ApiModel):
         default="HotLoad",
         description=(
             "HotLoad: load at runtime on every replica, no restart (a pod is Ready only once it holds its "
-            "adapters). Static: add to the Deployment's `--lora-modules` and let the rollout restart pods."
+            "adapters). Static: add to the Deployment's `--lora-modules` and let the rollout restart pods. "
+            "OnDemand: catalogue it in every replica's adapter cache (fetched and verified) without loading "
+            "it; vLLM's filesystem resolver loads it on its first request, and a pod's readiness gate does "
+            "not wait for it (its HotLoad adapters are the warm ones). Needs an adapter in the object store "
+            "(source.s3, or a training job with output.s3); Ready means every replica has it catalogued."
         ),
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
@@ -126,6 +130,19 @@ class ServingTarget(ApiModel):
 
 class LoraAdapterSpec(ApiModel):
     """Desired adapter and where it is served."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            validation(
+                "!has(self.serving.mode) || self.serving.mode != 'OnDemand' || "
+                "has(self.source.s3) || has(self.source.trainingJob)",
+                "spec.serving.mode OnDemand needs an adapter in the object store: spec.source.s3, or "
+                "spec.source.trainingJob of a job with spec.output.s3 (volume and huggingFace sources are "
+                "loaded with HotLoad or Static)",
+                field_path=".serving.mode",
+            ),
+        )
+    )
 
     base_model: str = Field(
         min_length=1,
@@ -165,7 +182,11 @@ class PodAdapterState(ApiModel):
     pod: str = Field(description="Pod name.")
     ip: str | None = Field(default=None, description="Pod IP the operator talked to.")
     loaded: bool = Field(
-        default=False, description="The pod's `/v1/models` lists the adapter at the desired path."
+        default=False,
+        description=(
+            "The pod's `/v1/models` lists the adapter at the desired path (OnDemand: the pod's adapter "
+            "cache holds it)."
+        ),
     )
     loaded_at: datetime | None = Field(default=None, description="When the adapter was confirmed on the pod.")
     last_error: str | None = Field(default=None, description="The last load error on this pod, if any.")
@@ -194,7 +215,8 @@ class EffectCheck(ApiModel):
 
 
 class LoraAdapterStatus(ApiModel):
-    """Observed serving state. Condition types: Ready (reason says why not: DeploymentNotFound,
+    """Observed serving state. Condition types: Ready (True: reason Loaded, or Catalogued for OnDemand;
+    the reason says why not: DeploymentNotFound,
     RankTooHigh, BaseModelMismatch, LoadFailed, Unauthorized, ...), and AdapterHasNoEffect once a
     version was checked (True: the adapter answers exactly as the base model; Unknown, reason
     ProbeFailed: the check itself failed)."""
@@ -204,7 +226,11 @@ class LoraAdapterStatus(ApiModel):
     )
     conditions: ConditionList
     replicas: int = Field(default=0, ge=0, description="Serving pods of the target Deployment.")
-    ready_replicas: int = Field(default=0, ge=0, description="Serving pods that hold the adapter.")
+    ready_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Serving pods that hold the adapter (OnDemand: that have it catalogued in their cache).",
+    )
     path: str | None = Field(default=None, description="Adapter path the serving pods load.")
     rank: int | None = Field(default=None, description="LoRA rank read from the adapter's config.")
     sha256: str | None = Field(default=None, description="SHA-256 of the adapter weights, when known.")

@@ -66,6 +66,12 @@ NO_TOKEN_VOLUME = "loraplane-no-api-token"  # noqa: S105 - a volume name, not a 
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path, not a secret
 CACHE_MOUNT = "/var/lib/loraplane/adapters"
 OBJECTS_DIR = ".objects"  # loraplane_worker.fetch.OBJECTS: one folder per digest
+# vLLM's filesystem resolver (OnDemand adapters): a request for a name vLLM does not hold loads
+# `<dir>/<name>/` when its adapter_config.json names the server's `--model`. With VLLM_PLUGINS unset
+# vLLM loads every installed plugin, this one included; a user's VLLM_PLUGINS list gets it added.
+RESOLVER_ENV = "VLLM_LORA_RESOLVER_CACHE_DIR"
+PLUGINS_ENV = "VLLM_PLUGINS"
+RESOLVER_PLUGIN = "lora_filesystem_resolver"
 CACHE_HEADROOM = (
     0.9  # the fetcher keeps below this share of the emptyDir's limit (the kubelet evicts above it)
 )
@@ -299,6 +305,11 @@ class DeploymentView:
     claim_mounts: tuple[ClaimMount, ...]
     # The template has loraplane's fetcher, and vLLM mounts its cache.
     has_fetcher: bool = False
+    # The `--model` string as given: what vLLM's filesystem resolver compares an adapter's
+    # base_model_name_or_path with.
+    model: str = ""
+    # vLLM's filesystem resolver reads the fetcher's cache (OnDemand adapters can be catalogued).
+    resolver_on: bool = False
 
     @classmethod
     def of(cls, deployment: dict[str, Any]) -> DeploymentView:
@@ -327,7 +338,7 @@ class DeploymentView:
             ),
             lora=lora,
             port=api_port(container),
-            base_model_name=served[0] if served else flag_value(args, "--model") or "",
+            base_model_name=served[0] if served else model_argument(container),
             served_model_names=tuple(served),
             lora_modules=tuple(module_paths(args).items()),
             opted_in=is_opted_in(deployment),
@@ -337,6 +348,8 @@ class DeploymentView:
             additions_removed=tuple(_removed(recorded_settings(deployment), lora)),
             claim_mounts=_claim_mounts(deployment, container),
             has_fetcher=_has_fetcher(deployment, container),
+            model=model_argument(container),
+            resolver_on=resolver_on(container),
         )
 
     def path_of(self, claim: str, sub_path: str) -> str | None:
@@ -353,6 +366,27 @@ class DeploymentView:
             base = mount.mount_path.rstrip("/") or "/"
             return f"{base.rstrip('/')}/{rest}" if rest else base
         return None
+
+
+def model_argument(container: dict[str, Any]) -> str:
+    """The model the server was told to load: `--model`, else the word after `serve` (`vllm serve M`)."""
+    args = [str(a) for a in container.get("args") or []]
+    flagged = flag_value(args, "--model")
+    if flagged:
+        return flagged
+    words = [str(w) for w in container.get("command") or []] + args
+    after = words.index("serve") + 1 if "serve" in words else len(words)
+    return words[after] if after < len(words) and not words[after].startswith("--") else ""
+
+
+def resolver_on(container: dict[str, Any]) -> bool:
+    """vLLM's filesystem resolver reads loraplane's cache in this container."""
+    if env_value(container, RESOLVER_ENV) != CACHE_MOUNT:
+        return False
+    plugins = next((e for e in container.get("env") or [] if e.get("name") == PLUGINS_ENV), None)
+    if plugins is None or "valueFrom" in plugins:
+        return True  # unset: every plugin loads; from a ConfigMap or Secret: the user's to keep right
+    return RESOLVER_PLUGIN in [p.strip() for p in str(plugins.get("value", "")).split(",")]
 
 
 def _has_fetcher(deployment: dict[str, Any], container: dict[str, Any]) -> bool:
@@ -611,11 +645,50 @@ def fetcher_container(settings: FetcherSettings, secrets: Iterable[S3Credentials
     }
 
 
+def _resolver_env(
+    env: list[dict[str, Any]], before: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """vLLM's env with its filesystem resolver reading the cache, and the record of the user's own
+    entries to put back on cleanup (kept from when loraplane first turned the resolver on)."""
+    env = copy.deepcopy(env)
+    record = before.get("resolver")
+    if not isinstance(record, dict):
+        record = {
+            "dirWas": next((e for e in env if e.get("name") == RESOLVER_ENV), None),
+            "pluginsWas": next((e for e in env if e.get("name") == PLUGINS_ENV), None),
+        }
+    env = [e for e in env if e.get("name") != RESOLVER_ENV] + [{"name": RESOLVER_ENV, "value": CACHE_MOUNT}]
+    for index, entry in enumerate(env):
+        if entry.get("name") == PLUGINS_ENV and "valueFrom" not in entry:
+            listed = [p.strip() for p in str(entry.get("value", "")).split(",") if p.strip()]
+            if RESOLVER_PLUGIN not in listed:
+                env[index] = {"name": PLUGINS_ENV, "value": ",".join([*listed, RESOLVER_PLUGIN])}
+    return env, record
+
+
+def _resolver_env_removed(env: list[dict[str, Any]], record: dict[str, Any]) -> list[dict[str, Any]]:
+    """vLLM's env without loraplane's resolver settings: the user's entries as they were."""
+    kept: list[dict[str, Any]] = []
+    for entry in env:
+        name = entry.get("name")
+        if name not in {RESOLVER_ENV, PLUGINS_ENV}:
+            kept.append(entry)
+            continue
+        was = record.get("dirWas" if name == RESOLVER_ENV else "pluginsWas")
+        if isinstance(was, dict):
+            kept.append(was)
+    return kept
+
+
 def fetcher_patch(
-    deployment: dict[str, Any], settings: FetcherSettings, secrets: Iterable[S3CredentialsSecret]
+    deployment: dict[str, Any],
+    settings: FetcherSettings,
+    secrets: Iterable[S3CredentialsSecret],
+    catalogue: bool = False,
 ) -> dict[str, Any] | None:
     """The whole-list patch that gives the pod template loraplane's fetcher (container, cache volume,
-    vLLM's read-only mount of it) with the variables of `secrets`; None when it has exactly that. The
+    vLLM's read-only mount of it) with the variables of `secrets`, and with `catalogue` vLLM's
+    filesystem resolver on that cache (OnDemand adapters); None when it has exactly that. The
     record annotation keeps a digest of what was written: the API server's defaulting changes the
     container as stored, so the comparison is with what loraplane asked for, not the stored form."""
     spec = deployment["spec"]["template"]["spec"]
@@ -628,7 +701,14 @@ def fetcher_patch(
     digest = hashlib.sha256(json.dumps([wanted, cache, no_token], sort_keys=True).encode()).hexdigest()[:16]
     before = recorded_settings(deployment) or {"flags": {}, "env": False, "gate": False}
     present = {v.get("name") for v in spec.get("volumes") or []} >= {CACHE_VOLUME, NO_TOKEN_VOLUME}
-    if before.get("fetcher") == digest and present and _has_fetcher(deployment, spec["containers"][index]):
+    server_container = spec["containers"][index]
+    resolving = not catalogue or resolver_on(server_container)
+    if (
+        before.get("fetcher") == digest
+        and present
+        and _has_fetcher(deployment, server_container)
+        and resolving
+    ):
         return None
     containers = [c for c in copy.deepcopy(spec["containers"]) if c.get("name") != FETCHER_CONTAINER]
     server = next(
@@ -639,12 +719,17 @@ def fetcher_patch(
         *mounts,
         {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT, "readOnly": True},
     ]
+    record = {**before, "fetcher": digest}
+    if catalogue:
+        containers[server]["env"], record["resolver"] = _resolver_env(
+            containers[server].get("env") or [], before
+        )
     containers.append(wanted)
     ours = {CACHE_VOLUME, NO_TOKEN_VOLUME}
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in ours] + [cache, no_token]
     return {
         "metadata": {
-            "annotations": {SETTINGS_ANNOTATION: json.dumps({**before, "fetcher": digest}, sort_keys=True)},
+            "annotations": {SETTINGS_ANNOTATION: json.dumps(record, sort_keys=True)},
             "resourceVersion": deployment["metadata"].get("resourceVersion"),
         },
         "spec": {"template": {"spec": {"containers": containers, "volumes": volumes}}},
@@ -808,6 +893,9 @@ def cleanup_patch(deployment: dict[str, Any]) -> dict[str, Any] | None:
     if (record or {}).get("gate"):
         gates = [g for g in gates if g.get("conditionType") != GATE]
     template: dict[str, Any] = {"containers": containers, "readinessGates": gates}
+    if index is not None and isinstance((record or {}).get("resolver"), dict):
+        server = containers[index]
+        server["env"] = _resolver_env_removed(server.get("env") or [], (record or {})["resolver"])
     if (record or {}).get("fetcher"):
         template["containers"], template["volumes"] = _without_fetcher(spec, containers)
     return {

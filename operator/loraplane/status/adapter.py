@@ -11,7 +11,7 @@ from typing import Any
 from loraplane.api.adapter import LoraAdapter, LoraAdapterStatus, PodAdapterState
 from loraplane.builders import serving
 from loraplane.status.conditions import Observed, merge
-from loraplane.status.resolution import TERMINAL_REASONS, Problem, Wanted
+from loraplane.status.resolution import ON_DEMAND, TERMINAL_REASONS, Problem, Wanted
 from loraplane.status.versions import CheckResult, record_version, with_check
 
 # --- pods and their gate ---------------------------------------------------------------------------------
@@ -214,8 +214,12 @@ def _ready(
     ready_pods = [p for p in live if p.view.ready]
     missing = [p.view.name for p in ready_pods if not (p.holdings.get(name) or Holding()).loaded]
     if ready_pods and not missing and holders:
-        message = f"served by {holders}/{len(live)} pods"
-        return Observed("Ready", "True", "Loaded", f"{message}; {seen.note}" if seen.note else message)
+        if seen.wanted is not None and seen.wanted.mode == ON_DEMAND:
+            reason = "Catalogued"
+            message = f"catalogued on {holders}/{len(live)} pods; vLLM loads it on its first request"
+        else:
+            reason, message = "Loaded", f"served by {holders}/{len(live)} pods"
+        return Observed("Ready", "True", reason, f"{message}; {seen.note}" if seen.note else message)
     if errors:
         # The most telling reason first: a terminal one over a pod that merely did not answer.
         errors.sort(key=lambda e: (e[0] not in TERMINAL_REASONS, e[1]))

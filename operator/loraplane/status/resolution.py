@@ -5,6 +5,7 @@ wants (`api_key_source`) with what a 401 means. Everything reads the Deployment 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ TERMINAL_REASONS = frozenset(
         "FetcherMissing",
     }
 )
+ON_DEMAND = "OnDemand"
 CLAIM_MOUNT_PREFIX = "/mnt/claims/"  # where training pods mount claims (naming.CLAIMS_MOUNT)
 
 
@@ -99,7 +101,21 @@ def resolve(
 ) -> Wanted | Problem:
     """The path (as the serving pods see it) and rank of an adapter, or why there is none yet. An
     adapter in the object store (`source.s3`, or a job's S3 result) is loaded from the pod's cache:
-    `<cache>/.objects/<sha256>` when the digest is known, else `<cache>/<served name>`."""
+    `<cache>/.objects/<sha256>` when the digest is known, else `<cache>/<served name>`; an OnDemand
+    one always from `<cache>/<served name>`, where vLLM's filesystem resolver looks."""
+    found = _resolve(adapter, deployment, training_job, object_store)
+    if isinstance(found, Problem) or found.mode != ON_DEMAND or deployment is None:
+        return found
+    refused = on_demand_problem(adapter, deployment, found.fetch)
+    return refused or dataclasses.replace(found, path=serving.cache_path(found.served_name, None))
+
+
+def _resolve(
+    adapter: LoraAdapter,
+    deployment: DeploymentView | None,
+    training_job: dict[str, Any] | None,
+    object_store: S3Connection | None,
+) -> Wanted | Problem:
     name = adapter.metadata["name"]
     target = adapter.spec.serving.deployment
     if deployment is None:
@@ -158,6 +174,32 @@ def resolve(
         evaluation=evaluation,
         fetch=fetch,
         generation=int(adapter.metadata.get("generation") or 0),
+    )
+
+
+def on_demand_problem(
+    adapter: LoraAdapter, deployment: DeploymentView, fetch: Fetch | None
+) -> Problem | None:
+    """Why an OnDemand adapter cannot be catalogued, or None. Only adapters from the object store can
+    (the pod's fetcher places them where vLLM's filesystem resolver looks); the cached copy is made to
+    name the server's `--model`, so the resolver would take an adapter of another base model: such an
+    adapter is refused here, before it reaches any cache."""
+    if fetch is None:
+        return Problem(
+            "InvalidSpec",
+            "spec.serving.mode OnDemand needs an adapter in the object store (spec.source.s3, or "
+            "spec.source.trainingJob of a job with spec.output.s3); this one is read from a volume or the "
+            "Hub: serve it with mode HotLoad or Static",
+        )
+    base = adapter.spec.base_model
+    names = {*deployment.served_model_names, deployment.base_model_name, deployment.model}
+    translated = Wanted(adapter.metadata["name"], "", "", ON_DEMAND, base).as_base_model_path(deployment)
+    if base in names or (translated is not None and translated in names):
+        return None
+    return Problem(
+        "BaseModelMismatch",
+        f"spec.baseModel is {base} but Deployment {deployment.name} serves "
+        f"{deployment.base_model_name or '(no --model)'}",
     )
 
 

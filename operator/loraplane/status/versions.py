@@ -44,7 +44,10 @@ def record_version(
     version and it is not the one serving already, the serving one stops now and the new one starts
     now. The oldest entries beyond `limit` are dropped."""
     current = history[0] if history else None
-    if not every_pod_holds or (current is not None and current.path == wanted.path):
+    # The digest too: an OnDemand adapter keeps its path (the served name's link) from version to version.
+    if not every_pod_holds or (
+        current is not None and (current.path, current.sha256) == (wanted.path, wanted.sha256)
+    ):
         return history
     older = [e.model_copy() for e in history]
     if older and older[0].serving_until is None:

@@ -169,6 +169,8 @@ class Controller:
         path = versions.check_due(status, status_of.every_pod_holds(name, seen))
         if not get_settings().serving_effect_check or path is None:
             return
+        if adapter.spec.serving.mode == resolution.ON_DEMAND:
+            return  # its completion would load it: a catalogue of a thousand would be loaded whole
         if uid in self.checking or uid in self.checked:
             return
         prompt, served = versions.probe_prompt(adapter), resolution.served_name(adapter)

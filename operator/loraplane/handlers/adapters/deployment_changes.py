@@ -15,7 +15,9 @@ from loraplane.builders import serving
 from loraplane.handlers.adapters.events import deployment_ref, event
 from loraplane.handlers.adapters.state import Reconciler
 from loraplane.settings import get_settings
-from loraplane.status.resolution import Problem, Wanted
+from loraplane.status.resolution import ON_DEMAND, Problem, Wanted
+
+RUNTIME_MODES = frozenset({"HotLoad", ON_DEMAND})  # the modes served through a running server
 
 
 async def write_deployment(
@@ -55,7 +57,8 @@ def hotload_change(
     opt-in, an adapter whose known rank is above `--max-lora-rank` is RankTooHigh. Returns a note for
     the adapters' messages, and the change to write, if any."""
     settings = get_settings()
-    hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode == "HotLoad"]
+    # OnDemand adapters need the same: LoRA on, the runtime API (vLLM's resolver loads only with it).
+    hot = [w for w in resolved.values() if isinstance(w, Wanted) and w.mode in RUNTIME_MODES]
     if not hot:
         return "", None
     state = view.lora
@@ -103,7 +106,8 @@ def fetcher_change(
     store, with the variables of every credentials Secret those adapters name (under the opt-in: a
     restart of every replica, announced; again when the set of Secrets changes). Without the opt-in
     such adapters are FetcherMissing; in Static mode, not supported (vLLM would read the path at
-    start, before any fetch). `deployment` is the body with the pass's earlier change applied."""
+    start, before any fetch). OnDemand adapters also get vLLM's filesystem resolver on the cache, in the
+    same change. `deployment` is the body with the pass's earlier change applied."""
     settings = get_settings()
     stored = [w for w in resolved.values() if isinstance(w, Wanted) and w.fetch is not None]
     for want in [w for w in stored if w.mode == "Static"]:
@@ -112,19 +116,32 @@ def fetcher_change(
             "an adapter from the object store is served in HotLoad mode only (a Static adapter is read by "
             "vLLM at start, before loraplane's fetcher has copied it); set spec.serving.mode: HotLoad",
         )
-    stored = [w for w in stored if w.mode == "HotLoad"]
+    stored = [w for w in stored if w.mode in RUNTIME_MODES]
     if not stored:
         return None
     secrets = [w.fetch.connection.credentials_secret for w in stored if w.fetch is not None]
     fetcher_settings = serving.FetcherSettings(
         settings.worker_image, settings.serving_fetcher_port, settings.serving_cache_mib
     )
-    patch = serving.fetcher_patch(deployment, fetcher_settings, [s for s in secrets if s is not None])
+    # vLLM's resolver goes on with the first OnDemand adapter and stays (taking it off is a restart).
+    on_demand = [w for w in stored if w.mode == ON_DEMAND]
+    catalogue = bool(on_demand) or view.resolver_on
+    found = [s for s in secrets if s is not None]
+    patch = serving.fetcher_patch(deployment, fetcher_settings, found, catalogue)
     if patch is None:
         return None
     if not (view.opted_in or not settings.serving_require_opt_in):
         if view.has_fetcher:
-            return None  # the user's own fetcher (or an older one): used as it is
+            # The user's own fetcher (or an older one): used as it is; OnDemand also needs the resolver.
+            for want in [] if view.resolver_on else on_demand:
+                resolved[want.adapter] = Problem(
+                    "ResolverMissing",
+                    f"Deployment {rec.deployment}'s vLLM container does not read its adapter cache for "
+                    f"unknown names: an OnDemand adapter needs {serving.RESOLVER_ENV}={serving.CACHE_MOUNT} "
+                    f"(and {serving.RESOLVER_PLUGIN} in {serving.PLUGINS_ENV} if set); annotate the "
+                    f'Deployment {serving.OPT_IN_ANNOTATION}: "true" to let loraplane add it (one restart)',
+                )
+            return None
         for want in stored:
             resolved[want.adapter] = Problem(
                 "FetcherMissing",
@@ -136,6 +153,12 @@ def fetcher_change(
     message = (
         "added the adapter fetcher and its cache for adapters from the object store: every replica restarts"
     )
+    if catalogue and not view.resolver_on:
+        message = (
+            "added the adapter fetcher and its cache for adapters from the object store, and vLLM's "
+            f"filesystem resolver on that cache ({serving.RESOLVER_ENV}) for OnDemand adapters: every "
+            "replica restarts"
+        )
     change = TemplateChange(patch, [(deployment_ref(deployment), "FetcherAdded", message)])
     change.events += [(a, "FetcherAdded", f"Deployment {rec.deployment}: {message}") for a in bodies]
     return change

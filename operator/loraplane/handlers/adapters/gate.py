@@ -51,18 +51,25 @@ async def prepare_gate(namespace: str, view: PodView, uid: str) -> PodView:
 async def open_gate_when_settled(
     rec: Reconciler, view: PodView, uid: str, result: PodResult, wanted: list[Wanted]
 ) -> None:
-    """Open the gate once every wanted adapter is held or failed for good, or the wait ran out."""
+    """Open the gate once every wanted adapter is held or failed for good, or the wait ran out.
+    `wanted` are the adapters it waits for (OnDemand ones are only counted in the message)."""
     settings = get_settings()
     if result.settled(wanted):
-        held = sum(1 for h in result.holdings.values() if h.loaded)
-        failed = [n for n, h in result.holdings.items() if not h.loaded]
+        names = {w.adapter for w in wanted}
+        mine = {n: h for n, h in result.holdings.items() if n in names}
+        held = sum(1 for h in mine.values() if h.loaded)
+        failed = [n for n, h in mine.items() if not h.loaded]
+        catalogued = sum(1 for n, h in result.holdings.items() if n not in names and h.loaded)
         message = f"holds {held} adapter(s)" + (
             f"; not loadable: {', '.join(sorted(failed))}" if failed else ""
         )
+        if catalogued:
+            message += f"; {catalogued} more catalogued, loaded on their first request"
         await set_gate(rec.namespace, view, "True", "AdaptersLoaded", message)
         event(pod_ref(rec.namespace, view, uid), "Normal", "AdaptersLoaded", message)
     elif status_of.gate_open_expired(view, now(), settings.serving_gate_timeout_seconds):
-        missing = sorted(n for n, h in result.holdings.items() if not h.loaded)
+        names = {w.adapter for w in wanted}
+        missing = sorted(n for n, h in result.holdings.items() if not h.loaded and n in names)
         message = (
             f"gave up waiting after {settings.serving_gate_timeout_seconds:.0f}s for: {', '.join(missing)}"
         )

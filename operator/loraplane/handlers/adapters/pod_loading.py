@@ -20,7 +20,7 @@ from loraplane.metrics import ADAPTER_LOAD_FAILURES, ADAPTER_LOAD_SECONDS, ADAPT
 from loraplane.settings import get_settings
 from loraplane.status import resolution
 from loraplane.status.adapter import Holding, PodResult, PodView
-from loraplane.status.resolution import Wanted
+from loraplane.status.resolution import ON_DEMAND, Wanted
 from loraplane.vllm import Models, Server, VllmError
 
 
@@ -47,7 +47,11 @@ async def reconcile_pod(
             result.holdings = {w.adapter: unauthorized(plan) for w in plan.wanted}
         return result
     result.reachable = True
+    # The cache first: a deleted OnDemand name leaves it before vLLM unloads the name, so the
+    # filesystem resolver cannot bring it back in between.
+    fetching = await fetch_into_cache(rec, client, plan, view, models)
     models = await unload_unwanted(rec, server, client, view, models, plan)
+    models = await unload_replaced(rec, server, client, view, models, plan.wanted)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
     if swap_now and view.gate_status == "True":
@@ -61,15 +65,17 @@ async def reconcile_pod(
             result.waiting = True
             return result  # wait until no Service routes to it any more
     may_swap = swap_now or view.gate_status != "True"
-    fetching = await fetch_into_cache(rec, client, plan, view, models)
-    loadable = dataclasses.replace(plan, wanted=[w for w in plan.wanted if w.adapter not in fetching])
+    loadable = dataclasses.replace(
+        plan, wanted=[w for w in plan.wanted if w.adapter not in fetching and w.mode != ON_DEMAND]
+    )
     result.holdings, models = await hold_all(rec, server, client, loadable, view, uid, models, may_swap)
     result.holdings.update(fetching)
     ADAPTERS_LOADED.labels(namespace, view.name).set(len(models.adapters))
     rec.reported_pods.add(view.name)
     result.paths = dict(models.adapters)
     if view.gated and view.gate_status != "True":
-        await open_gate_when_settled(rec, view, uid, result, plan.wanted)
+        warm = [w for w in plan.wanted if w.mode != ON_DEMAND]  # the gate never waits for OnDemand ones
+        await open_gate_when_settled(rec, view, uid, result, warm)
     return result
 
 
@@ -77,27 +83,39 @@ async def fetch_into_cache(
     rec: Reconciler, client: aiohttp.ClientSession, plan: PodPlan, view: PodView, models: Models
 ) -> dict[str, Holding]:
     """Send the pod's fetcher every object-store adapter the pod must hold (it fetches what its cache
-    lacks and evicts the rest); the adapters that are not in the cache yet, or failed, and why. An
-    adapter vLLM already holds at its path counts as held whatever the fetcher says (it may have
-    restarted). Nothing to do for a Deployment without a fetcher."""
+    lacks and evicts the rest), in one request whatever their number; the adapters that are not in the
+    cache yet, or failed, and why, and every OnDemand adapter the cache holds (catalogued: that is all
+    it needs). An adapter vLLM already holds at its path counts as held whatever the fetcher says (it
+    may have restarted). Nothing to do for a Deployment without a fetcher."""
     if not plan.deployment.has_fetcher:
         return {}
     settings = get_settings()
-    stored = [w for w in plan.wanted if w.fetch is not None and w.mode == "HotLoad"]
+    stored = [w for w in plan.wanted if w.fetch is not None and w.mode in {"HotLoad", ON_DEMAND}]
     epoch = str(int(time.time() // settings.serving_resync_seconds))
     url = f"http://{view.ip}:{settings.serving_fetcher_port}"
+    body = fetcher.wanted_list(stored, epoch, plan.deployment.model)
     try:
-        states = await fetcher.sync(
-            client, url, fetcher.wanted_list(stored, epoch), settings.vllm_timeout_seconds
-        )
+        states = await fetcher.sync(client, url, body, settings.vllm_timeout_seconds)
     except fetcher.FetcherUnreachableError as error:
         waiting = Holding(reason=fetcher.FETCHING, error=f"the pod's fetcher does not answer yet ({error})")
-        return {w.adapter: waiting for w in stored if not models.holds(w.served_name, w.path)}
+        unanswered: dict[str, Holding] = {}
+        for want in stored:
+            if not models.holds(want.served_name, want.path):
+                unanswered[want.adapter] = waiting
+            elif want.mode == ON_DEMAND:  # vLLM loaded it from the cache: it was catalogued
+                unanswered[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+        return unanswered
     holdings: dict[str, Holding] = {}
     for want in stored:
         state = states.get(want.served_name)
         problem = (fetcher.FETCHING, "not in the fetcher's answer") if state is None else state.problem()
         if problem is None or models.holds(want.served_name, want.path):
+            if want.mode == ON_DEMAND:
+                holdings[want.adapter] = Holding(loaded=True, loaded_at=first_seen(rec, view, want))
+                if state is not None and state.sha256 and models.holds(want.served_name, want.path):
+                    # What the cache held when vLLM was first seen holding it: the version it loaded.
+                    rec.on_demand_loaded.setdefault(on_demand_key(view, want), state.sha256)
+                    rec.catalogued[on_demand_key(view, want)] = state.sha256
             continue
         reason, message = problem
         said = f"pod {view.name}: {message}"
@@ -131,9 +149,41 @@ async def unload_unwanted(
     for name in sorted(unloaded):
         for adapter in adapters_named(rec, name):
             event(adapter, "Normal", "Unloaded", f"unloaded {name} from pod {view.name}")
-    return Models(
-        models.base_id, models.base_root, {k: v for k, v in models.adapters.items() if k not in unloaded}
-    )
+    return without(models, unloaded)
+
+
+def without(models: Models, names: set[str]) -> Models:
+    """The listing with `names` unloaded."""
+    kept = {k: v for k, v in models.adapters.items() if k not in names}
+    return Models(models.base_id, models.base_root, kept)
+
+
+def on_demand_key(view: PodView, want: Wanted) -> tuple[str, str]:
+    return (f"{view.name}/{view.started_at}", want.served_name)
+
+
+async def unload_replaced(rec: Reconciler, server: Server, client: aiohttp.ClientSession, view: PodView,
+                          models: Models, wanted: list[Wanted]) -> Models:  # fmt: skip
+    """Unload an OnDemand adapter whose cache entry now holds another version than the one vLLM loaded
+    (its path, the served name's link, stays the same, so vLLM would go on serving the old weights from
+    memory, and the new ones only after an eviction): the next request loads the new files."""
+    replaced = []
+    for want in wanted:
+        key = on_demand_key(view, want)
+        loaded, now_held = rec.on_demand_loaded.get(key), rec.catalogued.get(key)
+        if want.mode == ON_DEMAND and loaded and now_held and loaded != now_held:
+            replaced.append(want)
+    if not replaced:
+        return models
+    unloaded = set()
+    for want in replaced:
+        if await unload_quietly(server, client, want.served_name):
+            unloaded.add(want.served_name)
+            rec.on_demand_loaded.pop(on_demand_key(view, want), None)
+            message = f"unloaded from pod {view.name}: its cache holds a new version, loaded on next use"
+            for adapter in adapters_named(rec, want.served_name):
+                event(adapter, "Normal", "Unloaded", message)
+    return without(models, unloaded)
 
 
 async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: str) -> bool:

@@ -16,7 +16,7 @@ from loraplane.api.adapter import LoraAdapter
 from loraplane.builders import serving
 from loraplane.handlers.adapters.api_keys import server_api_key
 from loraplane.handlers.adapters.common import DeploymentKey
-from loraplane.handlers.adapters.deployment_changes import ensure_static, ensure_template
+from loraplane.handlers.adapters.deployment_changes import RUNTIME_MODES, ensure_static, ensure_template
 from loraplane.handlers.adapters.indexes import Indexes, pods_missing_from_index, selector_string, slim_pod
 from loraplane.handlers.adapters.pod_loading import reconcile_pod
 from loraplane.handlers.adapters.state import Outcome, PodPlan, Reconciler
@@ -128,7 +128,10 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
     current = {(w.adapter, w.path) for w in hot}
     rec.failures = {k: v for k, v in rec.failures.items() if (k[2], k[3]) in current}
     claimed = frozenset(resolution.served_name(a) for a in live)
-    recorded = await record_loads(rec, deployment, {w.served_name for w in hot})
+    # Catalogued names count as loraplane's: vLLM may have loaded them on demand, and a deleted one
+    # is unloaded like a hot-loaded one.
+    ours = {w.served_name for w in wanted if w.mode in RUNTIME_MODES}
+    recorded = await record_loads(rec, deployment, ours)
 
     pods = await serving_pods(namespace, deployment, indexes)
     views, predating = current_views(pods, view.container_name, view.lora)

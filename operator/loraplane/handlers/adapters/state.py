@@ -52,6 +52,10 @@ class Reconciler:
     # ("pod/startedAt", adapter, path) -> when a pass first saw it loaded there (status.pods[].loadedAt).
     loaded_at: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
     reported_pods: set[str] = field(default_factory=set)  # pods with an adapters-loaded gauge
+    # ("pod/startedAt", served name) of OnDemand adapters vLLM holds -> the digest the cache held when
+    # a pass first saw vLLM hold it (the version it loaded), and the digest the cache holds now.
+    on_demand_loaded: dict[tuple[str, str], str] = field(default_factory=dict)
+    catalogued: dict[tuple[str, str], str] = field(default_factory=dict)
     # The record of the served names loraplane loaded (its ConfigMap), as last read or written; None:
     # not read yet by this process.
     record: frozenset[str] | None = None
@@ -64,9 +68,16 @@ class Reconciler:
             k: v for k, v in self.announced.items() if k == "deployment" or k.split("/", 1)[0] in names
         }
         self.loaded_at = {k: v for k, v in self.loaded_at.items() if k[0].split("/", 1)[0] in names}
+        self.on_demand_loaded = _of_pods(self.on_demand_loaded, names)
+        self.catalogued = _of_pods(self.catalogued, names)
         gone = self.reported_pods - names
         self.reported_pods &= names
         return gone
+
+
+def _of_pods(entries: dict[tuple[str, str], str], names: set[str]) -> dict[tuple[str, str], str]:
+    """The entries keyed by ("pod/startedAt", ...) of pods still there."""
+    return {k: v for k, v in entries.items() if k[0].split("/", 1)[0] in names}
 
 
 @dataclass
