@@ -35,7 +35,9 @@ def test_the_init_container_copies_the_uploaded_base_model_and_checks_it(
     env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("operator", "worker"))
     python, flag, program = init["command"]
     assert (python, flag) == ("python", "-c")
-    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "verified" in done.stdout
     for name in ("config.json", "model.safetensors", "tokenizer.json"):

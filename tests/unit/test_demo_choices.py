@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane.api.storage import S3CredentialsSecret
 from loraplane.builders import serving
 from loraplane_devcluster import demo
 
@@ -106,7 +107,9 @@ def test_the_local_demo_starts_its_cluster_without_kube_proxy_and_coredns(
     assert "SETUP_BINARIES=control-plane scripts/setup.sh" in demo_recipe
 
 
-LAYOUT = demo.StoreLayout(bucket=demo.bucket_for("demo"), endpoint="http://10.250.1.1:7070", region="us-east-1")
+LAYOUT = demo.StoreLayout(
+    bucket=demo.bucket_for("demo"), endpoint="http://10.250.1.1:7070", region="us-east-1"
+)
 
 
 def test_the_store_demo_trains_from_and_to_the_store_with_no_claim() -> None:
@@ -147,10 +150,11 @@ def test_the_store_demos_vllm_has_no_claim_and_the_fetcher_the_operator_would_ad
     # opt-in, so no template change and vLLM starts once.
     fetcher = next(c for c in spec["containers"] if c["name"] == serving.FETCHER_CONTAINER)
     settings = demo.chart_fetcher_settings()
-    secret = serving.S3CredentialsSecret(name=demo.STORE_SECRET)
+    secret = S3CredentialsSecret(name=demo.STORE_SECRET)
     assert fetcher == serving.fetcher_container(settings, [secret])
     view = serving.DeploymentView.of(deployment)
-    assert view.has_fetcher and not view.opted_in
+    assert view.has_fetcher
+    assert not view.opted_in
     assert serving.lora_state(deployment).missing(8) == []
 
 
