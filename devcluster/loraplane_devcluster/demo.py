@@ -344,7 +344,9 @@ def models(kube: Kube, namespace: str, pod: str) -> list[dict[str, Any]]:
 
 def _pod_logs(kube: Kube, namespace: str, selector: str) -> Callable[[], str]:
     def tail() -> str:
-        out = kube.kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", "--prefix", check=False)
+        # Every container: an init container that failed (the s3 demo's base-model copy) says why.
+        out = kube.kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", "--prefix",
+                           "--all-containers", check=False)  # fmt: skip
         return out.stdout + out.stderr
 
     return tail
