@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane_devcluster import demo, tinymodel
+from loraplane_devcluster import controlplane, demo, objectstore, tinymodel
 from loraplane_devcluster.objectstore import ObjectStore
 from manifests import ROOT
 from storage_fixtures import unique_bucket
@@ -44,3 +44,18 @@ def test_the_init_container_copies_the_uploaded_base_model_and_checks_it(
         assert (tmp_path / "model" / name).read_bytes() == (tiny.model_dir / name).read_bytes()
     assert json.loads((tmp_path / "model" / "config.json").read_text())["num_hidden_layers"] == 2
     assert size > 0
+
+
+def test_demo_down_stops_the_store_with_the_cluster(tmp_path: Path) -> None:
+    """`make demo-down` is `controlplane.down` of the run directory: the demo's store is one of its
+    recorded processes, so nothing of the demo keeps running."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    store = objectstore.start(run_dir, die_with_parent=True)
+    assert objectstore.load(run_dir) is not None
+    stopped = controlplane.down(run_dir, grace_s=5)
+    assert [r.name for r in stopped if r.was_running] == [objectstore.PROCESS_NAME]
+    assert objectstore.load(run_dir) is None
+    assert not Path(f"/proc/{store.pid}").exists()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "loraplane_devcluster down" in makefile.split("\ndemo-down:", 1)[1].split("\n\n", 1)[0]
