@@ -42,10 +42,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +59,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from loraplane.api.storage import S3Connection, S3Path
-from loraplane_devcluster import objectstore, tinymodel
+from loraplane_devcluster import objectstore, probes, processes, tinymodel
 from loraplane_devcluster.binaries import cache_dir
 from loraplane_worker.fetch import Cache, WantedAdapter
 from loraplane_worker.storage import ADAPTER_WEIGHTS, ObjectStore
@@ -208,8 +206,9 @@ class Vllm:
 
 
 @contextmanager
-def vllm_server(model: Path, max_rank: int, log: Path) -> Iterator[Vllm]:
-    """vLLM as loraplane runs it (LoRA on, runtime loading), on 127.0.0.1, stopped as a process group."""
+def vllm_server(model: Path, max_rank: int, run_dir: Path) -> Iterator[Vllm]:
+    """vLLM as loraplane runs it (LoRA on, runtime loading), on 127.0.0.1: a recorded process of the
+    bench's run directory, stopped with its engine (its process group) by the devcluster's own code."""
     port = free_port()
     served = "base"
     # fmt: off
@@ -226,34 +225,25 @@ def vllm_server(model: Path, max_rank: int, log: Path) -> Iterator[Vllm]:
         "HF_HUB_OFFLINE": "1",
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
     }  # fmt: skip
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    log = run_dir / "logs" / f"vllm-{model.name}.log"
+    server = processes.spawn(command, log, env=env, die_with_parent=True)
+    entry = processes.record(run_dir, f"vllm-{model.name}", server.pid, command, log)
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"vLLM exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return call(f"{url}/v1/models", timeout_s=2)[0] == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + VLLM_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if call(f"{url}/v1/models", timeout_s=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"vLLM did not answer in {VLLM_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(1)
+        probes.wait_for(f"vLLM on {url}", answers, VLLM_START_TIMEOUT_S)
         yield Vllm(url, served)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        processes.stop(entry, grace_s=30)
+        processes.forget(run_dir, entry)
 
 
 @dataclass
@@ -362,7 +352,7 @@ def main() -> int:
         for adapter in adapters:
             rank_flag = max(8, adapter.rank)
             started = time.perf_counter()
-            with vllm_server(adapter.base, rank_flag, work / f"vllm-{adapter.name}.log") as vllm:
+            with vllm_server(adapter.base, rank_flag, run_dir) as vllm:
                 start_s = time.perf_counter() - started
                 times = load_times(vllm, adapter, store, work, args.repeat)
             mb = adapter.size / 1e6
