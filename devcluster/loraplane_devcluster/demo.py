@@ -644,7 +644,7 @@ def local_store(run_dir: Path, say: Callable[[str], None]) -> ObjectStore:
         return running
     if running is not None:
         objectstore.stop(run_dir)  # started for another pod network (the cluster was restarted)
-    say("==> start the object store: versitygw, on the pod network (built once into the cache, ~3 min)")
+    say("==> start the object store: versitygw on the pod network (a cached build; the first takes ~3 min)")
     try:
         store = objectstore.start(run_dir, pod_address=address)
     except objectstore.ObjectStoreError as error:
