@@ -13,6 +13,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/worker:$(CURDIR)/devcluster
 help:
 	@echo "make test          set up (venv, Kubernetes binaries) and run lint, types and every test"
 	@echo "make demo          train an adapter and serve it from vLLM on a local cluster"
+	@echo "                   (STORAGE=s3: with an object store only, no volume claim)"
 	@echo "make crds          regenerate CRDs and the SFTConfig field list from the models"
 	@echo "make images        build the operator and worker images (push-images: and push them)"
 	@echo "make cluster-up    start the local control plane (cluster-down stops it)"
@@ -61,10 +62,11 @@ cluster-down: venv
 	@$(PY) -m loraplane_devcluster down
 
 # DEMO_ARGS=--existing-cluster runs the same steps on the cluster of the current KUBECONFIG context.
+# STORAGE=s3 keeps everything in an object store (versitygw beside the local cluster), no claim.
 # The demo's cluster has no kube-proxy or CoreDNS (it reaches pods by their addresses), so it does
 # not wait for their build.
 demo:
-	@bin_dir=$$(SETUP_BINARIES=control-plane scripts/setup.sh) && LORAPLANE_BIN_DIR=$$bin_dir $(PY) -m loraplane_devcluster demo $(DEMO_ARGS)
+	@bin_dir=$$(SETUP_BINARIES=control-plane scripts/setup.sh) && LORAPLANE_BIN_DIR=$$bin_dir $(PY) -m loraplane_devcluster demo $(if $(STORAGE),--storage $(STORAGE)) $(DEMO_ARGS)
 
 demo-down: venv
 	@$(PY) -m loraplane_devcluster down

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a chart value for --existing-cluster (e.g. the images you built)")  # fmt: skip
+    demo.add_argument("--storage", choices=("volume", "s3"), default="volume",
+                      help="s3: keep the model, data and adapters in an object store, no claim")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -137,6 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     argv = ["--namespace", args.namespace] + (["--run-dir", str(args.run_dir)] if args.run_dir else [])
     argv += ["--existing-cluster"] if args.existing_cluster else []
     argv += [word for value in args.set for word in ("--set", value)]
+    argv += ["--storage", args.storage]
     return demo.main(argv)
 
 

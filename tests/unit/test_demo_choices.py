@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loraplane.api.storage import S3CredentialsSecret
 from loraplane.builders import serving
 from loraplane_devcluster import demo
 
@@ -104,3 +105,63 @@ def test_the_local_demo_starts_its_cluster_without_kube_proxy_and_coredns(
     makefile = (demo.ROOT / "Makefile").read_text()
     demo_recipe = makefile.split("\ndemo:\n", 1)[1].split("\n\n", 1)[0]
     assert "SETUP_BINARIES=control-plane scripts/setup.sh" in demo_recipe
+
+
+LAYOUT = demo.StoreLayout(
+    bucket=demo.bucket_for("demo"), endpoint="http://10.250.1.1:7070", region="us-east-1"
+)
+
+
+def test_the_store_demo_trains_from_and_to_the_store_with_no_claim() -> None:
+    training, _ = demo.manifests(demo.LOCAL_S3, LAYOUT)
+    job = next(d for d in training if d["kind"] == "LoraTrainingJob")
+    spec = job["spec"]
+    assert spec["baseModel"] == {"s3": LAYOUT.location(demo.MODEL_KEY)}
+    assert spec["dataset"]["s3"]["uri"] == "s3://loraplane-demo/data/quotes.jsonl"
+    assert spec["dataset"]["textField"] == "text", "the rest of the field is kept"
+    assert spec["output"]["s3"]["uri"] == "s3://loraplane-demo/runs"
+    assert spec["output"]["s3"]["connection"]["credentialsSecret"] == {"name": demo.STORE_SECRET}
+    assert "volume" not in yaml.safe_dump(training), "no claim anywhere in the job"
+    # The same job otherwise: it publishes to the same Deployment.
+    volume_job = next(d for d in _docs(demo.LOCAL.training_job) if d["kind"] == "LoraTrainingJob")
+    assert spec["adapter"] == volume_job["spec"]["adapter"]
+
+
+def test_the_store_demos_vllm_has_no_claim_and_the_fetcher_the_operator_would_add() -> None:
+    _, vllm = demo.manifests(demo.LOCAL_S3, LAYOUT)
+    deployment = next(d for d in vllm if d["kind"] == "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    # The base model: an init container of the worker image copies it into an emptyDir vLLM reads.
+    (init,) = spec["initContainers"]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["MODEL_URI"]["value"] == "s3://loraplane-demo/models/tiny-llama"
+    assert env["MODEL_DIR"]["value"] == "/models/model"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == demo.STORE_SECRET
+    assert all("value" in e or "secretKeyRef" in e["valueFrom"] for e in init["env"])
+    assert init["image"].startswith("ghcr.io/loraplane/worker:")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[demo.BASE_MODEL_VOLUME] == {"name": demo.BASE_MODEL_VOLUME, "emptyDir": {}}
+    vllm_container = spec["containers"][0]
+    assert {"name": demo.BASE_MODEL_VOLUME, "mountPath": "/models", "readOnly": True} in vllm_container[
+        "volumeMounts"
+    ]
+    # The fetcher is exactly what the operator writes, and the operator takes it as it is: no
+    # opt-in, so no template change and vLLM starts once.
+    fetcher = next(c for c in spec["containers"] if c["name"] == serving.FETCHER_CONTAINER)
+    settings = demo.chart_fetcher_settings()
+    secret = S3CredentialsSecret(name=demo.STORE_SECRET)
+    assert fetcher == serving.fetcher_container(settings, [secret])
+    view = serving.DeploymentView.of(deployment)
+    assert view.has_fetcher
+    assert not view.opted_in
+    assert serving.lora_state(deployment).missing(8) == []
+
+
+def test_storage_flag_defaults_to_the_claim_and_s3_is_for_the_local_cluster() -> None:
+    assert demo.parse_args([]).storage == "volume"
+    assert demo.parse_args(["--storage", "s3"]).storage == "s3"
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--storage", "s3", "--existing-cluster"])
+    makefile = (demo.ROOT / "Makefile").read_text()
+    assert "$(if $(STORAGE),--storage $(STORAGE))" in makefile.split("\ndemo:\n", 1)[1].split("\n\n", 1)[0]
