@@ -18,6 +18,7 @@ import pytest
 from kubernetes.client import AppsV1Api, BatchV1Api, CoreV1Api, DiscoveryV1Api, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 
+from loraplane_devcluster.nodeagent import network
 from loraplane_devcluster.nodeagent.config import PROJECT_DIR, default_venv
 from loraplane_devcluster.testing import Kube, wait_until
 
@@ -660,3 +661,23 @@ def test_the_node_advertises_gpus_and_stays_ready(kube: Kube) -> None:
         "get", "lease", "-n", "kube-node-lease", node["metadata"]["name"], "-o", "json"
     ).stdout
     assert json.loads(lease)["spec"]["holderIdentity"] == node["metadata"]["name"]
+
+
+def test_a_host_link_left_by_a_deleted_node_namespace_does_not_stop_the_next_agent() -> None:
+    """The kernel removes a deleted namespace's veth end asynchronously; an agent taking the same
+    index right after must not fail with `ip link add ... File exists`. A veth pair on the host stands
+    in for the lingering end (the real one goes too fast to catch), on an index no cluster here uses."""
+    subnet = network.Subnet(249)
+    subprocess.run(
+        ["ip", "link", "add", subnet.host_link, "type", "veth", "peer", "name", "lp249stale"], check=True
+    )
+    try:
+        node = network.NodeNetwork(subnet)
+        node.create()  # the stale end goes; the node namespace and its uplink take the same name
+        assert node._host_link_exists()
+        stale = subprocess.run(["ip", "link", "show", "dev", "lp249stale"], capture_output=True, check=False)
+        assert stale.returncode != 0
+        assert subnet.node_namespace in network.namespaces()
+    finally:
+        network.NodeNetwork(subnet).destroy()
+        subprocess.run(["ip", "link", "delete", subnet.host_link], capture_output=True, check=False)

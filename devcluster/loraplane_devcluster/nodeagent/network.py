@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ SUBNET_PREFIX_LEN = 24
 FIRST_POD_HOST = 2
 LAST_POD_HOST = 253
 IP_TIMEOUT_S = 10
+# How long a deleted node namespace's host link may linger before the next agent deletes it itself.
+HOST_LINK_GONE_S = 5.0
 
 
 class NoFreeAddressError(Exception):
@@ -331,6 +334,7 @@ class NodeNetwork:
     def create(self) -> None:
         """Remove what an earlier agent with this index left, then make the node namespace."""
         self.destroy()
+        self._await_host_link_gone()
         try:
             for command in node_setup_commands(self.subnet):
                 _run(command)
@@ -352,6 +356,33 @@ class NodeNetwork:
         for name in namespaces():
             if name.startswith(self.subnet.namespace_prefix):
                 _delete_namespace(name)
+
+    def _host_link_exists(self) -> bool:
+        shown = subprocess.run(
+            ["ip", "-o", "link", "show", "dev", self.subnet.host_link],
+            capture_output=True,
+            timeout=IP_TIMEOUT_S,
+            check=False,
+        )
+        return shown.returncode == 0
+
+    def _await_host_link_gone(self, timeout_s: float = HOST_LINK_GONE_S) -> None:
+        """The kernel removes the host end of a deleted namespace's veth asynchronously, so an agent
+        started right after another one stopped can find it still there (`ip link add ... File
+        exists`). The index is ours (its locks are held) and its node namespace is gone, so the link
+        is that namespace's leftover: wait for it to go, and delete it if it stays."""
+        deadline = time.monotonic() + timeout_s
+        while self._host_link_exists():
+            if time.monotonic() >= deadline:
+                log.info("deleting %s, left by a deleted node namespace", self.subnet.host_link)
+                subprocess.run(
+                    ["ip", "link", "delete", self.subnet.host_link],
+                    capture_output=True,
+                    timeout=IP_TIMEOUT_S,
+                    check=False,
+                )
+                return
+            time.sleep(0.1)
 
     def namespace_path(self, uid: str) -> str:
         return f"/run/netns/{self.subnet.pod_namespace(uid)}"
