@@ -50,8 +50,9 @@ def chart_release(kube: Kube) -> Iterator[Release]:
     The CRDs stay after the session's uninstall (crds.keep), as they would for a user."""
     kube.helm(
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-        # Tests act on progress every couple of seconds rather than the default five.
-        "--set", "training.progressIntervalSeconds=2", "--set", "logLevel=DEBUG", "--wait=false",
+        # Tests read progress every second rather than the default five: a tiny run's 80 steps take
+        # only a few seconds on a quiet machine, and the tests look for a mid-run reading.
+        "--set", "training.progressIntervalSeconds=1", "--set", "logLevel=DEBUG", "--wait=false",
         # Multi-node tests wait this long for a peer that never comes.
         "--set", "training.rendezvousTimeoutSeconds=90",
         "--set", f"excludeNamespaces={{{OWN_RELEASE_NAMESPACES}}}",

@@ -86,3 +86,13 @@ async def _test_a_failing_read_is_tried_again_at_the_next_tick(monkeypatch: pyte
     await _until(lambda: calls >= 3)
     training_jobs.forget_training(namespace="ns", name="run", uid="run")  # deleted: the task ends
     await _until(lambda: "run" not in training_jobs._FOLLOWING)
+
+
+def test_the_live_index_filter_drops_finished_refused_and_unstarted_jobs() -> None:
+    # kopf keeps an object's last value when its indexer returns None: leaving the index must go
+    # through the filter, or a finished job's last live body would be refreshed for ever.
+    assert training_jobs._live(_job("a", "Running"))  # type: ignore[arg-type]
+    assert training_jobs._live(_job("a", "Unschedulable"))  # type: ignore[arg-type]
+    assert not training_jobs._live(_job("a", "Succeeded"))  # type: ignore[arg-type]
+    assert not training_jobs._live(_job("a", "InvalidSpec"))  # type: ignore[arg-type]
+    assert not training_jobs._live({"metadata": {"uid": "a"}, "status": {}})  # type: ignore[arg-type]

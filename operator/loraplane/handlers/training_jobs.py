@@ -113,12 +113,16 @@ def _is_live(status: dict[str, Any]) -> bool:
     return summary.get("reason") not in status_of.TERMINAL_REASONS
 
 
-@kopf.index(*RESOURCE)
-def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]] | None:
+def _live(body: kopf.Body, **_: Any) -> bool:
+    return _is_live(dict(body.get("status") or {}))
+
+
+# A filter, not a None result: kopf keeps an object's last value when its indexer returns None, and
+# drops it only when the object stops matching the filter.
+@kopf.index(*RESOURCE, when=_live)
+def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]]:
     """Jobs whose run is under way, by uid (finished jobs are not kept: nothing is done for them)."""
-    if uid is None or not _is_live(dict(body.get("status") or {})):
-        return None
-    return {uid: kube.slim(body)}
+    return {str(uid): kube.slim(body)}
 
 
 # --- creating the run ---------------------------------------------------------------------------------
@@ -456,11 +460,10 @@ async def _follow(
     batch_jobs: kopf.Index[str, dict[str, Any]],
     pods_index: kopf.Index[str, dict[str, Any]],
 ) -> None:
-    """While the worker runs: its progress, every `progress_interval_seconds`; ends when the job is
-    no longer Running (finished, failed, preempted) or gone."""
+    """While the worker runs: its progress at once, then every `progress_interval_seconds`; ends
+    when the job is no longer Running (finished, failed, preempted) or gone."""
     try:
         while True:
-            await asyncio.sleep(get_settings().progress_interval_seconds)
             body = next(iter(live_jobs.get(uid, [])), None)
             if body is None or not _worker_running(body):
                 return
@@ -468,6 +471,7 @@ async def _follow(
                 await refresh(body, batch_jobs, pods_index, read_metrics=True)
             except Exception:  # counted by refresh; the next tick tries again, as a timer would
                 LOGGER.exception("reading the progress of training job %s failed", uid)
+            await asyncio.sleep(get_settings().progress_interval_seconds)
     finally:
         _FOLLOWING.pop(uid, None)
 
