@@ -21,6 +21,28 @@ from kubernetes.client.exceptions import ApiException as ApiException  # noqa: P
 from loraplane import GROUP, VERSION
 from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL
 
+# (connect, read) seconds for each direct API call. The client's default is to wait for ever: a
+# connection the server (or a load balancer) stops answering held a handler, and the pod's creation,
+# for 90 s on a cluster that had just started. urllib3 retries a GET that timed out on a fresh
+# connection; a write that timed out fails its handler, which kopf retries.
+API_TIMEOUT_S = (5.0, 15.0)
+
+
+class _TimedApiClient(ApiClient):
+    """The kubernetes client with `API_TIMEOUT_S` on every call that names no timeout of its own."""
+
+    def call_api(
+        self,
+        method: Any,
+        url: Any,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        timeout = _request_timeout or API_TIMEOUT_S
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout=timeout)
+
 
 @cache
 def api_client() -> ApiClient:
@@ -29,7 +51,7 @@ def api_client() -> ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return ApiClient()
+    return _TimedApiClient()
 
 
 def _created(create: Any, *args: Any) -> bool:
