@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, cast
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient, AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes.client.exceptions import ApiException as ApiException  # noqa: PLC0414 - re-exported (mypy strict)
 
@@ -22,10 +23,15 @@ from loraplane import GROUP, VERSION
 from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL
 
 # (connect, read) seconds for each direct API call. The client's default is to wait for ever: a
-# connection the server (or a load balancer) stops answering held a handler, and the pod's creation,
-# for 90 s on a cluster that had just started. urllib3 retries a GET that timed out on a fresh
-# connection; a write that timed out fails its handler, which kopf retries.
+# request on a pooled connection that never reached the server held a handler, and the pod's
+# creation, for 90 s on a cluster that had just started, until the server closed the "idle"
+# connection (kube-apiserver's keep-alive timeout is 90 s).
 API_TIMEOUT_S = (5.0, 15.0)
+# Every call is tried again on a fresh connection after a timeout or a dropped connection, writes
+# too: they are merge patches, create-if-absent (409 counts as done) or guarded by a resourceVersion
+# (409 makes the caller read again), so a second try never does anything twice. urllib3 would retry
+# only GET-like methods, and a status PATCH that met the keep-alive race failed a whole pass.
+API_RETRIES = urllib3.Retry(total=3, connect=3, read=2, allowed_methods=None, backoff_factor=0.2)
 
 
 class _TimedApiClient(ApiClient):
@@ -51,7 +57,9 @@ def api_client() -> ApiClient:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return _TimedApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.retries = API_RETRIES
+    return _TimedApiClient(configuration)
 
 
 def _created(create: Any, *args: Any) -> bool:

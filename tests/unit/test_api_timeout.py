@@ -1,17 +1,18 @@
-"""The operator's direct API calls give up on a server that stops answering, and a GET is tried again
-on a fresh connection (the client's default is to wait for ever)."""
+"""The operator's direct API calls give up on a server that stops answering and are tried again on a
+fresh connection, writes too (the client's default is to wait for ever, and to retry only reads)."""
 
 import socket
 import threading
 
 import pytest
-from kubernetes.client import Configuration, CoreV1Api
+from kubernetes.client import Configuration, CoreV1Api, CustomObjectsApi
 
 from loraplane import kube
 
 
-def test_a_get_the_server_never_answers_times_out_and_is_retried_on_new_connections(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_a_call_the_server_never_answers_times_out_and_is_retried_on_new_connections(
+    monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
@@ -27,11 +28,19 @@ def test_a_get_the_server_never_answers_times_out_and_is_retried_on_new_connecti
     threading.Thread(target=accept, daemon=True).start()
     monkeypatch.setattr(kube, "API_TIMEOUT_S", (1.0, 0.2))
     configuration = Configuration(host=f"http://127.0.0.1:{listener.getsockname()[1]}")
-    configuration.retries = 2
+    configuration.retries = kube.API_RETRIES
+    client = kube._TimedApiClient(configuration)
+    call = (
+        (lambda: CoreV1Api(client).read_namespace("default"))
+        if method == "GET"
+        else lambda: CustomObjectsApi(client).patch_namespaced_custom_object_status(
+            "loraplane.io", "v1alpha1", "ns", "loraadapters", "a", {"status": {}}
+        )
+    )
     try:
         with pytest.raises(Exception, match=r"(?i)timed? ?out"):
-            CoreV1Api(kube._TimedApiClient(configuration)).read_namespace("default")
-        assert len(accepted) == 3  # the first try and two retries, each on its own connection
+            call()
+        assert len(accepted) == 3  # the first try and two read retries, each on its own connection
     finally:
         listener.close()
         for connection in accepted:
