@@ -25,8 +25,10 @@ from loraplane.api.adapter import PLURAL as ADAPTER_PLURAL
 # (connect, read) seconds for each direct API call. The client's default is to wait for ever: a
 # request on a pooled connection that never reached the server held a handler, and the pod's
 # creation, for 90 s on a cluster that had just started, until the server closed the "idle"
-# connection (kube-apiserver's keep-alive timeout is 90 s).
-API_TIMEOUT_S = (5.0, 15.0)
+# connection (kube-apiserver's keep-alive timeout is 90 s). Generous, so that a slow server is waited
+# for rather than given a second connection to be slow on: a 5 s connect timeout turned a local
+# cluster's slow Service relay into a storm of retries that held a pod's gate for 48 s.
+API_TIMEOUT_S = (30.0, 60.0)
 # Every call is tried again on a fresh connection after a timeout or a dropped connection, writes
 # too: they are merge patches, create-if-absent (409 counts as done) or guarded by a resourceVersion
 # (409 makes the caller read again), so a second try never does anything twice. urllib3 would retry
