@@ -493,9 +493,10 @@ async def training_job_seen(
     if uid is None or type == "DELETED":
         _SEEN_LIVE.discard(uid or "")
         return
-    if _is_live(dict(body.get("status") or {})):
-        follow_if_running(uid, live_training_jobs, training_batch_jobs, training_pods)
-    if uid in _SEEN_LIVE or not _is_live(dict(body.get("status") or {})):
+    if not _is_live(dict(body.get("status") or {})):
+        return
+    follow_if_running(uid, live_training_jobs, training_batch_jobs, training_pods)
+    if uid in _SEEN_LIVE:
         return
     _SEEN_LIVE.add(uid)
     await refresh(kube.to_plain(body), training_batch_jobs, training_pods, read_metrics=False)
@@ -512,8 +513,7 @@ async def training_child_changed(
     **_: Any,
 ) -> None:
     """A run's Job or pod changed: refresh its job, unless the job has finished (not in the index)."""
-    uid = labels.get(naming.LABEL_TRAINING_JOB_UID, "")
-    body = next(iter(live_training_jobs.get(uid, [])), None)
+    body = next(iter(live_training_jobs.get(labels.get(naming.LABEL_TRAINING_JOB_UID, ""), [])), None)
     if body is not None:
         await refresh(body, training_batch_jobs, training_pods, read_metrics=False)
 
