@@ -35,7 +35,7 @@ from loraplane.builders.serving import DeploymentView, merged
 from loraplane.crdgen import adapter_crd
 from loraplane.handlers.adapters import deployment_changes, pod_loading, reconciler
 from loraplane.handlers.adapters.indexes import Indexes, slim_pod
-from loraplane.handlers.adapters.reconciler import reconcile_deployment
+from loraplane.handlers.adapters.reconciler import RECONCILERS, reconcile_deployment
 from loraplane.settings import Settings
 from loraplane.status import adapter as status_of
 from loraplane.status import resolution
@@ -343,3 +343,151 @@ def test_a_new_version_of_an_on_demand_adapter_enters_the_history_though_its_pat
     history = record_version(history, newer, True, now + dt.timedelta(minutes=1))
     assert [e.sha256 for e in history] == ["ef" * 32, DIGEST]
     assert {e.path for e in history} == {f"{serving.CACHE_MOUNT}/sql"}
+
+
+# ---- the record of the version vLLM loaded: in the cluster, read again by a restarted operator ------
+
+RUN = "vllm-tiny-a/2025-01-01T00:00:00Z"  # "pod/startedAt" of pod_of's pods
+NEWER = "ef" * 32
+
+
+def test_the_record_keeps_each_pod_runs_digests_compactly_and_reads_back_what_it_wrote() -> None:
+    deployment = example() | {"metadata": {**example()["metadata"], "uid": "d-uid", "namespace": "ns"}}
+    loaded = {(RUN, "sql"): DIGEST, (RUN, "chat"): NEWER, ("vllm-tiny-b/2025-01-02T00:00:00Z", "sql"): DIGEST}
+    body = serving.record_config_map(deployment, frozenset({"sql", "chat"}), loaded)
+    assert serving.loaded_record(body) == {"sql", "chat"}
+    assert serving.on_demand_record(body) == loaded
+    data = body["data"][serving.ON_DEMAND_KEY]
+    assert json.loads(data)[RUN] == {"chat": NEWER, "sql": DIGEST}, "grouped by pod run"
+    assert " " not in data
+    assert serving.CACHE_MOUNT not in json.dumps(body["data"]), "digests, no paths"
+    again = serving.record_config_map(deployment, frozenset({"chat", "sql"}), dict(reversed(loaded.items())))
+    assert again == body, "the same entries give the same text: nothing to write"
+    assert json.loads(serving.record_config_map(deployment, frozenset())["data"][serving.ON_DEMAND_KEY]) == {}
+
+
+def test_a_record_of_the_previous_version_or_a_damaged_one_reads_as_no_digest_known() -> None:
+    previous = {"data": {serving.RECORD_KEY: '["sql"]'}}  # only the names, as loraplane wrote before
+    assert serving.loaded_record(previous) == {"sql"}
+    assert serving.on_demand_record(previous) == {}
+    assert serving.on_demand_record(None) == {}
+    damaged_ones = ("not json", "[]", '{"p/t": ["sql"]}', '{"p/t": {"sql": "/x"}}', '{"p/t": {"s": 1}}')
+    for damaged in damaged_ones:
+        assert serving.on_demand_record({"data": {serving.ON_DEMAND_KEY: damaged}}) == {}, damaged
+    mixed = '{"p/t": {"sql": "' + DIGEST + '", "bad": "' + DIGEST.upper() + '"}}'
+    assert serving.on_demand_record({"data": {serving.ON_DEMAND_KEY: mixed}}) == {("p/t", "sql"): DIGEST}
+
+
+def test_a_thousand_on_demand_adapters_loaded_on_two_pods_keep_the_record_well_within_a_config_map() -> None:
+    deployment = example() | {"metadata": {**example()["metadata"], "uid": "d-uid", "namespace": "ns"}}
+    names = [f"tenant-{i:04d}" for i in range(1000)]
+    runs = [RUN, "vllm-tiny-b/2025-01-02T00:00:00Z"]
+    body = serving.record_config_map(
+        deployment, frozenset(names), {(run, n): DIGEST for run in runs for n in names}
+    )
+    size = len(json.dumps(body["data"]))
+    assert size < 200 * 1024, f"{size} bytes; a ConfigMap holds up to 1 MiB"
+
+
+def on_demand_held(
+    cluster: Cluster, fetcher_port: int, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An OnDemand adapter catalogued on one pod whose vLLM loaded it on a request, and a pass that saw
+    it there: the adapter's body and the pod."""
+    settings = Settings(serving_fetcher_port=fetcher_port)
+    for module in (pod_loading, deployment_changes, reconciler):
+        monkeypatch.setattr(module, "get_settings", lambda: settings)
+    catalogued_object(cache)
+    body = lora_adapter(cluster.deployment["metadata"]["namespace"], mode="OnDemand")
+    body["spec"]["source"] = {"s3": {"uri": "s3://adapters/quotes", "sha256": DIGEST,
+                                     "connection": {"endpoint": "http://127.0.0.1:1"}}}  # fmt: skip
+    run_pass(cluster, body, [pod_of(cluster.deployment, "vllm-tiny-old", "h1")])  # enables the resolver
+    pod = pod_of(cluster.deployment, "vllm-tiny-a", "h2")
+    pod["status"]["conditions"].append({"type": serving.GATE, "status": "True", "reason": "AdaptersLoaded"})
+    Vllm.runtime_api = True
+    assert ready(run_pass(cluster, body, [pod]))[:2] == ("True", "Catalogued")
+    Vllm.adapters["quotes"] = f"{serving.CACHE_MOUNT}/quotes"  # the resolver loaded it on a request
+    run_pass(cluster, body, [pod])
+    return body, pod
+
+
+def recorded_digests(cluster: Cluster) -> dict[tuple[str, str], str]:
+    return serving.on_demand_record(cluster.config_maps[serving.record_name("vllm-tiny")])
+
+
+def new_version(body: dict[str, Any], cache: Path) -> dict[str, Any]:
+    """The adapter at another digest, whose object the pod's cache holds already."""
+    catalogued_object(cache, NEWER)
+    version = copy.deepcopy(body)
+    version["spec"]["source"]["s3"]["sha256"] = NEWER
+    version["metadata"]["generation"] = 3
+    return version
+
+
+def test_a_restarted_operator_unloads_what_vllm_loaded_before_the_cache_took_a_new_version(
+    cluster: Cluster, vllm: int, fetcher_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, pod = on_demand_held(cluster, fetcher_port, tmp_path / "cache", monkeypatch)
+    assert recorded_digests(cluster) == {(RUN, "quotes"): DIGEST}, "the version vLLM loaded, in the cluster"
+    writes = len(cluster.records)
+    run_pass(cluster, body, [pod])
+    assert len(cluster.records) == writes, "a pass that sees nothing new writes nothing"
+
+    # The operator restarts (nothing in memory), and the adapter got a new version while it was down.
+    RECONCILERS.clear()
+    version = new_version(body, tmp_path / "cache")
+    assert ready(run_pass(cluster, version, [pod]))[:2] == ("True", "Catalogued")
+    assert (tmp_path / "cache" / "quotes").resolve().name == NEWER
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 1, "vLLM would serve the old weights on"
+    assert "quotes" not in Vllm.adapters
+    assert recorded_digests(cluster) == {}, "nothing loaded of it any more"
+
+    Vllm.adapters["quotes"] = f"{serving.CACHE_MOUNT}/quotes"  # its next request loads the new files
+    RECONCILERS.clear()
+    run_pass(cluster, version, [pod])
+    assert recorded_digests(cluster) == {(RUN, "quotes"): NEWER}
+    RECONCILERS.clear()
+    run_pass(cluster, version, [pod])
+    assert Vllm.posts.count("/v1/unload_lora_adapter") == 1, "the new version stays"
+
+
+def test_a_restarted_operator_whose_pods_hold_the_current_version_unloads_and_writes_nothing(
+    cluster: Cluster, vllm: int, fetcher_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, pod = on_demand_held(cluster, fetcher_port, tmp_path / "cache", monkeypatch)
+    writes = len(cluster.records)
+    RECONCILERS.clear()
+    assert ready(run_pass(cluster, body, [pod]))[:2] == ("True", "Catalogued")
+    assert "/v1/unload_lora_adapter" not in Vllm.posts
+    assert len(cluster.records) == writes, "the record read back is what the pass would write"
+
+
+def test_a_record_from_the_previous_version_is_read_and_gets_the_digests_added(
+    cluster: Cluster, vllm: int, fetcher_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, pod = on_demand_held(cluster, fetcher_port, tmp_path / "cache", monkeypatch)
+    record = cluster.config_maps[serving.record_name("vllm-tiny")]
+    del record["data"][serving.ON_DEMAND_KEY]  # as an earlier loraplane wrote it
+    RECONCILERS.clear()
+    run_pass(cluster, body, [pod])
+    assert "/v1/unload_lora_adapter" not in Vllm.posts
+    assert serving.loaded_record(record) == {"quotes"}
+    assert recorded_digests(cluster) == {(RUN, "quotes"): DIGEST}, "no digest known: the cache's"
+
+
+def test_the_digests_of_a_pod_that_went_or_restarted_leave_the_record(
+    cluster: Cluster, vllm: int, fetcher_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, pod = on_demand_held(cluster, fetcher_port, tmp_path / "cache", monkeypatch)
+    restarted = copy.deepcopy(pod)
+    restarted["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] = "2025-01-01T01:00:00Z"
+    Vllm.adapters.clear()  # a new run of vLLM holds nothing yet
+    run_pass(cluster, body, [restarted])
+    assert recorded_digests(cluster) == {}
+    Vllm.adapters["quotes"] = f"{serving.CACHE_MOUNT}/quotes"
+    run_pass(cluster, body, [restarted])
+    assert recorded_digests(cluster) == {("vllm-tiny-a/2025-01-01T01:00:00Z", "quotes"): DIGEST}
+    other = pod_of(cluster.deployment, "vllm-tiny-b", "h2")
+    other["status"]["podIP"] = "127.0.0.2"  # another pod, not answering yet: the first one is gone
+    run_pass(cluster, body, [other])
+    assert recorded_digests(cluster) == {}

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,13 @@ CONTAINER_ANNOTATION = f"{GROUP}/container"
 # generation counts its annotation changes too.
 RECORD_LABEL = f"{GROUP}/loaded-adapters-of"
 RECORD_KEY = "loaded"
+# Its second key: per pod run ("pod/startedAt"), the sha256 of the cache entry vLLM had loaded of each
+# OnDemand served name (compact JSON, `{"pod/startedAt": {"name": "digest"}}`). vLLM keeps the weights
+# it loaded in memory under the same path when the cache entry changes, and only the digest it loaded
+# tells that it must be unloaded: after an operator restart too. A record without it (written by an
+# earlier loraplane) reads as no digest known.
+ON_DEMAND_KEY = "onDemand"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # `<secret>/<key>` (or `<secret>`, key `token`): the Secret holding the API key the server was started
 # with; loraplane sends it on its calls to the server.
 API_KEY_ANNOTATION = f"{GROUP}/api-key-secret"
@@ -91,8 +98,41 @@ def loaded_record(config_map: dict[str, Any] | None) -> frozenset[str]:
     return frozenset(str(n) for n in names) if isinstance(names, list) else frozenset()
 
 
-def record_config_map(deployment: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
-    """The record ConfigMap listing `names`, owned by the Deployment (deleted with it)."""
+def on_demand_record(config_map: dict[str, Any] | None) -> dict[tuple[str, str], str]:
+    """("pod/startedAt", served name) -> the digest vLLM loaded, as a record ConfigMap lists them; what
+    is not a digest is left out (empty when there is none, or it is unreadable)."""
+    raw = ((config_map or {}).get("data") or {}).get(ON_DEMAND_KEY)
+    try:
+        pods = json.loads(raw) if raw else {}
+    except ValueError:
+        pods = {}
+    if not isinstance(pods, dict):
+        return {}
+    return {
+        (str(run), str(name)): digest
+        for run, loaded in pods.items()
+        if isinstance(loaded, dict)
+        for name, digest in loaded.items()
+        if isinstance(digest, str) and _DIGEST.match(digest)
+    }
+
+
+def on_demand_data(on_demand: Mapping[tuple[str, str], str]) -> str:
+    """The record's OnDemand key: digests grouped by pod run, compact and in a stable order (the same
+    entries give the same text)."""
+    pods: dict[str, dict[str, str]] = {}
+    for (run, name), digest in on_demand.items():
+        pods.setdefault(run, {})[name] = digest
+    return json.dumps(pods, sort_keys=True, separators=(",", ":"))
+
+
+def record_config_map(
+    deployment: dict[str, Any],
+    names: frozenset[str],
+    on_demand: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, Any]:
+    """The record ConfigMap listing `names` and the digests vLLM loaded of OnDemand ones, owned by the
+    Deployment (deleted with it)."""
     metadata = deployment["metadata"]
     return {
         "apiVersion": "v1",
@@ -110,7 +150,10 @@ def record_config_map(deployment: dict[str, Any], names: frozenset[str]) -> dict
                 }
             ],
         },
-        "data": {RECORD_KEY: json.dumps(sorted(names), separators=(",", ":"))},
+        "data": {
+            RECORD_KEY: json.dumps(sorted(names), separators=(",", ":")),
+            ON_DEMAND_KEY: on_demand_data(on_demand or {}),
+        },
     }
 
 

@@ -52,6 +52,7 @@ async def reconcile_pod(
     fetching = await fetch_into_cache(rec, client, plan, view, models)
     models = await unload_unwanted(rec, server, client, view, models, plan)
     models = await unload_replaced(rec, server, client, view, models, plan.wanted)
+    forget_unheld(rec, view, models)
     result.paths = dict(models.adapters)
     swap_now = view.name == plan.swapping
     if swap_now and view.gate_status == "True":
@@ -184,6 +185,18 @@ async def unload_replaced(rec: Reconciler, server: Server, client: aiohttp.Clien
             for adapter in adapters_named(rec, want.served_name):
                 event(adapter, "Normal", "Unloaded", message)
     return without(models, unloaded)
+
+
+def forget_unheld(rec: Reconciler, view: PodView, models: Models) -> None:
+    """Keep the OnDemand digests of the pod's current run for names its server still lists: a name it
+    no longer holds loads whatever the cache holds on its next request, and an earlier run of the
+    container holds nothing (the record stays as small as what vLLM holds)."""
+    run = f"{view.name}/{view.started_at}"
+    rec.on_demand_loaded = {
+        key: digest
+        for key, digest in rec.on_demand_loaded.items()
+        if key[0].split("/", 1)[0] != view.name or (key[0] == run and key[1] in models.adapters)
+    }
 
 
 async def unload_quietly(server: Server, client: aiohttp.ClientSession, name: str) -> bool:

@@ -166,19 +166,25 @@ async def run_pass(rec: Reconciler, indexes: Indexes) -> Outcome:
 
 async def current_record(rec: Reconciler) -> frozenset[str]:
     """The record of what loraplane loaded into the Deployment's pods: read from its ConfigMap once
-    per operator process, then as this reconciler (its only writer) last wrote it."""
+    per operator process, then as this reconciler (its only writer) last wrote it. The digests vLLM
+    loaded of OnDemand adapters come with it and win over what this process would take from the
+    cache now: the cache may have moved on while no operator looked."""
     if rec.record is None:
         found = await asyncio.to_thread(
             kube.read_config_map, rec.namespace, serving.record_name(rec.deployment)
         )
         rec.record = serving.loaded_record(found)
+        rec.recorded_on_demand = serving.on_demand_record(found)
+        rec.on_demand_loaded = {**rec.on_demand_loaded, **rec.recorded_on_demand}
     return rec.record
 
 
 async def write_record(rec: Reconciler, deployment: dict[str, Any], names: frozenset[str]) -> None:
-    body = serving.record_config_map(deployment, names)
+    """Write the record: `names`, and the OnDemand digests as this reconciler knows them now."""
+    on_demand = dict(rec.on_demand_loaded)
+    body = serving.record_config_map(deployment, names, on_demand)
     await asyncio.to_thread(kube.write_config_map, rec.namespace, body)
-    rec.record = names
+    rec.record, rec.recorded_on_demand = names, on_demand
 
 
 async def record_loads(rec: Reconciler, deployment: dict[str, Any], names: set[str]) -> frozenset[str]:
@@ -199,15 +205,16 @@ async def forget_unloaded(
     claimed: frozenset[str],
     results: list[PodResult],
 ) -> None:
-    """Take names out of the record once nobody claims them and no pod holds them. Only after a pass
-    that reached every live pod: a pod that did not answer may still hold one."""
+    """Take names out of the record once nobody claims them and no pod holds them (only after a pass
+    that reached every live pod: a pod that did not answer may still hold one), and keep the digests
+    of OnDemand loads the pass saw begin or end. One write, and none when neither changed."""
+    names = recorded
     live = [r for r in results if not r.view.deleting]
-    if any(not r.reachable for r in live):
-        return
-    held = {name for r in live for name in r.paths}
-    gone = (recorded - claimed) - held
-    if gone:
-        await write_record(rec, deployment, recorded - gone)
+    if all(r.reachable for r in live):
+        held = {name for r in live for name in r.paths}
+        names = recorded - ((recorded - claimed) - held)
+    if names != recorded or rec.on_demand_loaded != rec.recorded_on_demand:
+        await write_record(rec, deployment, names)
 
 
 # How soon a pass comes back while something is in progress that no event announces.

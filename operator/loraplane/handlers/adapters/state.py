@@ -53,12 +53,15 @@ class Reconciler:
     loaded_at: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
     reported_pods: set[str] = field(default_factory=set)  # pods with an adapters-loaded gauge
     # ("pod/startedAt", served name) of OnDemand adapters vLLM holds -> the digest the cache held when
-    # a pass first saw vLLM hold it (the version it loaded), and the digest the cache holds now.
+    # a pass first saw vLLM hold it (the version it loaded), and the digest the cache holds now. The
+    # first is kept in the record ConfigMap too (a restarted operator must not take the cache's
+    # current digest for the one loaded); the second is read again every pass.
     on_demand_loaded: dict[tuple[str, str], str] = field(default_factory=dict)
     catalogued: dict[tuple[str, str], str] = field(default_factory=dict)
     # The record of the served names loraplane loaded (its ConfigMap), as last read or written; None:
-    # not read yet by this process.
+    # not read yet by this process. With it, the OnDemand digests as last read or written.
     record: frozenset[str] | None = None
+    recorded_on_demand: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def forget_pods_except(self, uids: set[str], names: set[str]) -> set[str]:
         """Drop what is remembered about pods that are gone (the Deployment's pods are ``uids`` and
