@@ -138,6 +138,15 @@ def test_a_catalogued_adapter_never_loaded_through_the_api_answers_its_first_req
     _, warm = completion(ip, WARM)
     assert answer["choices"][0]["text"] == warm["choices"][0]["text"], "the same weights answer the same"
     assert "cat-0001" not in models_on(ip), "one request loads one adapter"
+    # The digest vLLM loaded is kept in the cluster, for a restarted operator: in the pass after the
+    # load (a change to the Deployment's metadata wakes one now instead of at the resync).
+    pod = cluster.ready_pods()[0]
+    vllm = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "vllm")
+    run = f"{pod['metadata']['name']}/{vllm['state']['running']['startedAt']}"
+    cluster.kube.kubectl("annotate", "deployment", DEPLOYMENT, "-n", cluster.namespace, "--overwrite",
+                         "e2e.loraplane.io/wake=on-demand-loaded")  # fmt: skip
+    wait_until(f"the digest {COLD} was loaded at, recorded", lambda: on_demand_record(cluster) == {
+        run: {COLD: catalogue.sha256}}, timeout_s=60)  # fmt: skip
 
 
 def test_deleting_an_adapter_loaded_on_demand_unloads_it_and_takes_it_out_of_the_cache(
@@ -154,3 +163,11 @@ def test_deleting_an_adapter_loaded_on_demand_unloads_it_and_takes_it_out_of_the
     assert status == 404, ("the resolver finds no such name in the cache any more", answer)
     assert WARM in models_on(ip)
     assert completion(ip, "cat-0002")[0] == 200, "the rest of the catalogue still answers"
+    assert all(COLD not in loaded for loaded in on_demand_record(cluster).values())
+
+
+def on_demand_record(cluster: Cluster) -> dict[str, dict[str, str]]:
+    """The record ConfigMap's OnDemand digests: per pod run, served name -> sha256 vLLM loaded."""
+    record = cluster.get("configmap", f"{DEPLOYMENT}-loraplane-loaded")
+    found: dict[str, dict[str, str]] = json.loads((record or {}).get("data", {}).get("onDemand") or "{}")
+    return found
