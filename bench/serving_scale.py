@@ -1,6 +1,6 @@
 """The operator at scale: 1 (baseline), 100 and 1,000 LoraAdapters on one 2-replica vLLM Deployment,
-2,000 over two such Deployments, then 1 (baseline) and 1,000 waiting and 1,000 finished
-LoraTrainingJobs.
+2,000 over two such Deployments, then, on a fresh operator pod, 1 (baseline) and 1,000 waiting and
+1,000 finished LoraTrainingJobs.
 
     PYTHONPATH=operator:devcluster:tests .venv/bin/python bench/serving_scale.py --kubeconfig K \
         --namespace NS --adapter-path adapters/<uid> [--counts 1,100,1000] [--jobs 1000]
@@ -36,6 +36,7 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 import serving as serving_bench  # bench/serving.py, beside this file
 import vllm_e2e
+from loraplane_devcluster import demo
 
 DEPLOYMENT, GATE = vllm_e2e.DEPLOYMENT, vllm_e2e.GATE
 LABEL = "bench=serving-scale"
@@ -311,7 +312,33 @@ def two_deployments(bench: Bench, per_deployment: int, base: dict[str, float]) -
         print(f"  {label:>15}: {value:.3f} {ratio(value, base[key]):>7}")
 
 
+def fresh_operator(bench: Bench) -> None:
+    """Replace the operator pod (as a rollout or an eviction would) and wait for the new process to
+    be Ready: the training figures are then the jobs' own, not what the adapter phases left."""
+    old = operator_process()
+    print(f"\noperator RSS after the adapter phases: {rss_mib(old):.0f} MiB; replacing its pod")
+    selector = "app.kubernetes.io/instance=" + demo.RELEASE
+    subprocess.run([*bench.kubectl, "delete", "pod", "-n", demo.RELEASE_NAMESPACE, "-l", selector,
+                    "--wait=false"], check=True, capture_output=True, timeout=60)  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            if operator_process() == old:
+                return False
+        except RuntimeError:
+            return False
+        pods = bench.core.list_namespaced_pod(demo.RELEASE_NAMESPACE, label_selector=selector).items
+        return any(
+            p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in pods
+        )
+
+    bench.wait("a new operator pod", ready, timeout_s=180, interval_s=1.0)
+
+
 def training(bench: Bench, jobs: int) -> None:
+    fresh_operator(bench)
     example = (vllm_e2e.EXAMPLES / "tiny-cpu" / "training-job.yaml").read_text()
     template = next(d for d in yaml.safe_load_all(example) if d and d["kind"] == "LoraTrainingJob")
 

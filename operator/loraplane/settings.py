@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9090, description="Port of the operator's own /metrics.")
     pod_ip: str = Field(default="127.0.0.1", validation_alias="POD_IP", description="Address servers bind.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    object_workers: int = Field(
+        default=100,
+        ge=10,
+        description=(
+            "How many objects of one kind the operator works on at once; the others' events wait in "
+            "their queues. Bounds the memory a burst of creates leaves behind (kopf's worker_limit)."
+        ),
+    )
 
     @property
     def watched(self) -> list[str]:

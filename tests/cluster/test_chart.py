@@ -166,10 +166,26 @@ def test_the_object_store_defaults_reach_the_operators_settings(kube: Kube) -> N
     assert store.credentials_secret.secret_access_key_key == "secretAccessKey"
 
 
+def test_object_workers_reach_the_operators_settings(kube: Kube) -> None:
+    """`objectWorkers` is `settings.object_workers`, kopf's worker limit per kind."""
+
+    def setting(*values: str) -> int:
+        [deployment] = [d for d in render(kube, *values) if d["kind"] == "Deployment"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("LORAPLANE_OBJECT_WORKERS", env["LORAPLANE_OBJECT_WORKERS"])
+            return Settings().object_workers
+
+    assert setting() == 100
+    assert setting("objectWorkers=40") == 40
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
         ("serving.maxLoras=0", "at '/serving/maxLoras': minimum: got 0, want 1"),
+        ("objectWorkers=5", "at '/objectWorkers': minimum: got 5, want 10"),
         ("logLevel=LOUD", "at '/logLevel'"),
         ("trainig.workerImage=x", "additional properties 'trainig' not allowed"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
