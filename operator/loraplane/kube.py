@@ -172,6 +172,19 @@ def slim(body: Any) -> dict[str, Any]:
     return plain
 
 
+def pack(body: Any) -> bytes:
+    """A plain copy of an object (kept parts of it) as compact JSON: what an index over many objects
+    keeps. One bytes object per entry instead of hundreds of small dicts and strings: with a thousand
+    objects those pin Python's small-object arenas, which a process never returns (docs/serving.md,
+    "Where the operator's memory goes"). Readers `unpack` the entries they use, when they use them."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(packed)
+    return body
+
+
 # --- serving: Deployments, pod readiness gates, EndpointSlices --------------------------------------------
 
 

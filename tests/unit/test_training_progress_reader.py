@@ -6,15 +6,19 @@ from typing import Any
 
 import pytest
 
+from loraplane import kube
 from loraplane.handlers import training_jobs
 from loraplane.settings import Settings
 
 
-def _job(uid: str, reason: str) -> dict[str, Any]:
-    return {
-        "metadata": {"uid": uid, "name": uid, "namespace": "ns"},
-        "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": reason}]},
-    }
+def _job(uid: str, reason: str) -> bytes:
+    """A live job as its index keeps it (packed)."""
+    return kube.pack(
+        {
+            "metadata": {"uid": uid, "name": uid, "namespace": "ns"},
+            "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": reason}]},
+        }
+    )
 
 
 @pytest.fixture
@@ -40,7 +44,7 @@ def test_a_running_job_is_read_by_one_task_until_it_stops_running(refreshes: lis
 
 
 async def _test_a_running_job_is_read_by_one_task_until_it_stops_running(refreshes: list[Any]) -> None:
-    live: dict[str, list[dict[str, Any]]] = {"run": [_job("run", "Running")]}
+    live: dict[str, list[bytes]] = {"run": [_job("run", "Running")]}
     training_jobs.follow_if_running("run", live, {}, {})  # type: ignore[arg-type]
     training_jobs.follow_if_running("run", live, {}, {})  # type: ignore[arg-type]  # a second event
     assert list(training_jobs._FOLLOWING) == ["run"]
@@ -91,8 +95,8 @@ async def _test_a_failing_read_is_tried_again_at_the_next_tick(monkeypatch: pyte
 def test_the_live_index_filter_drops_finished_refused_and_unstarted_jobs() -> None:
     # kopf keeps an object's last value when its indexer returns None: leaving the index must go
     # through the filter, or a finished job's last live body would be refreshed for ever.
-    assert training_jobs._live(_job("a", "Running"))  # type: ignore[arg-type]
-    assert training_jobs._live(_job("a", "Unschedulable"))  # type: ignore[arg-type]
-    assert not training_jobs._live(_job("a", "Succeeded"))  # type: ignore[arg-type]
-    assert not training_jobs._live(_job("a", "InvalidSpec"))  # type: ignore[arg-type]
+    assert training_jobs._live(kube.unpack(_job("a", "Running")))  # type: ignore[arg-type]
+    assert training_jobs._live(kube.unpack(_job("a", "Unschedulable")))  # type: ignore[arg-type]
+    assert not training_jobs._live(kube.unpack(_job("a", "Succeeded")))  # type: ignore[arg-type]
+    assert not training_jobs._live(kube.unpack(_job("a", "InvalidSpec")))  # type: ignore[arg-type]
     assert not training_jobs._live({"metadata": {"uid": "a"}, "status": {}})  # type: ignore[arg-type]

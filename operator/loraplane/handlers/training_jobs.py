@@ -72,13 +72,23 @@ def parse(body: kopf.Body) -> LoraTrainingJob:
 _JOB_SPEC_READ = ("suspend", "completions", "parallelism")
 
 
+# The three indexes keep packed entries (`kube.pack`): a thousand waiting jobs are three thousand
+# entries that nothing reads until one of them changes.
+Packed = kopf.Index[str, bytes]
+
+
+def first(index: Packed, key: str) -> dict[str, Any] | None:
+    """The index's first entry under `key`, unpacked; None when there is none."""
+    return next((kube.unpack(entry) for entry in index.get(key, [])), None)
+
+
 def _slim(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
     """What a refresh reads of a Job or pod (metadata names and times, the status, the few Job spec
-    fields above); the pod template is not kept in memory."""
+    fields above), for the index to pack; the pod template is not kept in memory."""
     metadata = body.get("metadata", {})
     spec = body.get("spec") or {}
     annotations = metadata.get("annotations") or {}
-    kept = {
+    return {
         "metadata": {
             **{
                 key: metadata.get(key)
@@ -92,17 +102,16 @@ def _slim(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
         "spec": {key: spec[key] for key in _JOB_SPEC_READ if key in spec},
         "status": body.get("status", {}),
     }
-    return kube.to_plain(kept)
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
-def training_batch_jobs(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[naming.LABEL_TRAINING_JOB_UID]: _slim(body)}
+def training_batch_jobs(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, bytes]:
+    return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.pack(_slim(body))}
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
-def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[naming.LABEL_TRAINING_JOB_UID]: _slim(body)}
+def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, bytes]:
+    return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.pack(_slim(body))}
 
 
 def _is_live(status: dict[str, Any]) -> bool:
@@ -120,9 +129,9 @@ def _live(body: kopf.Body, **_: Any) -> bool:
 # A filter, not a None result: kopf keeps an object's last value when its indexer returns None, and
 # drops it only when the object stops matching the filter.
 @kopf.index(*RESOURCE, when=_live)
-def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, dict[str, Any]]:
+def live_training_jobs(body: kopf.Body, uid: str | None, **_: Any) -> dict[str, bytes]:
     """Jobs whose run is under way, by uid (finished jobs are not kept: nothing is done for them)."""
-    return {str(uid): kube.slim(body)}
+    return {str(uid): kube.pack(kube.slim(body))}
 
 
 # --- creating the run ---------------------------------------------------------------------------------
@@ -339,8 +348,8 @@ def _worker_running(body: dict[str, Any] | kopf.Body) -> bool:
 
 async def refresh(
     body: dict[str, Any],
-    batch_jobs: kopf.Index[str, dict[str, Any]],
-    pods_index: kopf.Index[str, dict[str, Any]],
+    batch_jobs: Packed,
+    pods_index: Packed,
     read_metrics: bool,
 ) -> None:
     """The job's status from its Job and pods (and, while the worker runs, its metrics), written
@@ -374,14 +383,14 @@ async def _refresh(
     job: LoraTrainingJob,
     body: dict[str, Any],
     namespace: str,
-    batch_jobs: kopf.Index[str, dict[str, Any]],
-    pods_index: kopf.Index[str, dict[str, Any]],
+    batch_jobs: Packed,
+    pods_index: Packed,
     read_metrics: bool,
 ) -> bool:
     """One refresh; True when the run has finished (and its adapter, if any, is published)."""
     uid = job.metadata["uid"]
-    batch_job = next(iter(batch_jobs.get(uid, [])), None)
-    pods = list(pods_index.get(uid, []))
+    batch_job = first(batch_jobs, uid)
+    pods = [kube.unpack(pod) for pod in pods_index.get(uid, [])]
     was_terminal = status_of.is_terminal(job.status)
     if was_terminal and (job.status.adapter is None or job.spec.adapter is None or uid in _PUBLISHED):
         return True
@@ -442,13 +451,13 @@ _FOLLOWING: dict[str, asyncio.Task[None]] = {}
 
 def follow_if_running(
     uid: str,
-    live_jobs: kopf.Index[str, dict[str, Any]],
-    batch_jobs: kopf.Index[str, dict[str, Any]],
-    pods_index: kopf.Index[str, dict[str, Any]],
+    live_jobs: Packed,
+    batch_jobs: Packed,
+    pods_index: Packed,
 ) -> None:
     """Start reading the job's progress if its worker runs and nothing reads it yet. The indexes are
     kopf's live views, so the task always sees the job's, Job's and pods' latest state."""
-    body = next(iter(live_jobs.get(uid, [])), None)
+    body = first(live_jobs, uid)
     if body is None or not _worker_running(body) or uid in _FOLLOWING:
         return
     _FOLLOWING[uid] = asyncio.create_task(_follow(uid, live_jobs, batch_jobs, pods_index))
@@ -456,15 +465,15 @@ def follow_if_running(
 
 async def _follow(
     uid: str,
-    live_jobs: kopf.Index[str, dict[str, Any]],
-    batch_jobs: kopf.Index[str, dict[str, Any]],
-    pods_index: kopf.Index[str, dict[str, Any]],
+    live_jobs: Packed,
+    batch_jobs: Packed,
+    pods_index: Packed,
 ) -> None:
     """While the worker runs: its progress at once, then every `progress_interval_seconds`; ends
     when the job is no longer Running (finished, failed, preempted) or gone."""
     try:
         while True:
-            body = next(iter(live_jobs.get(uid, [])), None)
+            body = first(live_jobs, uid)
             if body is None or not _worker_running(body):
                 return
             try:
@@ -481,9 +490,9 @@ async def training_job_seen(
     body: kopf.Body,
     uid: str | None,
     type: str | None,
-    live_training_jobs: kopf.Index[str, dict[str, Any]],
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
+    live_training_jobs: Packed,
+    training_batch_jobs: Packed,
+    training_pods: Packed,
     **_: Any,
 ) -> None:
     """A run under way is refreshed once when this process first sees it live: after an operator
@@ -507,13 +516,13 @@ async def training_job_seen(
 @kopf.on.event("", "v1", "pods", labels=OWNED)  # type: ignore[arg-type]
 async def training_child_changed(
     labels: kopf.Labels,
-    live_training_jobs: kopf.Index[str, dict[str, Any]],
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
+    live_training_jobs: Packed,
+    training_batch_jobs: Packed,
+    training_pods: Packed,
     **_: Any,
 ) -> None:
     """A run's Job or pod changed: refresh its job, unless the job has finished (not in the index)."""
-    body = next(iter(live_training_jobs.get(labels.get(naming.LABEL_TRAINING_JOB_UID, ""), [])), None)
+    body = first(live_training_jobs, labels.get(naming.LABEL_TRAINING_JOB_UID, ""))
     if body is not None:
         await refresh(body, training_batch_jobs, training_pods, read_metrics=False)
 
@@ -542,17 +551,17 @@ def _owned_by_a_job(body: kopf.Body, **_: Any) -> bool:
 @kopf.on.event(kube.KUEUE_GROUP, kube.KUEUE_VERSION, "workloads", when=_owned_by_a_job)  # type: ignore[arg-type]
 async def training_workload_changed(
     body: kopf.Body,
-    live_training_jobs: kopf.Index[str, dict[str, Any]],
-    training_batch_jobs: kopf.Index[str, dict[str, Any]],
-    training_pods: kopf.Index[str, dict[str, Any]],
+    live_training_jobs: Packed,
+    training_batch_jobs: Packed,
+    training_pods: Packed,
     **_: Any,
 ) -> None:
     owners = {
         o.get("uid") for o in body.get("metadata", {}).get("ownerReferences") or [] if o.get("kind") == "Job"
     }
     for run_uid, batch_jobs in training_batch_jobs.items():
-        if any(job["metadata"].get("uid") in owners for job in batch_jobs):
-            run = next(iter(live_training_jobs.get(run_uid, [])), None)
+        if any(kube.unpack(job)["metadata"].get("uid") in owners for job in batch_jobs):
+            run = first(live_training_jobs, run_uid)
             if run is not None:
                 await refresh(run, training_batch_jobs, training_pods, read_metrics=False)
             return
