@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     pod_ip: str = Field(default="127.0.0.1", validation_alias="POD_IP", description="Address servers bind.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     object_workers: int = Field(
-        default=100,
+        default=300,
         ge=10,
         description=(
             "How many objects of one kind the operator works on at once; the others' events wait in "

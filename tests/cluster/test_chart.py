@@ -177,7 +177,7 @@ def test_object_workers_reach_the_operators_settings(kube: Kube) -> None:
             patch.setenv("LORAPLANE_OBJECT_WORKERS", env["LORAPLANE_OBJECT_WORKERS"])
             return Settings().object_workers
 
-    assert setting() == 100
+    assert setting() == 300
     assert setting("objectWorkers=40") == 40
 
 

@@ -3,6 +3,8 @@ show (Kueue's suspend, a many-node group, which index a pod is), not the pod tem
 
 from typing import Any
 
+from loraplane import naming
+from loraplane.handlers import training_jobs
 from loraplane.handlers.training_jobs import _slim
 from loraplane.status import training as status_of
 
@@ -43,3 +45,21 @@ def test_a_pods_slim_copy_keeps_its_completion_index_for_the_unschedulable_messa
     phase = status_of._unschedulable_peer(job, [slim])
     assert phase is not None
     assert phase.message.startswith("index 1 cannot be scheduled")
+
+
+def test_the_indexes_keep_one_packed_entry_per_object_and_readers_get_the_slim_copy_back() -> None:
+    """Packed (compact JSON bytes): a thousand waiting jobs are three thousand entries nothing reads at
+    rest, and one bytes object each pins none of Python's small-object arenas."""
+    pod: dict[str, Any] = {
+        "metadata": {"name": "p", "uid": "pu", "labels": {naming.LABEL_TRAINING_JOB_UID: "run"}},
+        "spec": {"containers": [{"name": "worker", "image": "w" * 200}]},
+        "status": {"phase": "Pending"},
+    }
+    entry = training_jobs.training_pods(labels=pod["metadata"]["labels"], body=pod)  # type: ignore[arg-type]
+    assert list(entry) == ["run"]
+    assert isinstance(entry["run"], bytes)
+    assert b" " not in entry["run"]  # compact
+    assert b"w" * 200 not in entry["run"]  # the pod template is not kept
+    index = {"run": [entry["run"]]}
+    assert training_jobs.first(index, "run") == _slim(pod)  # type: ignore[arg-type]
+    assert training_jobs.first(index, "other") is None  # type: ignore[arg-type]

@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 CHUNK = 64 * 1024
+# Connections waiting to be accepted. A burst of a few hundred at once (an operator posting an Event
+# for each of 1,000 adapters) overflowed 128, and asyncio's default of 100: the kernel drops the SYNs
+# it has no room for, and each client waits for its SYN's retransmission (1, 3, 7, 15, 31 s), which
+# looked like a relay that was slow to accept and ran into 30 s connect timeouts. The kernel caps it
+# at net.core.somaxconn (4096 here).
+BACKLOG = 4096
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -41,7 +47,7 @@ def listen_in_namespace(namespace_path: str, address: str, port: int) -> socket.
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((address, port))
-            listener.listen(128)
+            listener.listen(BACKLOG)
             listener.setblocking(False)
             made.append(listener)
         except BaseException as error:  # handed to the caller's thread
@@ -87,7 +93,9 @@ class ApiRelay:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._relay, sock=self.listener))
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._relay, sock=self.listener, backlog=BACKLOG)
+        )
         self._ready.set()
         try:
             self.loop.run_forever()
