@@ -142,17 +142,22 @@ def test_crds_are_kept_on_uninstall_by_default(kube: Kube) -> None:
     assert not [d for d in render(kube, "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
 
 
+def operator_settings(kube: Kube, variable: str, *values: str) -> Settings:
+    """The operator's settings as pydantic-settings reads `variable` from the chart's rendering."""
+    [deployment] = [d for d in render(kube, *values) if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(variable, env[variable])
+        return Settings()
+
+
 def test_the_object_store_defaults_reach_the_operators_settings(kube: Kube) -> None:
     """The chart's `objectStore` is the operator's `settings.object_store`, read as pydantic-settings
     reads the variable (JSON)."""
 
     def setting(*values: str) -> S3Connection:
-        [deployment] = [d for d in render(kube, *values) if d["kind"] == "Deployment"]
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("LORAPLANE_OBJECT_STORE", env["LORAPLANE_OBJECT_STORE"])
-            return Settings().object_store
+        return operator_settings(kube, "LORAPLANE_OBJECT_STORE", *values).object_store
 
     assert setting().model_dump(exclude_none=True) == {}
     store = setting(
@@ -170,12 +175,7 @@ def test_object_workers_reach_the_operators_settings(kube: Kube) -> None:
     """`objectWorkers` is `settings.object_workers`, kopf's worker limit per kind."""
 
     def setting(*values: str) -> int:
-        [deployment] = [d for d in render(kube, *values) if d["kind"] == "Deployment"]
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("LORAPLANE_OBJECT_WORKERS", env["LORAPLANE_OBJECT_WORKERS"])
-            return Settings().object_workers
+        return operator_settings(kube, "LORAPLANE_OBJECT_WORKERS", *values).object_workers
 
     assert setting() == 300
     assert setting("objectWorkers=40") == 40
