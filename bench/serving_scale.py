@@ -318,8 +318,7 @@ def fresh_operator(bench: Bench) -> None:
     old = operator_process()
     print(f"\noperator RSS after the adapter phases: {rss_mib(old):.0f} MiB; replacing its pod")
     selector = "app.kubernetes.io/instance=" + demo.RELEASE
-    subprocess.run([*bench.kubectl, "delete", "pod", "-n", demo.RELEASE_NAMESPACE, "-l", selector,
-                    "--wait=false"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    bench.core.delete_collection_namespaced_pod(demo.RELEASE_NAMESPACE, label_selector=selector)
 
     def ready() -> bool:
         try:

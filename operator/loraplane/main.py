@@ -28,9 +28,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     # A burst (a thousand LoraTrainingJobs applied at once, and their Jobs and pods) would otherwise
-    # hold every object in flight together: 287 MiB RSS after 1,000 jobs, against 173 MiB with 50 at
-    # a time, and Python keeps what a peak took. An idle worker keeps its place for `idle_timeout`
-    # after its last event, so it lets go sooner than kopf's 5 s.
+    # hold every object in flight together, and Python keeps what a peak took: 287 MiB RSS after
+    # 1,000 jobs unbounded, 173 MiB with 50 at a time (docs/serving.md, "What bounds it now"). An idle
+    # worker keeps its place for `idle_timeout` after its last event, so it lets go sooner than 5 s.
     settings.queueing.worker_limit = config.object_workers
     settings.queueing.idle_timeout = 0.5
     # Events are posted by one worker per object, unbounded in kopf: deleting 1,000 adapters posted

@@ -1,9 +1,10 @@
 """The Job and pod indexes keep only what a refresh reads: enough for every status the run can
 show (Kueue's suspend, a many-node group, which index a pod is), not the pod template."""
 
+import asyncio
 from typing import Any
 
-from loraplane import naming
+from loraplane import kube, naming
 from loraplane.handlers import training_jobs
 from loraplane.handlers.training_jobs import _slim
 from loraplane.status import training as status_of
@@ -63,3 +64,28 @@ def test_the_indexes_keep_one_packed_entry_per_object_and_readers_get_the_slim_c
     index = {"run": [entry["run"]]}
     assert training_jobs.first(index, "run") == _slim(pod)  # type: ignore[arg-type]
     assert training_jobs.first(index, "other") is None  # type: ignore[arg-type]
+
+
+def test_a_workload_event_refreshes_the_run_of_the_job_it_belongs_to(monkeypatch: Any) -> None:
+    """The Workload names its Job; the Job's uid leads to the run without unpacking other entries."""
+    refreshed: list[str] = []
+
+    async def refresh(body: dict[str, Any], *_: Any, **__: Any) -> None:
+        refreshed.append(body["metadata"]["uid"])
+
+    monkeypatch.setattr(training_jobs, "refresh", refresh)
+    run = {"metadata": {"uid": "run-b"}, "status": {}}
+    job = {"metadata": {"uid": "job-b", "labels": {naming.LABEL_TRAINING_JOB_UID: "run-b"}}}
+    by_job = training_jobs.training_runs_by_job(labels=job["metadata"]["labels"], uid="job-b")  # type: ignore[arg-type]
+    assert by_job == {"job-b": "run-b"}
+    workload = {"metadata": {"ownerReferences": [{"kind": "Job", "uid": "job-b"}]}}
+    asyncio.run(
+        training_jobs.training_workload_changed(  # type: ignore[call-arg]
+            body=workload,  # type: ignore[arg-type]
+            live_training_jobs={"run-b": [kube.pack(run)], "run-a": [b"not unpacked"]},  # type: ignore[arg-type]
+            training_batch_jobs={"run-a": [b"not unpacked"]},  # type: ignore[arg-type]
+            training_pods={},  # type: ignore[arg-type]
+            training_runs_by_job={"job-a": ["run-a"], "job-b": ["run-b"]},  # type: ignore[arg-type]
+        )
+    )
+    assert refreshed == ["run-b"]

@@ -109,6 +109,13 @@ def training_batch_jobs(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[
     return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.pack(_slim(body))}
 
 
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+def training_runs_by_job(labels: kopf.Labels, uid: str | None, **_: Any) -> dict[str, str]:
+    """A Job's uid -> its run's: a Kueue Workload names the Job it belongs to, and the packed entries
+    above are not unpacked a thousand at a time to find that Job."""
+    return {str(uid): labels[naming.LABEL_TRAINING_JOB_UID]}
+
+
 @kopf.index("", "v1", "pods", labels=OWNED)
 def training_pods(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[str, bytes]:
     return {labels[naming.LABEL_TRAINING_JOB_UID]: kube.pack(_slim(body))}
@@ -554,13 +561,13 @@ async def training_workload_changed(
     live_training_jobs: Packed,
     training_batch_jobs: Packed,
     training_pods: Packed,
+    training_runs_by_job: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    owners = {
-        o.get("uid") for o in body.get("metadata", {}).get("ownerReferences") or [] if o.get("kind") == "Job"
-    }
-    for run_uid, batch_jobs in training_batch_jobs.items():
-        if any(kube.unpack(job)["metadata"].get("uid") in owners for job in batch_jobs):
+    for owner in body.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") != "Job":
+            continue
+        for run_uid in training_runs_by_job.get(str(owner.get("uid")), []):
             run = first(live_training_jobs, run_uid)
             if run is not None:
                 await refresh(run, training_batch_jobs, training_pods, read_metrics=False)
