@@ -171,11 +171,29 @@ def _signal(entry: ProcessRecord, signum: signal.Signals) -> None:
 
 
 def _wait_gone(entry: ProcessRecord, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if not is_alive(entry):
-            return True
+    while is_alive(entry):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(_POLL_S)
-    return not is_alive(entry)
+    _reap_child(entry.pid)
+    return True
+
+
+def _reap_child(pid: int) -> None:
+    """Collect our own child once it has exited, so no zombie of it outlives ``stop``.
+
+    A multi-threaded process (Go's runtime) shows its leader as a zombie while its other threads
+    are still exiting, and ``waitpid`` cannot collect it until they are all gone: ``is_alive``
+    already says it stopped, but its ``/proc`` entry would stay until the parent exits."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not ours, or collected already
+            return
+        if waited == pid or time.monotonic() > deadline:
+            return
+        time.sleep(_POLL_S)
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,7 @@ def stop(entry: ProcessRecord, grace_s: float = 10.0) -> StopResult:
     except ProcessLookupError:  # exited just now
         leads_group = False
     if not is_alive(entry):
+        _reap_child(entry.pid)
         return StopResult(entry.name, entry.pid, False, False, 0.0)
     _signal(entry, signal.SIGTERM)
     killed = False
