@@ -98,8 +98,8 @@ def staged_namespace(kube: Kube, hint: str, workdir: Path) -> Iterator[Cluster]:
     volume = stage_tiny_model(kube.api, namespace, CLAIM, workdir / "volume")
     yield Cluster(kube, namespace, volume)
     # The adapters first, while their Deployments still run: their finalizers unload them.
-    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=300, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_all("lad", namespace, timeout_s=300)
+    kube.delete_all("deployments", namespace, timeout_s=180)
     kube.delete_namespace(namespace)
 
 

@@ -22,8 +22,8 @@ def demo_namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     node's memory for the rest of the session (adapters first, while the operator still runs)."""
     name: str = request.param
     yield name
-    kube.kubectl("delete", "lad", "--all", "-n", name, "--wait=true", timeout_s=120, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", name, "--wait=true", timeout_s=180, check=False)
+    kube.delete_all("lad", name, timeout_s=120)
+    kube.delete_all("deployments", name, timeout_s=180)
     kube.delete_namespace(name)
 
 

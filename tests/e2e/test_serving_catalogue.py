@@ -94,8 +94,8 @@ def catalogue(
         cluster.apply(bodies[start : start + 250])
     cluster.apply(deployment_without_claims(replicas=1))
     yield Catalogue(cluster, digest)
-    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=300, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_all("lad", namespace, timeout_s=300)
+    kube.delete_all("deployments", namespace, timeout_s=180)
     kube.delete_namespace(namespace)
 
 

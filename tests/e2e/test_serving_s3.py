@@ -144,8 +144,8 @@ def stored(
     job["spec"]["adapter"] = {"name": TRAINED, "deployment": DEPLOYMENT, "baseModel": "tiny-llama"}
     cluster.apply(job)
     yield found
-    kube.kubectl("delete", "lad", "--all", "-n", namespace, "--wait=true", timeout_s=120, check=False)
-    kube.kubectl("delete", "deployments", "--all", "-n", namespace, "--wait=true", timeout_s=180, check=False)
+    kube.delete_all("lad", namespace, timeout_s=120)
+    kube.delete_all("deployments", namespace, timeout_s=180)
     kube.delete_namespace(namespace)
 
 
