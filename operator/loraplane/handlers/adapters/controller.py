@@ -39,6 +39,7 @@ ERROR_RETRY_S = 5.0  # a pass that raised comes back this soon
 STATUS_WRITES_IN_FLIGHT = 8
 CHECKS_IN_FLIGHT = 2  # effect checks of one Deployment at a time (two completions each)
 RECORD_CHECKS_AFTER_S = 2.0
+SLOW_PASS_S = 10.0  # a pass that took longer says so in the log (events meanwhile wait for the next)
 
 
 @dataclass
@@ -79,9 +80,14 @@ class Controller:
             self.started += 1
             number, outcome = self.started, None
             RECONCILES.labels(KIND).inc()
+            began = asyncio.get_running_loop().time()
             try:
                 outcome = await reconcile_deployment(self.namespace, self.deployment, self.indexes)
                 await self.write_statuses(outcome)
+                took = asyncio.get_running_loop().time() - began
+                if took > SLOW_PASS_S:
+                    logger.info("a pass of Deployment %s/%s took %.1f s (%d adapters)", self.namespace,
+                                self.deployment, took, len(outcome.passes))  # fmt: skip
             except Exception:
                 RECONCILE_ERRORS.labels(KIND).inc()
                 logger.exception("reconciling Deployment %s/%s failed", self.namespace, self.deployment)
