@@ -451,6 +451,8 @@ def test_two_replicas_bind_their_own_addresses_and_leave_nothing_when_deleted(
     assert subprocess.run(from_first, capture_output=True, text=True, check=False).stdout.strip() == "200"
     own = {f"lp{p['status']['podIP'].split('.')[2]}-{p['metadata']['uid']}" for p in pods}
     assert own <= network_namespaces()
+    subnet = network.Subnet(int(first["status"]["podIP"].split(".")[2]))
+    assert bridge_mac(subnet) == subnet.bridge_mac
 
     apps.delete_namespaced_deployment("web", namespace)
     wait_until(
@@ -463,6 +465,13 @@ def test_two_replicas_bind_their_own_addresses_and_leave_nothing_when_deleted(
     )
     wait_until("no process of web left", lambda: not any(group_alive(pid) for pid in pids), 10)
     wait_until("the pods' network namespaces deleted", lambda: not own & network_namespaces(), 10)
+    # The gateway's MAC did not move with the veths that went: pods' ARP caches stay right.
+    assert bridge_mac(subnet) == subnet.bridge_mac
+
+
+def bridge_mac(subnet: network.Subnet) -> str:
+    read = ["ip", "netns", "exec", subnet.node_namespace, "cat", "/sys/class/net/br0/address"]
+    return subprocess.run(read, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_a_readiness_gate_holds_ready_and_survives_a_container_restart(kube: Kube, namespace: str) -> None:

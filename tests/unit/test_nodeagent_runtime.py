@@ -107,6 +107,9 @@ def test_pods_share_one_bridge_and_reach_only_their_subnet_and_services() -> Non
     pod = pod_setup_commands(subnet, "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "10.250.3.17")
     flat = [" ".join(command) for command in node + pod]
     assert "ip -n lp3-node addr add 10.96.0.1/32 dev br0" in flat  # the kubernetes Service address
+    # the bridge's own MAC, fixed: one taken from its ports changes as pods come and go
+    assert "ip -n lp3-node link add br0 address 02:4c:50:00:00:03 type bridge" in flat
+    assert len({Subnet(i).bridge_mac for i in range(1, 300)}) == 299
     assert "ip addr add 10.250.3.1/24 dev lp3host" in flat  # the host's end, on the same segment
     assert "ip -n lp3-0f1e2d3c-aaaa-bbbb-cccc-000000000001 addr add 10.250.3.17/24 dev eth0" in flat
     assert "ip -n lp3-node link set lp3p17 master br0 up" in flat

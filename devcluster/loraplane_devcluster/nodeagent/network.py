@@ -83,6 +83,15 @@ class Subnet:
         return f"{self.prefix}254"
 
     @property
+    def bridge_mac(self) -> str:
+        """A fixed, locally administered MAC for br0. A bridge made without one takes the lowest MAC
+        of its ports and changes it whenever a pod's veth joins or leaves. Pods keep the old one in
+        their ARP cache, and when its port is gone their frames to the gateway (10.96.0.1 and the
+        bridge address) go nowhere until the entry is probed again: in-cluster API calls stalled
+        15-60 s after a pod was deleted."""
+        return f"02:4c:50:00:{self.index >> 8:02x}:{self.index & 0xFF:02x}"
+
+    @property
     def namespace_prefix(self) -> str:
         return f"lp{self.index}-"
 
@@ -278,7 +287,7 @@ def node_setup_commands(subnet: Subnet) -> list[list[str]]:
     return [
         ["ip", "netns", "add", node],
         ["ip", "-n", node, "link", "set", "lo", "up"],
-        ["ip", "-n", node, "link", "add", "br0", "type", "bridge"],
+        ["ip", "-n", node, "link", "add", "br0", "address", subnet.bridge_mac, "type", "bridge"],
         ["ip", "-n", node, "addr", "add", f"{subnet.bridge_address}/{bits}", "dev", "br0"],
         ["ip", "-n", node, "addr", "add", f"{KUBERNETES_SERVICE_IP}/32", "dev", "br0"],
         ["ip", "-n", node, "link", "set", "br0", "up"],
