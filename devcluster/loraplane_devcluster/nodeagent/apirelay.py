@@ -26,10 +26,6 @@ CHUNK = 64 * 1024
 # looked like a relay that was slow to accept and ran into 30 s connect timeouts. The kernel caps it
 # at net.core.somaxconn (4096 here).
 BACKLOG = 4096
-# The relay's loop checks itself this often and logs when it ran late: every in-cluster client's API
-# calls and watches pass through this one loop, so a stall here is a stall of every operator.
-HEARTBEAT_S = 1.0
-LATE_S = 2.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -101,27 +97,17 @@ class ApiRelay:
             asyncio.start_server(self._relay, sock=self.listener, backlog=BACKLOG)
         )
         self._ready.set()
-        heartbeat = self.loop.create_task(self._heartbeat())
         try:
             self.loop.run_forever()
         finally:
             server.close()
             # Connections still open (kube-proxy's and CoreDNS's watches, in-cluster clients) end
             # here, while the loop runs, not in the garbage collector after it has closed.
-            heartbeat.cancel()
             pending = asyncio.all_tasks(self.loop)
             for task in pending:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
-
-    async def _heartbeat(self) -> None:
-        while True:
-            began = self.loop.time()
-            await asyncio.sleep(HEARTBEAT_S)
-            late = self.loop.time() - began - HEARTBEAT_S
-            if late > LATE_S:
-                log.warning("API relay: its loop ran %.1f s late", late)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
