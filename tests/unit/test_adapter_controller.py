@@ -351,3 +351,31 @@ def test_a_deployment_nobody_serves_and_with_nothing_recorded_has_no_task(
         assert ("ns", "e") not in task.CONTROLLERS
 
     asyncio.run(scenario())
+
+
+def test_a_slow_pass_says_so_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass over the threshold logs its Deployment, time and adapter count (events meanwhile waited
+    for the next pass); one under it logs nothing."""
+
+    async def one_pass(namespace: str, deployment: str, _: Any) -> Outcome:
+        outcome = Outcome()
+        outcome.passes["a"] = status_of.Pass(None, None, [])
+        return outcome
+
+    monkeypatch.setattr(task, "reconcile_deployment", one_pass)
+    empty = Indexes(adapters={}, deployments={}, pods={}, training_jobs={})  # type: ignore[arg-type]
+    caplog.set_level("INFO", logger=task.logger.name)
+
+    async def run_once(deployment: str) -> None:
+        await task.fresh_outcome("ns", deployment, empty)
+        task.CONTROLLERS.clear()
+
+    asyncio.run(run_once("quick"))
+    assert not [r for r in caplog.records if "took" in r.getMessage()]
+    monkeypatch.setattr(task, "SLOW_PASS_S", -1.0)
+    asyncio.run(run_once("slow"))
+    [line] = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert line.startswith("a pass of Deployment ns/slow took ")
+    assert line.endswith(" s (1 adapters)")
